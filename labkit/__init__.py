@@ -1,0 +1,27 @@
+"""labkit: a teaching lab for data-parallel training.
+
+    import labkit
+    job = labkit.launch(strategy="ddp", profile="cpu")   # a real torchrun job, in the background
+    result = labkit.run(strategy="ps", max_steps=20)      # launch, wait, parse result.json
+"""
+
+from .config import ConfigError, RunConfig
+from .launch import Job, RunFailed
+from .profiles import PROFILES, make_config
+from .strategies import STRATEGIES
+
+
+def launch(config: RunConfig | None = None, profile: str = "auto", **overrides) -> Job:
+    """Start a run in the background and return its Job at once."""
+    cfg = config if config is not None else make_config(profile, **overrides)
+    return Job(cfg).start()
+
+
+def run(config: RunConfig | None = None, profile: str = "auto", progress: bool = True, **overrides) -> dict:
+    """Launch, wait (showing progress), and return the parsed result.json."""
+    job = launch(config, profile, **overrides)
+    job.wait(progress=progress)
+    return job.result()
+
+
+__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "make_config", "run"]

@@ -1,0 +1,139 @@
+"""RunConfig: one flat dataclass that says everything about a run.
+
+Like nanoGPT's train.py, a run is plain defaults plus overrides. A *profile* is a
+named set of overrides (the original ImageNet experiment, a synthetic GPU run, the
+small CPU lab); `auto` picks one from what this machine has. The config travels to
+every rank as config.json, so it holds plain JSON types only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+LAB_ROOT = Path(__file__).resolve().parent.parent  # the checkout: data/, results/, notebooks/
+
+MODELS = ("resnet50", "resnet18", "resnet18_small", "simple_cnn")
+DATASETS = ("imagenet", "imagefolder", "tiny", "synthetic")
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: the message names the problem and the fix."""
+
+
+@dataclass
+class RunConfig:
+    # what to run
+    strategy: str = "ddp"
+    profile: str = "cpu"
+    name: str = ""  # run folder name; default <strategy>-<profile>-<timestamp>
+    # model and data
+    model: str = "resnet18_small"
+    dataset: str = "tiny"
+    data_dir: str = ""  # "" = the lab's data/<dataset> folder
+    image_size: int = 32
+    num_classes: int = 10
+    augment: bool = True  # random crop + flip on the training set
+    # processes
+    nproc: int = 4  # ranks on this node (one per GPU with NCCL)
+    backend: str = "auto"  # auto = nccl on GPUs, gloo otherwise
+    device: str = "auto"  # auto = cuda when the backend is nccl (or GPUs exist), else cpu
+    workers: int = 2  # DataLoader worker processes per rank
+    # length
+    epochs: int = 3
+    max_steps: int = 0  # stop after this many optimizer steps in total (0 = no limit)
+    synthetic_steps: int = 50  # steps per epoch on the synthetic dataset
+    # optimisation (per-rank batch; the global batch is batch_size × data-parallel ranks)
+    batch_size: int = 16
+    lr: float = 0.0  # 0 = the linear scaling rule: 0.1 × global batch / 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    # GPU speed options
+    amp: str = "off"  # off / bf16 / fp16 autocast (fp16 adds a GradScaler)
+    channels_last: bool = False
+    # measurement
+    warmup_steps: int = 2  # left out of the summary figures
+    # strategy options
+    ps_server_trains: bool = True  # ps: rank 0 also computes its share of the batch
+    bucket_mb: float = 25.0  # bucketed / overlap: bucket size
+    compress: str = "none"  # bucketed / overlap: none / fp16 / bf16 on the wire
+    ddp_bucket_cap_mb: float = 25.0
+    ddp_gradient_as_bucket_view: bool = False
+    ddp_static_graph: bool = False
+    ddp_hook: str = "none"  # none / fp16 / bf16 compression hook
+    powersgd_rank: int = 1
+    powersgd_start_iter: int = 10
+    # where the run folder goes
+    out_dir: str = ""  # "" = results/runs/<name>
+
+    # -- JSON round trip -------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunConfig":
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {sorted(unknown)}; see `labkit run --help`")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path) -> "RunConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    # -- derived values --------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.data_ranks
+
+    @property
+    def data_ranks(self) -> int:
+        """Ranks that compute gradients (a dedicated parameter server computes none)."""
+        if self.strategy == "ps" and not self.ps_server_trains:
+            return self.nproc - 1
+        return self.nproc
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr > 0 else 0.1 * self.global_batch / 256
+
+
+def field_types() -> dict[str, type]:
+    return typing.get_type_hints(RunConfig)
+
+
+def parse_value(key: str, text: str):
+    """Turn the text of `--set key=value` into the field's type, or explain why not."""
+    types = field_types()
+    if key not in types:
+        raise ConfigError(f"unknown --set key '{key}'; valid keys: {', '.join(sorted(types))}")
+    kind = types[key]
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={text}: expected true or false")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--set {key}={text}: expected a value of type {kind.__name__}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair}: expected key=value, e.g. --set lr=0.05")
+        key, text = pair.split("=", 1)
+        overrides[key.strip()] = parse_value(key.strip(), text)
+    return overrides

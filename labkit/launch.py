@@ -1,0 +1,197 @@
+"""Job: one training run as a background `torchrun`, with progress, logs and teardown.
+
+    job = Job(cfg).start()      # returns at once
+    job.progress()              # {'epoch', 'step', 'total_steps', 'loss', 'img_s'}
+    job.wait()                  # prints progress until the run ends
+    job.result()                # the parsed result.json (raises RunFailed on failure)
+
+The run folder (cfg.out_dir) holds config.json, progress.jsonl (rank 0, a line a
+step), result.json, checkpoint.pt and logs/ (torchrun's per-rank logs and error
+files). torchrun starts its workers in their own process sessions, so stopping a
+job means: note every descendant, SIGTERM the agent, wait, then kill what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from . import hardware
+from .config import LAB_ROOT, RunConfig
+from .files import write_json
+
+FINAL = ("ok", "failed", "hung", "interrupted")
+
+
+class RunFailed(RuntimeError):
+    """The run did not end ok; the message names the failing rank and its traceback."""
+
+
+def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
+    if cfg.strategy == "single":  # one plain process, no rendezvous
+        return [sys.executable, "-m", "labkit.worker", str(config_path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={cfg.nproc}", f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
+            "-m", "labkit.worker", str(config_path)]
+
+
+class Job:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.proc: subprocess.Popen | None = None
+        self._status = "queued"
+
+    # -- starting --------------------------------------------------------------------
+    def start(self) -> "Job":
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        config_path = self.out / "config.json"
+        self.cfg.save(config_path)
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   OMP_NUM_THREADS=str(hardware.cpu_threads_per_rank(self.cfg.nproc)))
+        if self.cfg.strategy == "single":  # torchrun sets this for its workers; a plain process needs it set
+            (self.out / "logs" / "0").mkdir(exist_ok=True)
+            env["TORCHELASTIC_ERROR_FILE"] = str(self.out / "logs" / "0" / "error.json")
+        self.log = open(self.out / "logs" / "launcher.log", "ab")
+        self.started = time.time()
+        self.proc = subprocess.Popen(torchrun_command(self.cfg, config_path), cwd=LAB_ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # Ctrl-C in a terminal reaches us, not torchrun
+        self._status = "running"
+        return self
+
+    # -- looking at it ---------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        if self._status == "running" and self.proc.poll() is not None:
+            self._finish()
+        return self._status
+
+    def progress(self) -> dict:
+        """The last progress line rank 0 wrote (empty before the first step)."""
+        path = self.out / "progress.jsonl"
+        if not path.exists():
+            return {}
+        lines = path.read_bytes().splitlines()
+        for line in reversed(lines):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:  # a line being written right now
+                continue
+        return {}
+
+    def tail(self, n: int = 20) -> list[str]:
+        """The last n lines of the launcher's and every rank's log."""
+        lines = []
+        for path in sorted((self.out / "logs").rglob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-n:]
+            lines += [f"[{path.relative_to(self.out / 'logs')}] {line}" for line in text]
+        return lines[-n:] if n else lines
+
+    def wait(self, progress: bool = True, timeout: float | None = None) -> str:
+        """Block until the run ends, showing progress; Ctrl-C cancels the run."""
+        from .progress import ProgressDisplay
+
+        display = ProgressDisplay(self.cfg.name) if progress else None
+        deadline = None if timeout is None else time.time() + timeout
+        try:
+            while self.status == "running":
+                if display:
+                    display.update(self.progress())
+                if deadline and time.time() > deadline:
+                    raise TimeoutError(f"run {self.cfg.name} still running after {timeout} s")
+                time.sleep(0.5)
+        except BaseException:  # KeyboardInterrupt, a kernel interrupt, papermill's timeout
+            self.cancel()
+            raise
+        finally:
+            if display:
+                display.close(self.progress(), self._status)
+        return self._status
+
+    def result(self) -> dict:
+        if self.status == "running":
+            self.wait(progress=False)
+        result = json.loads((self.out / "result.json").read_text())
+        if result["status"] != "ok":
+            raise RunFailed(describe_failure(result))
+        return result
+
+    # -- stopping ----------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the job and every process under it; record it as interrupted."""
+        if self.proc is None or self._status not in ("running", "queued"):
+            return
+        stop_process_tree(self.proc.pid)
+        self.proc.wait()
+        self._finish(status="interrupted")
+
+    def _finish(self, status: str | None = None) -> None:
+        """Called once the agent has exited: make sure result.json says how it ended."""
+        self.log.close()
+        stop_process_tree(self.proc.pid)  # stragglers of a failed job (workers in their own sessions)
+        path = self.out / "result.json"
+        if path.exists() and status is None:
+            self._status = json.loads(path.read_text())["status"]
+            return
+        self._status = status or "failed"
+        write_json(path, {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy,
+                          "status": self._status, "config": self.cfg.to_dict(),
+                          "exit_code": self.proc.returncode, "failure": read_failure(self.out / "logs")})
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM `pid` (torchrun forwards it to the workers), wait, SIGKILL survivors.
+    Descendants are listed first: once the agent dies they are re-parented and lost."""
+    try:
+        root = psutil.Process(pid)
+        family = [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for proc in family[:1]:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def read_failure(log_dir: Path) -> dict | None:
+    """The root cause from torchrun's per-rank error files (written by @record):
+    the earliest error is the one that brought the job down."""
+    errors = []
+    for path in log_dir.rglob("error.json"):
+        try:
+            message = json.loads(path.read_text())["message"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(message, str):
+            message = {"message": message, "extraInfo": {}}
+        info = message.get("extraInfo", {})
+        errors.append({"rank": int(path.parent.name), "exception": message.get("message", "").strip(),
+                       "traceback": info.get("py_callstack", ""), "timestamp": int(info.get("timestamp", 0))})
+    if errors:
+        return min(errors, key=lambda e: e["timestamp"])
+    return None
+
+
+def describe_failure(result: dict) -> str:
+    failure = result.get("failure") or {}
+    head = f"run {result.get('name')} {result.get('status')}"
+    if not failure:
+        return f"{head} (exit code {result.get('exit_code')}; see its logs/)"
+    return (f"{head}: rank {failure['rank']} raised {failure['exception']}\n"
+            f"{failure.get('traceback', '').rstrip()}")

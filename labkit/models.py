@@ -1,0 +1,39 @@
+"""The models: torchvision's ResNets, a 32 px ResNet-18, and a BatchNorm-free CNN.
+
+`resnet50` / `resnet18` are torchvision's, unchanged, from random init (the original
+experiment trains from scratch). `resnet18_small` swaps the 7×7 stride-2 stem for a
+3×3 stride-1 conv so 32 px images keep enough resolution. `simple_cnn` has no
+BatchNorm: with it, data-parallel training is exactly single-process training on
+the global batch, which the equivalence tests use.
+"""
+
+import torch.nn as nn
+import torchvision
+
+from .config import ConfigError
+
+
+def resnet18_small(num_classes: int) -> nn.Module:
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    return model
+
+
+def simple_cnn(num_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes),
+    )
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    builders = {
+        "resnet50": lambda: torchvision.models.resnet50(num_classes=num_classes),
+        "resnet18": lambda: torchvision.models.resnet18(num_classes=num_classes),
+        "resnet18_small": lambda: resnet18_small(num_classes),
+        "simple_cnn": lambda: simple_cnn(num_classes),
+    }
+    if name not in builders:
+        raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(builders)}")
+    return builders[name]()
