@@ -71,6 +71,21 @@ def cmd_data_tiny(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    """Run the original four methods in sequence and print the comparison."""
+    from . import run
+    from .analysis import comparison_table, runs_frame
+    from .profiles import make_config
+
+    results = []
+    for strategy in ("single", "ddp", "allreduce", "ps"):
+        cfg = make_config(args.profile, strategy=strategy, **parse_overrides(args.set))
+        print(f"== {strategy}: {cfg.nproc} rank(s) → {cfg.out_dir}", flush=True)
+        results.append(run(cfg))
+    print(comparison_table(runs_frame(results)).to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies import STRATEGIES
 
@@ -91,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any RunConfig field, e.g. --set lr=0.05 (repeatable)")
     run.set_defaults(func=cmd_run)
+
+    lab = sub.add_parser("lab", help="run the lab: every original method, then the comparison")
+    lab.add_argument("--profile", default="auto")
+    lab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    lab.set_defaults(func=cmd_lab)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     tiny = data.add_parser("tiny", help="generate the small 10-class JPEG dataset")

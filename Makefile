@@ -1,0 +1,27 @@
+# labkit: two commands on a fresh machine.
+#   make lab   — create .venv, install, run the lab on the auto-selected profile
+#   make test  — create .venv if missing, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: lab test install clean-results
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python requirements.txt requirements-test.txt pyproject.toml
+	$(BIN)/pip install -r requirements-test.txt
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+lab: install
+	$(BIN)/labkit lab
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean-results:
+	rm -rf results/runs results/plots results/notebooks results/performance_report.txt

@@ -1,0 +1,75 @@
+"""Result files → pandas DataFrames, and the text of the performance report.
+
+One row per run (`runs_frame`), long-format per-epoch and per-step frames for the
+plots. Every figure comes from result.json: nothing is recomputed differently here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import LAB_ROOT
+
+RUNS_DIR = LAB_ROOT / "results" / "runs"
+RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_share_pct",
+               "bytes_sent_per_step", "collectives_per_step", "final_train_loss", "best_val_top1"]
+
+
+def load_results(paths=None, status: str | None = "ok") -> list[dict]:
+    """Every result.json under results/runs (or under the given run folders)."""
+    paths = [Path(p) for p in paths] if paths else [RUNS_DIR]
+    results = []
+    for path in paths:
+        files = [path] if path.name == "result.json" else sorted(path.rglob("result.json"))
+        for file in files:
+            result = json.loads(file.read_text())
+            result["path"] = str(file.parent)
+            if status is None or result.get("status") == status:
+                results.append(result)
+    return results
+
+
+def runs_frame(results: list[dict]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        summary = r.get("summary", {})
+        rows.append({"name": r["name"], "strategy": r["strategy"], "world_size": r.get("world_size"),
+                     "profile": r["config"]["profile"], "model": r["config"]["model"],
+                     "global_batch": r.get("global_batch"),
+                     **{key: summary.get(key) for key in RUN_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def epochs_frame(results: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"name": r["name"], "strategy": r["strategy"], "world_size": r.get("world_size"), **e}
+                         for r in results for e in r.get("epochs", [])])
+
+
+def steps_frame(results: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"name": r["name"], "strategy": r["strategy"], "world_size": r.get("world_size"), **s}
+                         for r in results for s in r.get("steps", [])])
+
+
+def comparison_table(runs: pd.DataFrame, baseline: str = "ddp") -> pd.DataFrame:
+    """One row per strategy (mean over repeats), with throughput relative to DDP."""
+    table = runs.groupby(["strategy", "world_size"], as_index=False)[RUN_COLUMNS].mean(numeric_only=True)
+    base = table.loc[table.strategy == baseline, "throughput_img_s"]
+    if len(base):
+        table["vs_ddp"] = table["throughput_img_s"] / base.iloc[0]
+    return table.sort_values("throughput_img_s", ascending=False, ignore_index=True)
+
+
+def report_text(runs: pd.DataFrame) -> str:
+    table = comparison_table(runs)
+    lines = ["labkit performance report", "=" * 25, "",
+             "Every figure is defined in docs/EXPERIMENT_GUIDE.md. sync_share_pct is the original",
+             "'communication overhead (%)': the share of each step spent blocked in the method's",
+             "own communication (DDP's communication hides inside backward, so it shows ~0 there).", "",
+             table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"), ""]
+    if len(table):
+        best = table.iloc[0]
+        lines.append(f"Fastest: {best.strategy} at {best.throughput_img_s:.1f} img/s on {best.world_size} rank(s).")
+    return "\n".join(lines) + "\n"

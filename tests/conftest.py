@@ -1,0 +1,44 @@
+"""Shared helpers: run the real `labkit` CLI (real torchrun, gloo on CPU) into tmp folders."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def labkit_cli(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
+    """Run `python -m labkit.cli ARGS` as a user would, from the repository root."""
+    proc = subprocess.run([sys.executable, "-m", "labkit.cli", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"labkit {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture
+def train(tmp_path):
+    """train(strategy, nproc, *sets) → (result dict, model state_dict) of a short cpu-profile run."""
+
+    def _train(strategy, nproc, *sets, max_steps=3, name=None):
+        out = tmp_path / (name or f"{strategy}-{nproc}")
+        args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc,
+                "--max-steps", max_steps, "--out", out]
+        for item in sets:
+            args += ["--set", item]
+        labkit_cli(*args)
+        result = json.loads((out / "result.json").read_text())
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        return result, state
+
+    return _train
+
+
+def max_param_diff(state_a: dict, state_b: dict, include_buffers=False) -> float:
+    keys = [k for k in state_a["model"] if include_buffers or "running" not in k and "num_batches" not in k]
+    return max((state_a["model"][k].double() - state_b["model"][k].double()).abs().max().item() for k in keys)

@@ -1,0 +1,85 @@
+"""The real `labkit` CLI end to end, and every bad input it must refuse in one line."""
+
+import json
+from contextlib import nullcontext
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import labkit_cli
+from labkit import STRATEGIES
+from labkit.cli import main
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_end_to_end(strategy, tmp_path):
+    nproc = 1 if strategy == "single" else 2
+    out = tmp_path / "run"
+    proc = labkit_cli("run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc, "--max-steps", 3,
+                      "--out", out, "--set", "model=simple_cnn", "--set", "batch_size=8")
+    assert "throughput" in proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "ok" and result["strategy"] == strategy and result["world_size"] == nproc
+    summary = result["summary"]
+    assert summary["throughput_img_s"] > 0 and summary["total_time_s"] > 0
+    assert len(result["steps"]) == 3 and {"loss", "step_s", "sync_s", "bytes_sent"} <= set(result["steps"][0])
+    assert result["epochs"][0]["val_top1"] is not None and result["env"]["torch"] == torch.__version__
+    if strategy != "single":
+        assert summary["bytes_sent_per_step"] > 0  # it really communicated
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert {"model", "optimizer", "epoch", "step"} <= set(checkpoint) and checkpoint["step"] == 3
+    assert (out / "config.json").exists() and list((out / "logs").rglob("*.log"))
+
+
+BAD_INPUTS = [
+    (["--strategy", "nope"], "invalid choice: 'nope'"),
+    (["--strategy", "ddp", "--profile", "huge"], "unknown profile 'huge'"),
+    (["--strategy", "ddp", "--set", "model=vgg"], "unknown model 'vgg'"),
+    (["--strategy", "ddp", "--set", "dataset=mnist"], "unknown dataset 'mnist'"),
+    (["--strategy", "ddp", "--set", "colour=red"], "unknown --set key 'colour'"),
+    (["--strategy", "ddp", "--set", "batch_size=big"], "expected a value of type int"),
+    (["--strategy", "ddp", "--set", "lr"], "expected key=value"),
+    (["--strategy", "ddp", "--nproc", "0"], "nproc must be at least 1"),
+    (["--strategy", "ddp", "--set", "batch_size=5000"], "needs 20000 training images"),
+    (["--strategy", "ddp", "--set", "dataset=imagefolder", "--set", "data_dir=/nonexistent/x"], "not found"),
+    (["--strategy", "ddp", "--set", "backend=nccl"], "nccl needs device=cuda"),
+    (["--strategy", "ddp", "--set", "device=cuda"], "no GPU is visible"),
+    (["--strategy", "single", "--nproc", "2"], "runs one process"),
+    (["--strategy", "ps", "--nproc", "1"], "needs a server and a worker"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) if "invalid choice" in message else nullcontext():
+        code = main(["run", "--profile", "cpu", *args, "--out", str(out)] if "--profile" not in args
+                    else ["run", *args, "--out", str(out)])
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith(("labkit: error:", "labkit run: error:"))
+    assert not out.exists()  # nothing half-written
+
+
+def test_empty_class_folder_and_hidden_folder(tmp_path, capsys):
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(folder / "x.jpg")
+    (tmp_path / "data" / "train" / ".ipynb_checkpoints").mkdir()
+    code = main(["run", "--strategy", "ddp", "--profile", "cpu", "--out", str(tmp_path / "run"),
+                 "--set", "dataset=imagefolder", "--set", f"data_dir={tmp_path / 'data'}", "--set", "num_classes=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and ".ipynb_checkpoints holds no image" in err and "hidden folders" in err
+
+
+def test_console_script_exit_code_for_bad_input():
+    proc = labkit_cli("run", "--strategy", "ddp", "--profile", "cpu", "--set", "nproc=-3", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["labkit: error: nproc must be at least 1 (got -3)"]
+
+
+def test_check_reports_the_machine():
+    proc = labkit_cli("check")
+    assert "gloo" in proc.stdout and "auto profile  cpu" in proc.stdout
