@@ -11,19 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import LAB_ROOT
+from .config import results_root
 
-RUNS_DIR = LAB_ROOT / "results" / "runs"
 RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_share_pct",
                "bytes_sent_per_step", "collectives_per_step", "final_train_loss", "best_val_top1"]
 
 
 def load_results(paths=None, status: str | None = "ok") -> list[dict]:
     """Every result.json under results/runs (or under the given run folders)."""
-    paths = [Path(p) for p in paths] if paths else [RUNS_DIR]
+    paths = [Path(p) for p in paths] if paths else [results_root() / "runs"]
     results = []
     for path in paths:
-        files = [path] if path.name == "result.json" else sorted(path.rglob("result.json"))
+        files = [path] if path.name == "result.json" else sorted(path.rglob("result.json")) if path.exists() else []
         for file in files:
             result = json.loads(file.read_text())
             result["path"] = str(file.parent)
@@ -73,3 +72,9 @@ def report_text(runs: pd.DataFrame) -> str:
         best = table.iloc[0]
         lines.append(f"Fastest: {best.strategy} at {best.throughput_img_s:.1f} img/s on {best.world_size} rank(s).")
     return "\n".join(lines) + "\n"
+
+
+def summary_frame(result: dict) -> pd.DataFrame:
+    """One run's summary figures as a two-column table, for a notebook."""
+    return pd.DataFrame([{"figure": k, "value": v} for k, v in result["summary"].items()
+                         if not isinstance(v, list)])

@@ -72,17 +72,43 @@ def cmd_data_tiny(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    """Run the original four methods in sequence and print the comparison."""
-    from . import run
-    from .analysis import comparison_table, runs_frame
-    from .profiles import make_config
+    """Execute the notebooks in order with papermill (results/notebooks/)."""
+    from .lab import LabFailed, run_notebooks
 
-    results = []
-    for strategy in ("single", "ddp", "allreduce", "ps"):
-        cfg = make_config(args.profile, strategy=strategy, **parse_overrides(args.set))
-        print(f"== {strategy}: {cfg.nproc} rank(s) → {cfg.out_dir}", flush=True)
-        results.append(run(cfg))
-    print(comparison_table(runs_frame(results)).to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    parameters = {"profile": args.profile}
+    for pair in args.p:
+        key, _, text = pair.partition("=")
+        parameters[key] = _literal(text)
+    try:
+        run_notebooks(parameters, only=args.only.split(",") if args.only else None)
+    except LabFailed as error:
+        print(f"labkit: lab stopped: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _literal(text: str):
+    """-p values as papermill takes them: numbers and booleans typed, the rest strings."""
+    import ast
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def cmd_compare(args) -> int:
+    from .analysis import load_results, report_text, runs_frame
+    from .config import results_root
+    from .plots import all_figures, save_all
+
+    results = load_results(args.runs or None)
+    if not results:
+        raise ConfigError("no finished run found; run one first (labkit run --strategy ddp)")
+    plots = save_all(all_figures(results), results_root() / "plots")
+    report = results_root() / "performance_report.txt"
+    report.write_text(report_text(runs_frame(results)))
+    print(report.read_text())
+    print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
     return 0
 
 
@@ -107,10 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any RunConfig field, e.g. --set lr=0.05 (repeatable)")
     run.set_defaults(func=cmd_run)
 
-    lab = sub.add_parser("lab", help="run the lab: every original method, then the comparison")
+    lab = sub.add_parser("lab", help="execute the notebooks headless with papermill (results/notebooks/)")
     lab.add_argument("--profile", default="auto")
-    lab.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    lab.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    lab.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="notebook parameter")
     lab.set_defaults(func=cmd_lab)
+
+    compare = sub.add_parser("compare", help="plots and report from result files (default: results/runs)")
+    compare.add_argument("runs", nargs="*", help="run folders (default: every run under results/runs)")
+    compare.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     tiny = data.add_parser("tiny", help="generate the small 10-class JPEG dataset")

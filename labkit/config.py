@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 LAB_ROOT = Path(__file__).resolve().parent.parent  # the checkout: data/, results/, notebooks/
+
+
+def results_root() -> Path:
+    """results/ of the lab, or $LABKIT_RESULTS (the test suite keeps its runs apart this way)."""
+    return Path(os.environ.get("LABKIT_RESULTS") or LAB_ROOT / "results")
 
 MODELS = ("resnet50", "resnet18", "resnet18_small", "simple_cnn")
 DATASETS = ("imagenet", "imagefolder", "tiny", "synthetic")
@@ -70,6 +76,9 @@ class RunConfig:
     powersgd_start_iter: int = 10
     # where the run folder goes
     out_dir: str = ""  # "" = results/runs/<name>
+    # fault injection, for tests and for teaching fault tolerance: "RANK:STEP:KIND",
+    # KIND one of raise / exit / kill / hang
+    fault: str = ""
 
     # -- JSON round trip -------------------------------------------------------
     def to_dict(self) -> dict:

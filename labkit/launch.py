@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from . import hardware
-from .config import LAB_ROOT, RunConfig
+from .config import LAB_ROOT, RunConfig, results_root
 from .files import write_json
 
 FINAL = ("ok", "failed", "hung", "interrupted")
@@ -40,6 +40,14 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={cfg.nproc}", f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
             "-m", "labkit.worker", str(config_path)]
+
+
+def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
+    """Wrap the command in labkit.agent: jobs on the same devices take turns."""
+    lock = results_root() / f".{cfg.device}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, "-m", "labkit.agent", str(lock), str(Path(cfg.out_dir) / "started"), "--",
+            *torchrun_command(cfg, config_path)]
 
 
 class Job:
@@ -61,17 +69,20 @@ class Job:
             env["TORCHELASTIC_ERROR_FILE"] = str(self.out / "logs" / "0" / "error.json")
         self.log = open(self.out / "logs" / "launcher.log", "ab")
         self.started = time.time()
-        self.proc = subprocess.Popen(torchrun_command(self.cfg, config_path), cwd=LAB_ROOT, env=env,
+        self.proc = subprocess.Popen(queued_command(self.cfg, config_path), cwd=LAB_ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)  # Ctrl-C in a terminal reaches us, not torchrun
-        self._status = "running"
+        self._status = "running"  # "queued" until the agent holds the device lock
         return self
 
     # -- looking at it ---------------------------------------------------------------
     @property
     def status(self) -> str:
+        """queued / running / ok / failed / hung / interrupted"""
         if self._status == "running" and self.proc.poll() is not None:
             self._finish()
+        if self._status == "running" and not (self.out / "started").exists():
+            return "queued"
         return self._status
 
     def progress(self) -> dict:
@@ -102,7 +113,7 @@ class Job:
         display = ProgressDisplay(self.cfg.name) if progress else None
         deadline = None if timeout is None else time.time() + timeout
         try:
-            while self.status == "running":
+            while self.status in ("queued", "running"):
                 if display:
                     display.update(self.progress())
                 if deadline and time.time() > deadline:
@@ -117,7 +128,7 @@ class Job:
         return self._status
 
     def result(self) -> dict:
-        if self.status == "running":
+        if self.status in ("queued", "running"):
             self.wait(progress=False)
         result = json.loads((self.out / "result.json").read_text())
         if result["status"] != "ok":

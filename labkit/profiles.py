@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from . import hardware
-from .config import AMP_MODES, DATASETS, LAB_ROOT, MODELS, ConfigError, RunConfig, field_types
+from .config import AMP_MODES, DATASETS, MODELS, ConfigError, RunConfig, field_types, results_root
 from .data import check_image_folder, data_root, make_tiny
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
@@ -62,7 +62,7 @@ def resolve(cfg: RunConfig) -> None:
     if not cfg.name:
         cfg.name = f"{cfg.strategy}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.out_dir:
-        cfg.out_dir = str(LAB_ROOT / "results" / "runs" / cfg.name)
+        cfg.out_dir = str(results_root() / "runs" / cfg.name)
     cfg.out_dir = str(Path(cfg.out_dir).expanduser().resolve())
     if cfg.dataset != "synthetic":
         cfg.data_dir = str(data_root(cfg))
@@ -91,6 +91,8 @@ def validate(cfg: RunConfig) -> None:
     for key in ("epochs", "batch_size", "image_size", "num_classes"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
+    require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
+            f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
     check_devices(cfg)
     check_data(cfg)
     require(not (Path(cfg.out_dir) / "result.json").exists(),

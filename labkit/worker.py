@@ -7,6 +7,7 @@ validate, checkpoint; finally write result.json. The synchronization method is t
 """
 
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -111,6 +112,7 @@ def main(config_path: str):
         batches = iter(train_loader) if shard else iter([(None, None)] * steps_per_epoch)
         timer.start()
         for images, labels in batches:
+            inject_fault(cfg.fault, rank, global_step + 1)
             strategy.reset_counters()
             loss_value = 0.0
             if shard:
@@ -168,6 +170,24 @@ def main(config_path: str):
     if dist.is_initialized():
         dist.barrier()  # nobody leaves before rank 0 has written the result
         dist.destroy_process_group()
+
+
+def inject_fault(fault: str, rank: int, step: int) -> None:
+    """--set fault=RANK:STEP:KIND makes one rank fail on purpose (tests, fault-tolerance lessons)."""
+    if not fault:
+        return
+    fault_rank, fault_step, kind = fault.split(":")
+    if (int(fault_rank), int(fault_step)) != (rank, step):
+        return
+    if kind == "raise":
+        raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+    if kind == "exit":
+        os._exit(3)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "hang":
+        while True:
+            time.sleep(1)
 
 
 def sync_buffers(model, source: int):

@@ -21,20 +21,21 @@ def labkit_cli(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
+def run_to(out, strategy, nproc, *sets, max_steps=3):
+    """A short cpu-profile run through the real CLI → (result dict, checkpoint dict)."""
+    args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc, "--max-steps", max_steps, "--out", out]
+    for item in sets:
+        args += ["--set", item]
+    labkit_cli(*args)
+    return json.loads((out / "result.json").read_text()), torch.load(out / "checkpoint.pt", weights_only=True)
+
+
 @pytest.fixture
 def train(tmp_path):
-    """train(strategy, nproc, *sets) → (result dict, model state_dict) of a short cpu-profile run."""
+    """train(strategy, nproc, *sets) → (result, checkpoint) of a short run in this test's tmp folder."""
 
     def _train(strategy, nproc, *sets, max_steps=3, name=None):
-        out = tmp_path / (name or f"{strategy}-{nproc}")
-        args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc,
-                "--max-steps", max_steps, "--out", out]
-        for item in sets:
-            args += ["--set", item]
-        labkit_cli(*args)
-        result = json.loads((out / "result.json").read_text())
-        state = torch.load(out / "checkpoint.pt", weights_only=True)
-        return result, state
+        return run_to(tmp_path / (name or f"{strategy}-{nproc}"), strategy, nproc, *sets, max_steps=max_steps)
 
     return _train
 

@@ -1,7 +1,9 @@
 """Every method makes the same update as DDP: same seed, same data order, same global
 batch → the same parameters after several steps (real torchrun, 4 gloo ranks)."""
 
-from conftest import max_param_diff
+import pytest
+
+from conftest import max_param_diff, run_to
 
 TIGHT = 1e-5
 # No augmentation: random crops would draw per-rank random numbers.
@@ -31,3 +33,49 @@ def test_without_batchnorm_data_parallel_equals_single_on_the_global_batch(train
     _, ddp = train("ddp", 4, *COMMON, "model=simple_cnn", max_steps=4)
     _, single = train("single", 1, "augment=false", "batch_size=16", "workers=0", "model=simple_cnn", max_steps=4)
     assert max_param_diff(ddp, single) < TIGHT
+
+
+# -- the advanced variants (simple_cnn keeps the suite fast; tiny buckets force several) --
+EXACT_VARIANTS = [
+    ("bucketed", "bucket_mb=0.02"),
+    ("overlap", "bucket_mb=0.02"),
+    ("ring", "bucket_mb=25"),
+    ("ps_sharded", "bucket_mb=25"),
+    ("ddp", "ddp_bucket_cap_mb=0.02"),
+    ("ddp", "ddp_gradient_as_bucket_view=true"),
+    ("ddp", "ddp_static_graph=true"),
+]
+
+
+@pytest.fixture(scope="module")
+def ddp_simple(tmp_path_factory):
+    """DDP reference runs on simple_cnn, at 4 and 3 ranks, made once for the module."""
+    base = tmp_path_factory.mktemp("ddp")
+    return {n: run_to(base / f"ddp{n}", "ddp", n, *COMMON, "model=simple_cnn", max_steps=4) for n in (3, 4)}
+
+
+@pytest.mark.parametrize("strategy,option", EXACT_VARIANTS, ids=[f"{s}-{o}" for s, o in EXACT_VARIANTS])
+def test_variant_matches_ddp(strategy, option, ddp_simple, train):
+    _, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
+    assert max_param_diff(ddp_simple[4][1], state) < TIGHT
+
+
+def test_ring_matches_ddp_on_three_ranks(ddp_simple, train):
+    _, state = train("ring", 3, *COMMON, "model=simple_cnn", max_steps=4)
+    assert max_param_diff(ddp_simple[3][1], state) < TIGHT
+
+
+COMPRESSED = [("bucketed", "compress=fp16"), ("overlap", "compress=bf16"), ("ddp", "ddp_hook=fp16"),
+              ("ddp", "ddp_hook=bf16"), ("powersgd", "powersgd_start_iter=2")]
+
+
+@pytest.mark.parametrize("strategy,option", COMPRESSED, ids=[f"{s}-{o}" for s, o in COMPRESSED])
+def test_compressed_variant_stays_close_and_learns(strategy, option, ddp_simple, train):
+    """Compression changes the numbers a little (bf16 keeps 8 bits of mantissa), so the
+    stated tolerance is 2e-2 on any parameter after 4 steps; the loss must still fall."""
+    result, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
+    assert max_param_diff(ddp_simple[4][1], state) < 2e-2
+    long_run, _ = train(strategy, 4, "augment=false", "workers=0", "model=simple_cnn", "lr=0.05", option,
+                        max_steps=12, name=f"{strategy}-long")
+    losses = [s["loss"] for s in long_run["steps"]]
+    assert sum(losses[-3:]) < sum(losses[:3])

@@ -6,8 +6,13 @@ The contract every method follows is in base.py.
 
 from .allreduce import AllReduce
 from .base import Strategy
+from .bucketed import Bucketed
 from .ddp import TorchDDP
+from .overlap import Overlap
+from .powersgd import PowerSGD
 from .ps import ParameterServer
+from .ps_sharded import ShardedServer
+from .ring import Ring
 from .single import Single
 
 STRATEGIES = {
@@ -15,6 +20,12 @@ STRATEGIES = {
     "ddp": TorchDDP,
     "allreduce": AllReduce,
     "ps": ParameterServer,
+    # advanced variants
+    "bucketed": Bucketed,
+    "overlap": Overlap,
+    "ring": Ring,
+    "ps_sharded": ShardedServer,
+    "powersgd": PowerSGD,
 }
 
 __all__ = ["STRATEGIES", "Strategy"]

@@ -1,0 +1,89 @@
+"""The comparison plots (the original five, plus scaling): seaborn figures that render
+inline in a notebook and save as PNG files. Each function takes the frames of
+analysis.py and returns its Figure; `save_all` writes them to results/plots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .analysis import epochs_frame, runs_frame, steps_frame
+
+
+def _bar(runs: pd.DataFrame, column: str, title: str, label: str):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    order = runs.groupby("strategy")[column].mean().sort_values(ascending=False).index
+    sns.barplot(data=runs, x="strategy", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
+    ax.set(title=title, xlabel="method", ylabel=label)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def throughput(runs):
+    return _bar(runs, "throughput_img_s", "Training throughput (higher is better)", "images / s")
+
+
+def total_time(runs):
+    return _bar(runs, "total_time_s", "Total training time (lower is better)", "seconds")
+
+
+def communication_overhead(runs):
+    return _bar(runs, "sync_share_pct", "Communication overhead: share of the step blocked in sync",
+                "% of step time")
+
+
+def loss_convergence(steps: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    smooth = steps.assign(loss=steps.groupby("name")["loss"].transform(lambda s: s.rolling(5, min_periods=1).mean()))
+    sns.lineplot(data=smooth, x="step", y="loss", hue="strategy", errorbar=None, ax=ax)
+    ax.set(title="Training loss (rank 0, 5-step moving average)", xlabel="optimizer step", ylabel="cross-entropy")
+    fig.tight_layout()
+    return fig
+
+
+def validation_accuracy(epochs: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.lineplot(data=epochs, x="epoch", y="val_top1", hue="strategy", marker="o", errorbar="sd", ax=ax)
+    ax.set(title="Validation top-1 accuracy per epoch", xlabel="epoch", ylabel="top-1 (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def scaling_efficiency(runs: pd.DataFrame):
+    """Throughput per world size against the ideal line (n × the 1-rank throughput)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    mean = runs.groupby(["strategy", "world_size"], as_index=False)["throughput_img_s"].mean()
+    sns.lineplot(data=mean, x="world_size", y="throughput_img_s", hue="strategy", marker="o", ax=ax)
+    one = mean.loc[mean.world_size == 1, "throughput_img_s"]
+    if len(one):
+        sizes = sorted(mean.world_size.unique())
+        ax.plot(sizes, [one.max() * n for n in sizes], "k--", label="ideal (linear)")
+        ax.legend()
+    ax.set(title="Scaling with the number of ranks", xlabel="ranks", ylabel="images / s")
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(results: list[dict]) -> dict:
+    runs, epochs, steps = runs_frame(results), epochs_frame(results), steps_frame(results)
+    figures = {"throughput": throughput(runs), "total_time": total_time(runs),
+               "loss_convergence": loss_convergence(steps), "communication_overhead": communication_overhead(runs)}
+    if "val_top1" in epochs:
+        figures["validation_accuracy"] = validation_accuracy(epochs)
+    if runs.world_size.nunique() > 1:
+        figures["scaling_efficiency"] = scaling_efficiency(runs)
+    return figures
+
+
+def save_all(figures: dict, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        paths.append(folder / f"{name}.png")
+        fig.savefig(paths[-1], dpi=120)
+    return paths

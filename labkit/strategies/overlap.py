@@ -1,0 +1,49 @@
+"""overlap — start each bucket's all-reduce during backward, as soon as it is ready.
+
+Idea (DDP's central trick, written by hand): backward computes gradients from the
+last layer to the first. A hook on every parameter (`register_post_accumulate_grad_hook`)
+counts the gradients that have arrived in its bucket; when the bucket is complete
+its all-reduce is launched asynchronously, and backward carries on computing the
+earlier layers while the network moves the bytes. Before the optimizer step we
+only wait for the handles still in flight.
+
+Communication: the bytes of `bucketed`, but mostly hidden behind backward: the
+blocking sync time shrinks, the exposed communication with it. Every rank runs the
+same graph, so the hooks fire and the collectives start in the same order everywhere.
+"""
+
+import functools
+
+import torch.distributed as dist
+
+from .base import Strategy, flatten, nbytes, unflatten_into
+from .buckets import make_buckets, to_wire
+
+
+class Overlap(Strategy):
+    def prepare(self, model, optimizer):
+        self.buckets = make_buckets(model.parameters(), self.cfg.bucket_mb)
+        self.arrived = [0] * len(self.buckets)
+        self.in_flight = []  # (bucket index, wire buffer, async work handle)
+        for index, bucket in enumerate(self.buckets):
+            for p in bucket:
+                p.register_post_accumulate_grad_hook(functools.partial(self.on_grad_ready, index))
+        return model
+
+    def on_grad_ready(self, index, param):  # called by autograd, inside backward
+        self.arrived[index] += 1
+        if self.arrived[index] == len(self.buckets[index]):
+            self.launch(index)
+
+    def launch(self, index):
+        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.cfg.compress)
+        work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
+        self.in_flight.append((index, wire, work))
+        self.count_all_reduce(nbytes(wire))
+
+    def sync_gradients(self, model):
+        for index, wire, work in self.in_flight:
+            work.wait()
+            unflatten_into(wire, [p.grad for p in self.buckets[index]])
+        self.arrived = [0] * len(self.buckets)
+        self.in_flight = []

@@ -1,0 +1,66 @@
+"""Background jobs: launch returns at once, cancel and Ctrl-C leave no process, failures name the rank."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import labkit
+from conftest import REPO
+
+
+def wait_for_progress(job, timeout=120):
+    deadline = time.time() + timeout
+    while not job.progress() and time.time() < deadline:
+        assert job.status in ("queued", "running")
+        time.sleep(0.5)
+    assert job.progress(), "no step was made"
+
+
+def assert_all_gone(procs, timeout=15):
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running: {[(p.pid, p.cmdline()[:4]) for p in alive]}"
+
+
+def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
+    job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, epochs=1, out_dir=str(tmp_path / "run"))
+    assert job.status in ("queued", "running") and not (tmp_path / "run" / "result.json").exists()
+    wait_for_progress(job)
+    family = psutil.Process(job.proc.pid).children(recursive=True)
+    assert len([p for p in family if "labkit.worker" in " ".join(p.cmdline())]) >= 2
+    job.cancel()
+    assert job.status == "interrupted"
+    assert_all_gone(family)
+    with pytest.raises(labkit.RunFailed, match="interrupted"):
+        job.result()
+
+
+def test_ctrl_c_during_wait_leaves_nothing(tmp_path):
+    script = ("import labkit, sys\n"
+              f"job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=1, out_dir={str(tmp_path / 'run')!r})\n"
+              "print(job.proc.pid, flush=True)\n"
+              "job.wait()\n")
+    waiter = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    agent_pid = int(waiter.stdout.readline())
+    deadline = time.time() + 120
+    while not (tmp_path / "run" / "progress.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    family = psutil.Process(agent_pid).children(recursive=True) + [psutil.Process(agent_pid)]
+    waiter.send_signal(signal.SIGINT)
+    assert waiter.wait(timeout=60) != 0  # KeyboardInterrupt propagates after the teardown
+    assert_all_gone(family)
+
+
+def test_failing_rank_is_named_with_its_traceback(tmp_path):
+    job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, max_steps=6, fault="1:2:raise",
+                        out_dir=str(tmp_path / "run"))
+    with pytest.raises(labkit.RunFailed) as error:
+        job.result()
+    message = str(error.value)
+    assert "rank 1" in message and "injected fault on rank 1 at step 2" in message and "inject_fault" in message
+    assert job.status == "failed"
