@@ -26,12 +26,17 @@ def cmd_run(args) -> int:
     from .profiles import make_config
 
     overrides = parse_overrides(args.set)
-    for key in ("strategy", "nproc", "epochs", "max_steps", "name"):
+    for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.out:
         overrides["out_dir"] = args.out
-    cfg = make_config(args.profile, **overrides)
+    if args.resume:
+        cfg = resume_config(args.resume)
+    elif not args.strategy:
+        raise ConfigError("--strategy is required (or --resume DIR to continue a run)")
+    else:
+        cfg = make_config(args.profile, **overrides)
     print(f"labkit: {cfg.strategy} on {cfg.nproc} rank(s), {cfg.backend}/{cfg.device}, "
           f"{cfg.model} on {cfg.dataset}, global batch {cfg.global_batch} → {cfg.out_dir}", flush=True)
     job = Job(cfg).start()
@@ -47,6 +52,22 @@ def cmd_run(args) -> int:
         return 1
     print_summary(result)
     return 0
+
+
+def resume_config(run_dir: str):
+    """The saved config of an earlier run, set to continue from its checkpoint."""
+    from pathlib import Path
+
+    from .config import RunConfig
+    from .profiles import check_devices
+
+    folder = Path(run_dir)
+    if not (folder / "config.json").exists() or not (folder / "checkpoint.pt").exists():
+        raise ConfigError(f"{folder} holds no config.json and checkpoint.pt to resume from")
+    cfg = RunConfig.load(folder / "config.json")
+    cfg.resume, cfg.out_dir = True, str(folder.resolve())
+    check_devices(cfg)
+    return cfg
 
 
 def print_summary(result: dict) -> None:
@@ -121,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="what this machine has and which profile auto picks").set_defaults(func=cmd_check)
 
     run = sub.add_parser("run", help="train with one synchronization method (a real torchrun job)")
-    run.add_argument("--strategy", choices=sorted(STRATEGIES), required=True)
+    run.add_argument("--strategy", choices=sorted(STRATEGIES))
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    run.add_argument("--max-restarts", dest="max_restarts", type=int, help="torchrun restarts after a failure")
     run.add_argument("--profile", default="auto", help="auto (default), imagenet, synthetic or cpu")
     run.add_argument("--nproc", type=int, help="ranks (one per GPU with NCCL)")
     group = run.add_mutually_exclusive_group()

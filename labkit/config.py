@@ -76,8 +76,14 @@ class RunConfig:
     powersgd_start_iter: int = 10
     # where the run folder goes
     out_dir: str = ""  # "" = results/runs/<name>
+    # reliability
+    checkpoint_every: int = 0  # also checkpoint every N steps (0 = at the end of each epoch only)
+    resume: bool = False  # continue from out_dir/checkpoint.pt (labkit run --resume DIR)
+    max_restarts: int = 0  # torchrun restarts the workers this often; they resume from the checkpoint
+    pg_timeout_s: float = 1800.0  # a collective waiting longer than this fails the run
+    watchdog_s: float = 900.0  # no step on any rank for this long: the job is stopped as hung
     # fault injection, for tests and for teaching fault tolerance: "RANK:STEP:KIND",
-    # KIND one of raise / exit / kill / hang
+    # KIND one of raise / exit / kill / hang; fires on a run's first attempt only
     fault: str = ""
 
     # -- JSON round trip -------------------------------------------------------

@@ -7,6 +7,7 @@ tests compare strategies (and world sizes) parameter for parameter.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -136,6 +137,26 @@ class SyntheticLoader:
         return (self.batch for _ in range(self.steps))
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start its next epoch part-way through (a resume)."""
+
+    skip = 0  # samples of this rank's shard to leave out, for the next epoch only
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+def epoch_batches(loader, epoch: int, skip_steps: int, batch_size: int):
+    """The batches of one epoch, from step `skip_steps` on (0 unless resuming)."""
+    if isinstance(loader.sampler, ResumableSampler):
+        loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        loader.sampler.skip = skip_steps * batch_size
+        return iter(loader)
+    return itertools.islice(iter(loader), skip_steps, None)  # synthetic: nothing to load
+
+
 def build_loaders(cfg: RunConfig, data_rank: int, data_ranks: int, rank: int, world: int, device):
     """(train loader, val loader or None). The val set is split without padding so
     no image is counted twice: rank r takes images r, r+world, r+2·world, …"""
@@ -144,7 +165,7 @@ def build_loaders(cfg: RunConfig, data_rank: int, data_ranks: int, rank: int, wo
     root = data_root(cfg)
     train_set = datasets.ImageFolder(root / "train", image_transforms(cfg, train=True))
     val_set = datasets.ImageFolder(root / "val", image_transforms(cfg, train=False))
-    sampler = DistributedSampler(train_set, num_replicas=data_ranks, rank=data_rank,
+    sampler = ResumableSampler(train_set, num_replicas=data_ranks, rank=data_rank,
                                  shuffle=True, seed=cfg.seed)
     common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
                   persistent_workers=cfg.workers > 0)

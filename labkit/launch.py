@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,13 +39,15 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     if cfg.strategy == "single":  # one plain process, no rendezvous
         return [sys.executable, "-m", "labkit.worker", str(config_path)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={cfg.nproc}", f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
+            f"--nproc-per-node={cfg.nproc}", f"--max-restarts={cfg.max_restarts}",
+            f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
             "-m", "labkit.worker", str(config_path)]
 
 
 def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
-    """Wrap the command in labkit.agent: jobs on the same devices take turns."""
-    lock = results_root() / f".{cfg.device}.lock"
+    """Wrap the command in labkit.agent: GPU jobs take turns on a lock (CPU jobs share
+    the cores, so each has a lock of its own and never waits)."""
+    lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     return [sys.executable, "-m", "labkit.agent", str(lock), str(Path(cfg.out_dir) / "started"), "--",
             *torchrun_command(cfg, config_path)]
@@ -60,6 +63,8 @@ class Job:
     # -- starting --------------------------------------------------------------------
     def start(self) -> "Job":
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*")]:  # from a run resumed now
+            stale.unlink(missing_ok=True)
         config_path = self.out / "config.json"
         self.cfg.save(config_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1",
@@ -116,6 +121,8 @@ class Job:
             while self.status in ("queued", "running"):
                 if display:
                     display.update(self.progress())
+                if self.stalled_s() > self.cfg.watchdog_s > 0:
+                    self._stop_hung()
                 if deadline and time.time() > deadline:
                     raise TimeoutError(f"run {self.cfg.name} still running after {timeout} s")
                 time.sleep(0.5)
@@ -135,6 +142,32 @@ class Job:
             raise RunFailed(describe_failure(result))
         return result
 
+    # -- the watchdog ------------------------------------------------------------------
+    def stalled_s(self) -> float:
+        """Seconds since any rank last showed life (its heartbeat file), or since start."""
+        started = self.out / "started"
+        if not started.exists():
+            return 0.0  # still queued
+        beats = [p.stat().st_mtime for p in (self.out / "logs").glob("heartbeat-*")]
+        return time.time() - max([started.stat().st_mtime, *beats])
+
+    def last_steps(self) -> dict[int, int]:
+        """The step each rank was working on, from its heartbeat file."""
+        steps = {}
+        for path in (self.out / "logs").glob("heartbeat-*"):
+            text = path.read_text().strip()
+            steps[int(path.name.split("-")[1])] = int(text) if text else 0
+        return dict(sorted(steps.items()))
+
+    def _stop_hung(self) -> None:
+        steps = self.last_steps()
+        stop_process_tree(self.proc.pid)
+        self.proc.wait()
+        stuck = min(steps, key=steps.get) if steps else None
+        self._finish(status="hung", failure={
+            "rank": stuck, "exception": f"no progress on any rank for {self.cfg.watchdog_s:.0f} s (watchdog_s); "
+            f"step each rank was on: {steps}", "traceback": "", "last_step_by_rank": steps})
+
     # -- stopping ----------------------------------------------------------------------
     def cancel(self) -> None:
         """Stop the job and every process under it; record it as interrupted."""
@@ -144,18 +177,19 @@ class Job:
         self.proc.wait()
         self._finish(status="interrupted")
 
-    def _finish(self, status: str | None = None) -> None:
+    def _finish(self, status: str | None = None, failure: dict | None = None) -> None:
         """Called once the agent has exited: make sure result.json says how it ended."""
         self.log.close()
         stop_process_tree(self.proc.pid)  # stragglers of a failed job (workers in their own sessions)
         path = self.out / "result.json"
-        if path.exists() and status is None:
+        if path.exists() and status is None and path.stat().st_mtime >= self.started:
             self._status = json.loads(path.read_text())["status"]
             return
         self._status = status or "failed"
         write_json(path, {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy,
                           "status": self._status, "config": self.cfg.to_dict(),
-                          "exit_code": self.proc.returncode, "failure": read_failure(self.out / "logs")})
+                          "exit_code": self.proc.returncode,
+                          "failure": failure or read_failure(self.out / "logs", self.started)})
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
@@ -180,23 +214,39 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def read_failure(log_dir: Path) -> dict | None:
-    """The root cause from torchrun's per-rank error files (written by @record):
-    the earliest error is the one that brought the job down."""
-    errors = []
-    for path in log_dir.rglob("error.json"):
-        try:
-            message = json.loads(path.read_text())["message"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(message, str):
-            message = {"message": message, "extraInfo": {}}
-        info = message.get("extraInfo", {})
-        errors.append({"rank": int(path.parent.name), "exception": message.get("message", "").strip(),
-                       "traceback": info.get("py_callstack", ""), "timestamp": int(info.get("timestamp", 0))})
-    if errors:
-        return min(errors, key=lambda e: e["timestamp"])
+def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
+    """The failure that brought the job down. torchrun's log ends with a "Root Cause
+    (first observed failure)" block naming the rank, its exit code and its error file;
+    the error file (written by @record in the worker) holds the exception and traceback.
+    A rank that died without raising (os._exit, SIGKILL) has no error file: its exit
+    code or signal is the cause. A plain process (`single`) writes logs/0/error.json."""
+    launcher = log_dir / "launcher.log"
+    text = launcher.read_text(errors="replace") if launcher.exists() else ""
+    blocks = re.findall(r"Root Cause \(first observed failure\):\s*\[\d+\]:(.*?)(?:\n=+|\Z)", text, re.S)
+    if blocks:
+        block = blocks[-1]
+        field = lambda name: (re.search(rf"{name}\s*:\s*(.*)", block) or [None, ""])[1].strip()
+        rank = int(re.match(r"\d+", field("rank")).group())
+        code = int(re.match(r"-?\d+", field("exitcode")).group())
+        error_file = Path(field("error_file"))
+        if error_file.is_file():
+            return error_record(error_file, rank)
+        cause = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
+                 else f"exited with exit code {code} without raising")
+        return {"rank": rank, "exception": cause, "traceback": block.split("traceback :")[-1].strip()}
+    single = log_dir / "0" / "error.json"
+    if single.is_file() and single.stat().st_mtime >= since:
+        return error_record(single, 0)
     return None
+
+
+def error_record(path: Path, rank: int) -> dict:
+    """One rank's error file, as torch's elastic `record` writes it."""
+    message = json.loads(path.read_text())["message"]
+    if isinstance(message, str):
+        message = {"message": message, "extraInfo": {}}
+    return {"rank": rank, "exception": message.get("message", "").strip(),
+            "traceback": message.get("extraInfo", {}).get("py_callstack", "")}
 
 
 def describe_failure(result: dict) -> str:
@@ -204,5 +254,5 @@ def describe_failure(result: dict) -> str:
     head = f"run {result.get('name')} {result.get('status')}"
     if not failure:
         return f"{head} (exit code {result.get('exit_code')}; see its logs/)"
-    return (f"{head}: rank {failure['rank']} raised {failure['exception']}\n"
+    return (f"{head}: rank {failure['rank']}: {failure['exception']}\n"
             f"{failure.get('traceback', '').rstrip()}")

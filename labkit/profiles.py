@@ -23,7 +23,8 @@ PROFILES = {
     "imagenet": IMAGENET,  # the original experiment
     "synthetic": dict(IMAGENET, dataset="synthetic", workers=0, epochs=1, synthetic_steps=50),
     "cpu": dict(model="resnet18_small", dataset="tiny", image_size=32, num_classes=10, nproc=4,
-                backend="gloo", device="cpu", workers=1, epochs=3, batch_size=16, lr=0.02),
+                backend="gloo", device="cpu", workers=1, epochs=3, batch_size=16, lr=0.02,
+                pg_timeout_s=60.0, watchdog_s=120.0),
 }
 COMPRESSIONS = ("none", "fp16", "bf16")
 
@@ -95,8 +96,15 @@ def validate(cfg: RunConfig) -> None:
             f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
     check_devices(cfg)
     check_data(cfg)
-    require(not (Path(cfg.out_dir) / "result.json").exists(),
+    require(not finished_ok(Path(cfg.out_dir)),
             f"{cfg.out_dir} already holds a finished run; choose another --name or --out")
+
+
+def finished_ok(folder: Path) -> bool:
+    import json
+
+    result = folder / "result.json"
+    return result.exists() and json.loads(result.read_text()).get("status") == "ok"
 
 
 def check_devices(cfg: RunConfig) -> None:

@@ -21,8 +21,10 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from . import hardware
 from .config import RunConfig
-from .data import build_loaders
-from .files import save_checkpoint, write_json
+from .data import build_loaders, epoch_batches
+from . import checkpoint
+from .checkpoint import TrainState
+from .files import write_json
 from .models import build_model
 from .strategies import STRATEGIES
 from .timing import StepTimer, summarize
@@ -39,7 +41,15 @@ def setup(cfg: RunConfig):
         device = torch.device("cpu")
         torch.set_num_threads(hardware.cpu_threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if "RANK" in os.environ:
-        dist.init_process_group(cfg.backend, timeout=timedelta(seconds=300),
+        # Our own view of torchrun's store, prefixed by the attempt: after a restart the
+        # store still holds the dead workers' addresses, and gloo would dial them.
+        timeout = timedelta(seconds=cfg.pg_timeout_s)
+        agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              is_master=rank == 0 and not agent_hosts_store, timeout=timeout)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(cfg.backend, store=dist.PrefixStore(f"labkit/attempt_{attempt}", store),
+                                rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
     return rank, world, device
 
@@ -51,13 +61,14 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
-def validate(model, loader, device, cfg) -> dict:
+def validate(model, loader, device, cfg, heartbeat) -> dict:
     """Loss, top-1 and top-5 over the whole val set: sums and counts are added across
     ranks, so each image counts once whatever the shard sizes."""
     model.eval()
     loss_sum = top1 = top5 = count = 0.0
     with torch.no_grad(), autocast(cfg, device):
         for images, labels in loader:
+            heartbeat.touch()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits = model(images).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -101,18 +112,30 @@ def main(config_path: str):
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
+    # Resume from the checkpoint on --resume, or when torchrun restarted us after a failure.
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    state = TrainState()
+    if (cfg.resume or attempt > 0) and (out / "checkpoint.pt").exists():
+        state = checkpoint.restore(out / "checkpoint.pt", net, optimizer, scaler, device)
+    first_attempt = not cfg.resume and attempt == 0
+    heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
+
     timer = StepTimer(device)
     progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
-    steps, epochs, global_step = [], [], 0
     started = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        epoch_start, first_step, loss_sum, seen = time.perf_counter(), global_step, 0.0, 0
-        batches = iter(train_loader) if shard else iter([(None, None)] * steps_per_epoch)
+    for epoch in range(state.epoch, cfg.epochs):
+        if state.global_step >= total_steps:
+            break
+        epoch_start, first_step = time.perf_counter(), state.global_step
+        if shard:
+            batches = epoch_batches(train_loader, epoch, state.step_in_epoch, cfg.batch_size)
+        else:  # a dedicated server takes part in every step without data
+            batches = iter([(None, None)] * (steps_per_epoch - state.step_in_epoch))
         timer.start()
         for images, labels in batches:
-            inject_fault(cfg.fault, rank, global_step + 1)
+            if first_attempt:
+                inject_fault(cfg.fault, rank, state.global_step + 1)
+            heartbeat.beat(state.global_step + 1)
             strategy.reset_counters()
             loss_value = 0.0
             if shard:
@@ -133,43 +156,60 @@ def main(config_path: str):
             timer.mark("sync_s")
             optimizer.zero_grad(set_to_none=True)
             record_ = timer.stop()
-            global_step += 1
-            loss_sum, seen = loss_sum + loss_value * (shard is not None), seen + (shard is not None)
-            steps.append(dict(step=global_step, epoch=epoch, loss=loss_value, bytes_sent=strategy.bytes_sent,
-                              bytes_received=strategy.bytes_received, collectives=strategy.collectives, **record_))
+
+            state.global_step += 1
+            state.step_in_epoch += 1
+            if shard:
+                state.loss_sum, state.seen = state.loss_sum + loss_value, state.seen + 1
+            state.steps.append(dict(step=state.global_step, epoch=epoch, loss=loss_value,
+                                    bytes_sent=strategy.bytes_sent, bytes_received=strategy.bytes_received,
+                                    collectives=strategy.collectives, **record_))
             if progress:
                 img_s = cfg.global_batch / record_["step_s"]
-                progress.write(f'{{"epoch": {epoch}, "step": {global_step}, "total_steps": {total_steps}, '
+                progress.write(f'{{"epoch": {epoch}, "step": {state.global_step}, "total_steps": {total_steps}, '
                                f'"loss": {loss_value:.5f}, "img_s": {img_s:.1f}}}\n')
-            if global_step >= total_steps:
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0 and rank == 0:
+                checkpoint.save(out / "checkpoint.pt", net, optimizer, scaler, state, cfg.to_dict())
+            if state.global_step >= total_steps:
                 break
             timer.start()
 
         # End of epoch: the train loss over every data rank, then validation.
-        loss_total, seen_total = all_reduce_sum([loss_sum, seen], device)
+        loss_total, seen_total = all_reduce_sum([state.loss_sum, state.seen], device)
         stats = {"epoch": epoch, "train_loss": loss_total / max(1, seen_total),
-                 "steps": global_step - first_step, "time_s": time.perf_counter() - epoch_start}
+                 "steps": state.global_step - first_step, "time_s": time.perf_counter() - epoch_start}
         stats["throughput_img_s"] = cfg.global_batch * stats["steps"] / stats["time_s"]
         if val_loader is not None:
             sync_buffers(net, source=cfg.nproc - cfg.data_ranks)
-            stats.update(validate(net, val_loader, device, cfg))
-        epochs.append(stats)
+            stats.update(validate(net, val_loader, device, cfg, heartbeat))
+        state.epochs.append(stats)
+        state.epoch, state.step_in_epoch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
         if rank == 0:
-            save_checkpoint(out / "checkpoint.pt", {
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": global_step,
-                "config": cfg.to_dict()})
-        if global_step >= total_steps:
-            break
+            checkpoint.save(out / "checkpoint.pt", net, optimizer, scaler, state, cfg.to_dict())
 
     total_time = time.perf_counter() - started
-    rank_medians = gather_step_medians(steps, cfg.warmup_steps)
+    rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
     if rank == 0:
-        write_json(out / "result.json", build_result(cfg, world, device, steps, epochs, total_time, rank_medians))
+        result = build_result(cfg, world, device, state.steps, state.epochs, total_time, rank_medians)
+        write_json(out / "result.json", result)
         progress.close()
     if dist.is_initialized():
         dist.barrier()  # nobody leaves before rank 0 has written the result
         dist.destroy_process_group()
+
+
+class Heartbeat:
+    """Each rank overwrites logs/heartbeat-RANK with the step it is working on: the
+    launcher's watchdog reads the files' age (is anyone moving?) and content (who is stuck)."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+
+    def beat(self, step: int) -> None:
+        os.pwrite(self.fd, f"{step:>12}\n".encode(), 0)
+
+    def touch(self) -> None:  # still alive (validating), same step
+        os.utime(self.fd)
 
 
 def inject_fault(fault: str, rank: int, step: int) -> None:

@@ -75,7 +75,7 @@ def test_compressed_variant_stays_close_and_learns(strategy, option, ddp_simple,
     stated tolerance is 2e-2 on any parameter after 4 steps; the loss must still fall."""
     result, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
     assert max_param_diff(ddp_simple[4][1], state) < 2e-2
-    long_run, _ = train(strategy, 4, "augment=false", "workers=0", "model=simple_cnn", "lr=0.05", option,
-                        max_steps=12, name=f"{strategy}-long")
+    long_run, _ = train(strategy, 4, "augment=false", "workers=0", "model=simple_cnn", "lr=0.2", "batch_size=16",
+                        option, max_steps=20, name=f"{strategy}-long")
     losses = [s["loss"] for s in long_run["steps"]]
-    assert sum(losses[-3:]) < sum(losses[:3])
+    assert sum(losses[-4:]) < 0.9 * sum(losses[:4])  # uncompressed, this falls from ~2.3 to ~1.6

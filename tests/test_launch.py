@@ -62,5 +62,5 @@ def test_failing_rank_is_named_with_its_traceback(tmp_path):
     with pytest.raises(labkit.RunFailed) as error:
         job.result()
     message = str(error.value)
-    assert "rank 1" in message and "injected fault on rank 1 at step 2" in message and "inject_fault" in message
+    assert "rank 1" in message and "rank 1: RuntimeError: injected fault on rank 1 at step 2" in message and "inject_fault" in message
     assert job.status == "failed"
