@@ -133,6 +133,49 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_prepare_imagenet(args) -> int:
+    from .prep import prepare
+    from .verify import verify
+
+    kind = prepare(args.src, args.dst, workers=args.workers, copy=args.copy)
+    report = verify(args.dst)
+    print(f"prepared {args.dst} from the {kind} input: " +
+          ", ".join(f"{split} {s['images']} images in {s['classes']} classes" for split, s in report["splits"].items()))
+    for problem in report["problems"]:
+        print(f"  problem: {problem}")
+    return 0 if not report["problems"] else 1
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify
+
+    report = verify(args.dir, decode=args.decode, workers=args.workers)
+    for split, stats in report["splits"].items():
+        print(f"{split}: {stats['classes']} classes, {stats['images']} images")
+    print("full ImageNet-1k (1,281,167 / 50,000)" if report["full_imagenet"] else "not the full ImageNet-1k counts")
+    for problem in report["problems"]:
+        print(f"problem: {problem}")
+    print("ok" if not report["problems"] else f"{len(report['problems'])} problem(s)")
+    return 0 if not report["problems"] else 1
+
+
+def cmd_subset(args) -> int:
+    from .verify import subset
+
+    dst = subset(args.src, args.dst, args.classes, args.train_per_class, args.val_per_class, args.seed)
+    print(f"subset ready at {dst}: use it with --set dataset=imagefolder --set data_dir={dst} "
+          f"--set num_classes={args.classes}")
+    return 0
+
+
+def cmd_download_kaggle(args) -> int:
+    from .verify import download_kaggle
+
+    download_kaggle(args.dst)
+    print(f"downloaded into {args.dst}; next: labkit data prepare-imagenet --src {args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies import STRATEGIES
 
@@ -171,6 +214,28 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--dst", help="folder (default data/tiny)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_data_tiny)
+    prep = data.add_parser("prepare-imagenet", help="official archives / Kaggle copy / extracted tree → data/imagenet")
+    prep.add_argument("--src", required=True, help="folder with the archives (or Kaggle's copy, or train/ and val/)")
+    prep.add_argument("--dst", default="data/imagenet")
+    prep.add_argument("--workers", type=int, default=4, help="parallel class extractions")
+    prep.add_argument("--copy", action="store_true", help="copy an extracted input instead of linking it")
+    prep.set_defaults(func=cmd_prepare_imagenet)
+    check = data.add_parser("verify", help="check an ImageFolder tree (counts, stray folders, --decode)")
+    check.add_argument("dir")
+    check.add_argument("--decode", action="store_true", help="open every image as RGB")
+    check.add_argument("--workers", type=int, default=4)
+    check.set_defaults(func=cmd_verify)
+    sub_set = data.add_parser("subset", help="a smaller ImageFolder of links, e.g. ImageNet-100")
+    sub_set.add_argument("--src", default="data/imagenet")
+    sub_set.add_argument("--dst", required=True)
+    sub_set.add_argument("--classes", type=int, default=100)
+    sub_set.add_argument("--train-per-class", dest="train_per_class", type=int, default=260)
+    sub_set.add_argument("--val-per-class", dest="val_per_class", type=int, default=50)
+    sub_set.add_argument("--seed", type=int, default=0)
+    sub_set.set_defaults(func=cmd_subset)
+    kaggle = data.add_parser("download-kaggle", help="fetch Kaggle's copy with the kaggle tool")
+    kaggle.add_argument("--dst", default="data/downloads")
+    kaggle.set_defaults(func=cmd_download_kaggle)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""Benchmarks that print ratios measured side by side in one run.
+
+- `labkit bench collectives`: the nccl-tests-style microbenchmark (labkit/collectives.py),
+  its JSON, a busbw plot and the alpha–beta fit the report's cost model uses.
+- `labkit bench harness`: labkit's DDP against a plain DDP script (bench/plain_ddp.py),
+  alternated over repeats: is labkit's measuring free?
+- `labkit sweep`: one method over several world sizes, for the scaling plot.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import LAB_ROOT, results_root
+
+
+def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5) -> dict:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    from .costmodel import fit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "collectives.json"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                    "-m", "labkit.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
+                   cwd=LAB_ROOT, check=True)
+    bench = json.loads(path.read_text())
+    bench["fits"] = fit(bench)
+    path.write_text(json.dumps(bench, indent=1))
+    frame = pd.DataFrame(bench["rows"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=frame, x="size_bytes", y="busbw_gb_s", hue="op", marker="o", ax=ax)
+    ax.set(xscale="log", title=f"Bus bandwidth, {bench['world_size']} ranks, {bench['backend']}",
+           xlabel="message size (bytes)", ylabel="busbw (GB/s)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "collectives.png", dpi=120)
+    return bench
+
+
+def collectives_table(bench: dict) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(bench["rows"])
+    frame["size"] = frame.size_bytes.map(lambda b: f"{b / 1024:.0f} KB" if b < 1 << 20 else f"{b / (1 << 20):.0f} MB")
+    table = frame.pivot_table(index="size", columns="op", values="busbw_gb_s", sort=False)
+    fits = "\n".join(f"  {op:<15} α = {f['alpha_s'] * 1e6:9.1f} µs   1/β = {1e-9 / f['beta_s_per_byte']:8.3f} GB/s"
+                     if f["beta_s_per_byte"] else f"  {op:<15} α = {f['alpha_s'] * 1e6:9.1f} µs"
+                     for op, f in bench["fits"].items())
+    return f"busbw (GB/s):\n{table.round(3).to_string()}\n\nalpha-beta fit (t = α + β·S):\n{fits}"
+
+
+def plain_ddp_throughput(nproc: int, steps: int, warmup: int) -> float:
+    from .data import make_tiny
+
+    data = make_tiny(LAB_ROOT / "data" / "tiny")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                           str(LAB_ROOT / "bench" / "plain_ddp.py"), str(data), str(steps), str(warmup)],
+                          cwd=LAB_ROOT, capture_output=True, text=True, check=True)
+    return float(proc.stdout.split("throughput_img_s")[-1].split()[0])
+
+
+def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path) -> float:
+    from . import run
+    from .profiles import make_config
+
+    cfg = make_config("cpu", strategy="ddp", nproc=nproc, max_steps=steps, warmup_steps=warmup, out_dir=str(out))
+    return run(cfg, progress=False)["summary"]["throughput_img_s"]
+
+
+def harness(nproc: int = 4, steps: int = 40, warmup: int = 5, repeats: int = 3, out_dir: Path | None = None) -> dict:
+    """Alternate plain and labkit runs; the ratio of their medians, with each repeat's ratio."""
+    out_dir = out_dir or results_root() / "bench" / "harness"
+    plain, lab = [], []
+    for i in range(repeats):
+        plain.append(plain_ddp_throughput(nproc, steps, warmup))
+        lab.append(labkit_ddp_throughput(nproc, steps, warmup, out_dir / f"repeat-{i}-{int(__import__('time').time())}"))
+        print(f"repeat {i + 1}/{repeats}: plain {plain[-1]:.1f} img/s, labkit {lab[-1]:.1f} img/s", flush=True)
+    ratios = [b / a for a, b in zip(plain, lab)]
+    return {"plain_img_s": plain, "labkit_img_s": lab, "ratios": ratios,
+            "ratio_of_medians": statistics.median(lab) / statistics.median(plain),
+            "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def sweep(strategy: str, sizes: list[int], profile: str, overrides: dict) -> list[dict]:
+    from . import run
+    from .profiles import make_config
+
+    results = []
+    for n in sizes:
+        cfg = make_config(profile, strategy=strategy, nproc=n, **overrides)
+        print(f"== {strategy} on {n} rank(s) → {cfg.out_dir}", flush=True)
+        results.append(run(cfg))
+    return results
