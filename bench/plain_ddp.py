@@ -35,7 +35,7 @@ normalize = transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 train_set = datasets.ImageFolder(os.path.join(data_dir, "train"), transforms.Compose(
     [transforms.Resize(32), transforms.RandomCrop(32, padding=4), transforms.ToTensor(), normalize]))
 sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=0)
-loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True, num_workers=1, persistent_workers=True)
+loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=True)
 
 done, epoch = 0, 0
 while done < steps:

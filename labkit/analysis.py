@@ -13,7 +13,7 @@ import pandas as pd
 
 from .config import results_root
 
-RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_share_pct",
+RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_share_pct", "exposed_comm_pct",
                "bytes_sent_per_step", "collectives_per_step", "final_train_loss", "best_val_top1"]
 
 
@@ -78,3 +78,20 @@ def summary_frame(result: dict) -> pd.DataFrame:
     """One run's summary figures as a two-column table, for a notebook."""
     return pd.DataFrame([{"figure": k, "value": v} for k, v in result["summary"].items()
                          if not isinstance(v, list)])
+
+
+def communication_frame(results: list[dict], fits: dict | None) -> pd.DataFrame:
+    """Per run: the communication time measured two ways, and what the alpha–beta model
+    (fitted from `labkit bench collectives`) predicts from the bytes and calls the method reports."""
+    from .costmodel import predict_sync_s
+
+    rows = []
+    for r in results:
+        s = r.get("summary", {})
+        rows.append({"strategy": r["strategy"], "world_size": r.get("world_size"),
+                     "measured_sync_ms": 1e3 * s.get("sync_time_median_s", float("nan")),
+                     "exposed_comm_ms": 1e3 * (s.get("exposed_comm_s") or float("nan")),
+                     "predicted_ms": 1e3 * (predict_sync_s(r, fits) or float("nan")) if fits else float("nan"),
+                     "MB_sent_per_step": s.get("bytes_sent_per_step", 0) / 1e6,
+                     "collectives_per_step": s.get("collectives_per_step")})
+    return pd.DataFrame(rows).groupby(["strategy", "world_size"], as_index=False).mean()

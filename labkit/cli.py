@@ -176,6 +176,41 @@ def cmd_download_kaggle(args) -> int:
     return 0
 
 
+def cmd_bench_collectives(args) -> int:
+    from pathlib import Path
+
+    from .bench import collectives_table, run_collectives
+    from .config import results_root
+
+    out = Path(args.out) if args.out else results_root() / "bench"
+    bench = run_collectives(args.nproc, out, max_mb=args.max_mb, repeats=args.repeats)
+    print(collectives_table(bench))
+    print(f"written: {out / 'collectives.json'}, {out / 'collectives.png'}")
+    return 0
+
+
+def cmd_bench_harness(args) -> int:
+    from .bench import harness
+
+    outcome = harness(args.nproc, args.steps, args.warmup, args.repeats)
+    print(f"labkit ddp / plain DDP script throughput: {outcome['ratio_of_medians']:.3f} "
+          f"(per repeat {outcome['ratio_min']:.3f} … {outcome['ratio_max']:.3f}; target ≥ 0.97)")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .analysis import comparison_table, runs_frame
+    from .bench import sweep
+
+    sizes = [int(n) for n in args.nproc.split(",")]
+    results = sweep(args.strategy, sizes, args.profile, parse_overrides(args.set))
+    table = runs_frame(results)[["world_size", "throughput_img_s", "sync_share_pct"]]
+    one = table.loc[table.world_size == table.world_size.min()].throughput_img_s.iloc[0] / table.world_size.min()
+    table["scaling_efficiency"] = table.throughput_img_s / (one * table.world_size)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies import STRATEGIES
 
@@ -208,6 +243,27 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="plots and report from result files (default: results/runs)")
     compare.add_argument("runs", nargs="*", help="run folders (default: every run under results/runs)")
     compare.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    coll = bench.add_parser("collectives", help="nccl-tests-style microbenchmark of the collectives")
+    coll.add_argument("--nproc", type=int, default=4)
+    coll.add_argument("--out", help="folder (default results/bench)")
+    coll.add_argument("--max-mb", dest="max_mb", type=float, default=128)
+    coll.add_argument("--repeats", type=int, default=5)
+    coll.set_defaults(func=cmd_bench_collectives)
+    harn = bench.add_parser("harness", help="labkit's ddp against a plain DDP script, alternated")
+    harn.add_argument("--nproc", type=int, default=4)
+    harn.add_argument("--steps", type=int, default=40)
+    harn.add_argument("--warmup", type=int, default=5)
+    harn.add_argument("--repeats", type=int, default=3)
+    harn.set_defaults(func=cmd_bench_harness)
+
+    sweep = sub.add_parser("sweep", help="one method over several world sizes (scaling)")
+    sweep.add_argument("--strategy", choices=sorted(STRATEGIES), required=True)
+    sweep.add_argument("--nproc", default="1,2,4", help="comma-separated world sizes")
+    sweep.add_argument("--profile", default="auto")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sweep.set_defaults(func=cmd_sweep)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     tiny = data.add_parser("tiny", help="generate the small 10-class JPEG dataset")

@@ -64,6 +64,8 @@ class RunConfig:
     channels_last: bool = False
     # measurement
     warmup_steps: int = 2  # left out of the summary figures
+    calibration_steps: int = 5  # compute-only steps before training, for exposed_comm_pct (0 = skip)
+    timeline_steps: int = 4  # steps after warm-up whose phases every rank records for the timeline
     # strategy options
     ps_server_trains: bool = True  # ps: rank 0 also computes its share of the batch
     bucket_mb: float = 25.0  # bucketed / overlap: bucket size

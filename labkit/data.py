@@ -167,8 +167,10 @@ def build_loaders(cfg: RunConfig, data_rank: int, data_ranks: int, rank: int, wo
     val_set = datasets.ImageFolder(root / "val", image_transforms(cfg, train=False))
     sampler = ResumableSampler(train_set, num_replicas=data_ranks, rank=data_rank,
                                  shuffle=True, seed=cfg.seed)
-    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                  persistent_workers=cfg.workers > 0)
+    # forkserver: loader workers start from a clean process, not forked from a rank whose
+    # gloo/NCCL threads may hold a lock at that instant (a fork can then hang the child).
+    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                  multiprocessing_context="forkserver" if cfg.workers > 0 else None)
     # drop_last: every step has the same batch on every rank, so averages are exact.
     train = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=True, **common)
     val_shard = Subset(val_set, range(rank, len(val_set), world))

@@ -69,6 +69,26 @@ def scaling_efficiency(runs: pd.DataFrame):
     return fig
 
 
+def timeline(result: dict):
+    """Each rank's phases over a window of steps, Gantt-style (as Horovod's timeline):
+    overlap shows as sync bars that shrink, a straggler as a rank whose bars run long."""
+    events = pd.DataFrame(result.get("timeline", []))
+    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * max(1, events["rank"].nunique() if len(events) else 1)))
+    if len(events):
+        colors = dict(zip(["data_s", "compute_s", "sync_s", "optimizer_s"], sns.color_palette("Set2", 4)))
+        origin = events.start.min()
+        for (rank, phase), group in events.groupby(["rank", "phase"]):
+            spans = [(1e3 * (s - origin), 1e3 * (e - s)) for s, e in zip(group.start, group.end)]
+            ax.broken_barh(spans, (rank - 0.4, 0.8), color=colors[phase], label=phase)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), [k.removesuffix("_s") for k in unique], ncol=4, loc="upper right", fontsize=8)
+        ax.set_yticks(sorted(events["rank"].unique()))
+    ax.set(title=f"Timeline of {result['name']}: each rank's phases per step", xlabel="time (ms)", ylabel="rank")
+    fig.tight_layout()
+    return fig
+
+
 def all_figures(results: list[dict]) -> dict:
     runs, epochs, steps = runs_frame(results), epochs_frame(results), steps_frame(results)
     figures = {"throughput": throughput(runs), "total_time": total_time(runs),

@@ -23,7 +23,7 @@ PROFILES = {
     "imagenet": IMAGENET,  # the original experiment
     "synthetic": dict(IMAGENET, dataset="synthetic", workers=0, epochs=1, synthetic_steps=50),
     "cpu": dict(model="resnet18_small", dataset="tiny", image_size=32, num_classes=10, nproc=4,
-                backend="gloo", device="cpu", workers=1, epochs=3, batch_size=16, lr=0.02,
+                backend="gloo", device="cpu", workers=0, epochs=3, batch_size=16, lr=0.02,
                 pg_timeout_s=60.0, watchdog_s=120.0),
 }
 COMPRESSIONS = ("none", "fp16", "bf16")

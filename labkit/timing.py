@@ -22,9 +22,13 @@ PHASES = ("data_s", "compute_s", "sync_s", "optimizer_s")
 
 
 class StepTimer:
+    """Steps are timed back to back: a step ends where the next begins, so the loop's own
+    bookkeeping between steps lands in the next step's data_s and no time goes unseen."""
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.phases = {}
+        self.phases, self.intervals, self.record_intervals, self.steps_done = {}, [], False, 0
+        self.wall_offset = time.time() - time.perf_counter()  # perf_counter → wall clock, for timelines
 
     def _now(self) -> float:
         if self.cuda:
@@ -32,17 +36,24 @@ class StepTimer:
         return time.perf_counter()
 
     def start(self):
-        self.phases = dict.fromkeys(PHASES, 0.0)
+        """Begin the first step of an epoch."""
         self.begin = self.last = self._now()
+        self.phases = dict.fromkeys(PHASES, 0.0)
 
     def mark(self, phase: str):
         """Close the current phase and add its time to `phase`."""
         now = self._now()
         self.phases[phase] += now - self.last
+        if self.record_intervals:
+            self.intervals.append((self.steps_done + 1, phase, self.last + self.wall_offset, now + self.wall_offset))
         self.last = now
 
     def stop(self) -> dict:
-        return dict(self.phases, step_s=self.last - self.begin)
+        """End this step (and begin the next at the same instant)."""
+        record = dict(self.phases, step_s=self.last - self.begin)
+        self.steps_done += 1
+        self.begin, self.phases = self.last, dict.fromkeys(PHASES, 0.0)
+        return record
 
 
 def percentile(values, q):
@@ -50,14 +61,26 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def summarize(steps: list[dict], warmup: int, global_batch: int) -> dict:
-    """Summary figures over the measured (post-warm-up) steps of rank 0."""
+def summarize(steps: list[dict], warmup: int, global_batch: int, compute_only_s: float | None = None) -> dict:
+    """Summary figures over the measured (post-warm-up) steps of rank 0.
+
+    exposed_comm_pct = 1 − t_compute_only / t_step, with t_step the median step time less
+    its data wait and t_compute_only the median step of the calibration phase (same model,
+    batch and device, no synchronization): the share of the step that communication added,
+    whether or not the method overlaps it with backward."""
     measured = steps[warmup:] if len(steps) > warmup else steps
     if not measured:
         return {}
     step_s = [s["step_s"] for s in measured]
     total = sum(step_s)
+    step_no_data = statistics.median(s["step_s"] - s["data_s"] for s in measured)
+    sync = statistics.median(s["sync_s"] for s in measured)
+    sent = statistics.median(s["bytes_sent"] for s in measured)
     return {
+        "compute_only_step_s": compute_only_s,
+        "exposed_comm_s": step_no_data - compute_only_s if compute_only_s else None,
+        "exposed_comm_pct": 100 * (1 - compute_only_s / step_no_data) if compute_only_s else None,
+        "achieved_busbw_gb_s": sent / sync / 1e9 if sync > 1e-6 and sent else None,
         "measured_steps": len(measured),
         "warmup_steps": len(steps) - len(measured),
         "throughput_img_s": global_batch * len(measured) / total,

@@ -6,6 +6,7 @@ validate, checkpoint; finally write result.json. The synchronization method is t
 `strategy` object; this file is the same for every method.
 """
 
+import copy
 import os
 import signal
 import sys
@@ -101,6 +102,7 @@ def main(config_path: str):
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     strategy = STRATEGIES[cfg.strategy](cfg, rank, world)
+    compute_only_s = calibrate(model, cfg, device) if strategy.data_shard() else None
     model = strategy.prepare(model, optimizer)
     net = getattr(model, "module", model)  # the bare model, for validation and checkpoints
 
@@ -136,6 +138,7 @@ def main(config_path: str):
             if first_attempt:
                 inject_fault(cfg.fault, rank, state.global_step + 1)
             heartbeat.beat(state.global_step + 1)
+            timer.record_intervals = cfg.warmup_steps < state.global_step + 1 <= cfg.warmup_steps + cfg.timeline_steps
             strategy.reset_counters()
             loss_value = 0.0
             if shard:
@@ -172,7 +175,6 @@ def main(config_path: str):
                 checkpoint.save(out / "checkpoint.pt", net, optimizer, scaler, state, cfg.to_dict())
             if state.global_step >= total_steps:
                 break
-            timer.start()
 
         # End of epoch: the train loss over every data rank, then validation.
         loss_total, seen_total = all_reduce_sum([state.loss_sum, state.seen], device)
@@ -189,8 +191,11 @@ def main(config_path: str):
 
     total_time = time.perf_counter() - started
     rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
+    timeline = gather_timeline(timer.intervals, rank)
     if rank == 0:
-        result = build_result(cfg, world, device, state.steps, state.epochs, total_time, rank_medians)
+        result = build_result(cfg, world, device, state.steps, state.epochs, total_time, rank_medians,
+                              compute_only_s)
+        result["timeline"] = timeline
         write_json(out / "result.json", result)
         progress.close()
     if dist.is_initialized():
@@ -239,6 +244,44 @@ def sync_buffers(model, source: int):
             dist.broadcast(buffer, src=source)
 
 
+def calibrate(model, cfg, device) -> float | None:
+    """t_compute_only: the median time of a step with no synchronization at all (forward,
+    backward, optimizer) on a copy of the model, with a random batch of the run's shape,
+    so neither the real model, the data order nor the global RNG is touched."""
+    if cfg.calibration_steps < 1:
+        return None
+    twin = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(12345)
+    images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator).to(device)
+    labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator).to(device)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    timer, times = StepTimer(device), []
+    for _ in range(cfg.calibration_steps + 1):  # the first is warm-up
+        timer.start()
+        with autocast(cfg, device):
+            loss = F.cross_entropy(twin(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.mark("compute_s")
+        times.append(timer.stop()["step_s"])
+    del twin, optimizer
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def gather_timeline(intervals, rank) -> list[dict]:
+    """Every rank's phase intervals of the timeline window, on rank 0 (wall-clock seconds)."""
+    mine = [{"rank": rank, "step": step, "phase": phase, "start": start, "end": end}
+            for step, phase, start, end in intervals]
+    if not dist.is_initialized():
+        return mine
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return [event for events in everyone for event in events]
+
+
 def gather_step_medians(steps, warmup) -> list[float]:
     """Every rank's median step time, so a straggler shows in the result."""
     measured = [s["step_s"] for s in steps[warmup:]] or [s["step_s"] for s in steps] or [0.0]
@@ -250,8 +293,8 @@ def gather_step_medians(steps, warmup) -> list[float]:
     return medians
 
 
-def build_result(cfg, world, device, steps, epochs, total_time, rank_medians) -> dict:
-    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch)
+def build_result(cfg, world, device, steps, epochs, total_time, rank_medians, compute_only_s) -> dict:
+    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s)
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
     val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,

@@ -22,12 +22,28 @@ def labkit_cli(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
 
 
 def run_to(out, strategy, nproc, *sets, max_steps=3):
-    """A short cpu-profile run through the real CLI → (result dict, checkpoint dict)."""
+    """A short cpu-profile run through the real CLI → (result dict, checkpoint dict),
+    after checking what every run must leave behind."""
     args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc, "--max-steps", max_steps, "--out", out]
     for item in sets:
         args += ["--set", item]
-    labkit_cli(*args)
-    return json.loads((out / "result.json").read_text()), torch.load(out / "checkpoint.pt", weights_only=True)
+    proc = labkit_cli(*args)
+    result = json.loads((out / "result.json").read_text())
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    check_run(proc, result, checkpoint, strategy, nproc, max_steps)
+    return result, checkpoint
+
+
+def check_run(proc, result, checkpoint, strategy, nproc, steps):
+    """A valid result.json, a loadable checkpoint, per-rank logs: the contract of every run."""
+    assert "throughput" in proc.stdout
+    assert result["status"] == "ok" and result["strategy"] == strategy and result["world_size"] == nproc
+    summary = result["summary"]
+    assert summary["throughput_img_s"] > 0 and summary["total_time_s"] > 0
+    assert len(result["steps"]) == steps and {"loss", "step_s", "sync_s", "bytes_sent"} <= set(result["steps"][0])
+    assert result["epochs"][-1]["val_top1"] is not None and result["env"]["torch"] == torch.__version__
+    assert (summary["bytes_sent_per_step"] > 0) == (strategy != "single")  # it really communicated
+    assert {"model", "optimizer", "epoch", "step"} <= set(checkpoint) and checkpoint["step"] == steps
 
 
 @pytest.fixture
