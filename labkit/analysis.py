@@ -61,16 +61,22 @@ def comparison_table(runs: pd.DataFrame, baseline: str = "ddp") -> pd.DataFrame:
     return table.sort_values("throughput_img_s", ascending=False, ignore_index=True)
 
 
-def report_text(runs: pd.DataFrame) -> str:
+def report_text(runs: pd.DataFrame, communication: pd.DataFrame | None = None) -> str:
     table = comparison_table(runs)
     lines = ["labkit performance report", "=" * 25, "",
              "Every figure is defined in docs/EXPERIMENT_GUIDE.md. sync_share_pct is the original",
              "'communication overhead (%)': the share of each step spent blocked in the method's",
-             "own communication (DDP's communication hides inside backward, so it shows ~0 there).", "",
+             "own communication, as the original scripts timed it. It reads ~0 for DDP, whose",
+             "communication hides inside backward; exposed_comm_pct (1 − compute-only step / step)",
+             "is the figure comparable across overlapped and blocking methods.", "",
              table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"), ""]
     if len(table):
         best = table.iloc[0]
         lines.append(f"Fastest: {best.strategy} at {best.throughput_img_s:.1f} img/s on {best.world_size} rank(s).")
+    if communication is not None and len(communication):
+        lines += ["", "Communication per step: measured (blocking sync), exposed (step − compute-only step),",
+                  "and predicted by the alpha-beta model fitted from `labkit bench collectives`:", "",
+                  communication.to_string(index=False, float_format=lambda v: f"{v:,.2f}")]
     return "\n".join(lines) + "\n"
 
 

@@ -127,7 +127,12 @@ def cmd_compare(args) -> int:
         raise ConfigError("no finished run found; run one first (labkit run --strategy ddp)")
     plots = save_all(all_figures(results), results_root() / "plots")
     report = results_root() / "performance_report.txt"
-    report.write_text(report_text(runs_frame(results)))
+    from .analysis import communication_frame
+    from .costmodel import load_fits
+
+    runs = runs_frame(results)
+    fits = load_fits(results_root() / "bench" / "collectives.json", int(runs.world_size.max()))
+    report.write_text(report_text(runs, communication_frame(results, fits)))
     print(report.read_text())
     print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
     return 0
