@@ -7,7 +7,7 @@
 
 from .config import ConfigError, RunConfig
 from .launch import Job, RunFailed
-from .profiles import PROFILES, make_config
+from .profiles import PROFILES, make_config, resume_config
 from .strategies import STRATEGIES
 
 
@@ -17,6 +17,11 @@ def launch(config: RunConfig | None = None, profile: str = "auto", **overrides) 
     return Job(cfg).start()
 
 
+def resume(run_dir) -> Job:
+    """Continue a failed or interrupted run from its last checkpoint, in the background."""
+    return Job(resume_config(run_dir)).start()
+
+
 def run(config: RunConfig | None = None, profile: str = "auto", progress: bool = True, **overrides) -> dict:
     """Launch, wait (showing progress), and return the parsed result.json."""
     job = launch(config, profile, **overrides)
@@ -24,4 +29,4 @@ def run(config: RunConfig | None = None, profile: str = "auto", progress: bool =
     return job.result()
 
 
-__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "make_config", "run"]
+__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "make_config", "resume", "run"]

@@ -23,7 +23,7 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     from .launch import Job, describe_failure
-    from .profiles import make_config
+    from .profiles import make_config, resume_config
 
     overrides = parse_overrides(args.set)
     for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts"):
@@ -52,22 +52,6 @@ def cmd_run(args) -> int:
         return 1
     print_summary(result)
     return 0
-
-
-def resume_config(run_dir: str):
-    """The saved config of an earlier run, set to continue from its checkpoint."""
-    from pathlib import Path
-
-    from .config import RunConfig
-    from .profiles import check_devices
-
-    folder = Path(run_dir)
-    if not (folder / "config.json").exists() or not (folder / "checkpoint.pt").exists():
-        raise ConfigError(f"{folder} holds no config.json and checkpoint.pt to resume from")
-    cfg = RunConfig.load(folder / "config.json")
-    cfg.resume, cfg.out_dir = True, str(folder.resolve())
-    check_devices(cfg)
-    return cfg
 
 
 def print_summary(result: dict) -> None:

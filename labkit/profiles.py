@@ -144,3 +144,14 @@ def count_images(folder: Path, stop_at: int) -> int:
         if found >= stop_at:
             break
     return found
+
+
+def resume_config(run_dir) -> RunConfig:
+    """The saved config of an earlier run, set to continue from its checkpoint."""
+    folder = Path(run_dir)
+    if not (folder / "config.json").exists() or not (folder / "checkpoint.pt").exists():
+        raise ConfigError(f"{folder} holds no config.json and checkpoint.pt to resume from")
+    cfg = RunConfig.load(folder / "config.json")
+    cfg.resume, cfg.out_dir = True, str(folder.resolve())
+    check_devices(cfg)
+    return cfg

@@ -40,4 +40,7 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     report = (tmp_path / "performance_report.txt").read_text()
     for strategy in ("single", "ddp", "allreduce", "ps", "bucketed", "overlap", "ring", "ps_sharded", "powersgd"):
         assert f" {strategy} " in report or f"\n{strategy} " in report, strategy
-    assert len(list((tmp_path / "runs").glob("*/result.json"))) == 4 + 7
+    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    assert len(results) == 4 + 7 + 1  # 01–04, 05's seven variants, 02's killed-and-resumed demo
+    assert all(r["status"] == "ok" for r in results)
+    assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)
