@@ -64,6 +64,8 @@ def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2,
     while size <= max_mb * 1024 * 1024:
         sizes.append(size)
         size *= 4
+    if sizes[-1] < int(max_mb * 1024 * 1024):
+        sizes.append(int(max_mb * 1024 * 1024))  # always end at the largest size asked for
     rows = []
     for op in ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "send_recv"):
         for size in sizes:
