@@ -102,6 +102,12 @@ def main(config_path: str):
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     strategy = STRATEGIES[cfg.strategy](cfg, rank, world)
+    # Resume from the checkpoint on --resume, or when torchrun restarted us after a failure —
+    # before the strategy wraps the model, so whatever it builds (DDP, shards) starts from it.
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+    state = TrainState()
+    if (cfg.resume or attempt > 0) and (out / "checkpoint.pt").exists():
+        state = checkpoint.restore(out / "checkpoint.pt", model, optimizer, scaler, device)
     compute_only_s = calibrate(model, cfg, device) if strategy.data_shard() else None
     model = strategy.prepare(model, optimizer)
     net = getattr(model, "module", model)  # the bare model, for validation and checkpoints
@@ -114,11 +120,6 @@ def main(config_path: str):
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    # Resume from the checkpoint on --resume, or when torchrun restarted us after a failure.
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    state = TrainState()
-    if (cfg.resume or attempt > 0) and (out / "checkpoint.pt").exists():
-        state = checkpoint.restore(out / "checkpoint.pt", net, optimizer, scaler, device)
     first_attempt = not cfg.resume and attempt == 0
     heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
 
