@@ -69,3 +69,10 @@ def test_harness_benchmark_small(tmp_path, monkeypatch):
     outcome = harness(nproc=2, steps=6, warmup=2, repeats=1)
     assert outcome["plain_img_s"][0] > 0 and outcome["labkit_img_s"][0] > 0
     assert outcome["ratio_of_medians"] == pytest.approx(outcome["labkit_img_s"][0] / outcome["plain_img_s"][0])
+
+
+def test_ddp_counts_the_buckets_it_reduced(tmp_path):
+    # resnet18_small holds ~44.7 MB of gradients: after DDP rebuilds its buckets at the
+    # end of the first step, a 25 MB cap gives more than one all-reduce per step.
+    result, _ = run_to(tmp_path / "run", "ddp", 2, max_steps=3)
+    assert result["steps"][-1]["collectives"] >= 2

@@ -43,7 +43,8 @@ class TorchDDP(Strategy):
             ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.cfg.ddp_hook])
 
     def sync_gradients(self, model):
-        # Already done inside backward(); DDP's own log says how many buckets it reduced.
-        buckets = model._get_ddp_logging_data().get("bucket_sizes", "")
+        # Already done inside backward(). DDP's own log says how many buckets its last
+        # logged iteration reduced (one at first, then the rebuilt bucket order).
+        buckets = int(model._get_ddp_logging_data().get("num_buckets_reduced", 1))
         self.count_all_reduce(self.grad_bytes)
-        self.collectives += max(1, len(str(buckets).split(","))) - 1
+        self.collectives += max(1, buckets) - 1
