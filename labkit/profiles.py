@@ -89,6 +89,9 @@ def validate(cfg: RunConfig) -> None:
     require(cfg.strategy != "ps" or cfg.nproc >= 2, "strategy 'ps' needs a server and a worker: use --nproc 2 or more")
     require(cfg.strategy != "ps" or cfg.amp != "fp16", "ps does not support amp=fp16 (the loss scale lives on the "
             "server); use --set amp=bf16")
+    require(cfg.powersgd_start_iter >= 2 and cfg.powersgd_rank >= 1,
+            f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) and "
+            f"powersgd_rank at least 1 (got {cfg.powersgd_start_iter}, {cfg.powersgd_rank})")
     for key in ("epochs", "batch_size", "image_size", "num_classes"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")

@@ -1,6 +1,7 @@
 """Shared helpers: run the real `labkit` CLI (real torchrun, gloo on CPU) into tmp folders."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def labkit_cli(*args, timeout=300, check=True) -> subprocess.CompletedProcess:
-    """Run `python -m labkit.cli ARGS` as a user would, from the repository root."""
+def labkit_cli(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m labkit.cli ARGS` as a user would, from the repository root
+    (`env`: extra environment variables, e.g. LABKIT_RESULTS)."""
     proc = subprocess.run([sys.executable, "-m", "labkit.cli", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     if check and proc.returncode != 0:
         raise AssertionError(f"labkit {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

@@ -26,6 +26,7 @@ BAD_INPUTS = [
     (["--strategy", "ddp", "--set", "device=cuda"], "no GPU is visible"),
     (["--strategy", "single", "--nproc", "2"], "runs one process"),
     (["--strategy", "ps", "--nproc", "1"], "needs a server and a worker"),
+    (["--strategy", "powersgd", "--set", "powersgd_start_iter=1"], "powersgd_start_iter must be at least 2"),
 ]
 
 
@@ -62,3 +63,12 @@ def test_console_script_exit_code_for_bad_input():
 def test_check_reports_the_machine():
     proc = labkit_cli("check")
     assert "gloo" in proc.stdout and "auto profile  cpu" in proc.stdout
+
+
+def test_sweep_runs_one_method_over_world_sizes(tmp_path):
+    proc = labkit_cli("sweep", "--strategy", "allreduce", "--nproc", "1,2", "--profile", "cpu",
+                      "--set", "max_steps=2", "--set", "calibration_steps=0", env={"LABKIT_RESULTS": str(tmp_path)})
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/result.json")]
+    assert sorted(r["world_size"] for r in results) == [1, 2] and all(r["status"] == "ok" for r in results)
+    table = proc.stdout.strip().splitlines()[-3:]  # header, then one row per world size
+    assert "scaling_efficiency" in table[0] and float(table[1].split()[-1]) == pytest.approx(1.0)

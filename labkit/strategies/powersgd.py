@@ -11,6 +11,7 @@ about r·(n+m) instead of n·m values per matrix. Option `powersgd_rank` (r).
 Compare bytes per step and final accuracy with `ddp`.
 """
 
+import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
 from .ddp import TorchDDP
@@ -18,23 +19,34 @@ from .ddp import TorchDDP
 
 class PowerSGD(TorchDDP):
     def register_hook(self, ddp):
-        self.steps_done = 0
-        self.shapes = [p.shape for p in ddp.module.parameters() if p.requires_grad]
-        state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.cfg.powersgd_rank,
-                                       start_powerSGD_iter=self.cfg.powersgd_start_iter)
-        ddp.register_comm_hook(state, powersgd.powerSGD_hook)
+        self.state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.cfg.powersgd_rank,
+                                            start_powerSGD_iter=self.cfg.powersgd_start_iter)
+        self.values_sent_so_far = 0
+        hook = powersgd.powerSGD_hook if dist.get_backend() == "nccl" else one_bucket_at_a_time
+        ddp.register_comm_hook(self.state, hook)
 
     def sync_gradients(self, model):
-        self.steps_done += 1
-        full = self.steps_done <= self.cfg.powersgd_start_iter
-        values = sum(self.values_on_wire(shape, full) for shape in self.shapes)
-        self.count_all_reduce(4 * values)  # fp32
+        # The hook keeps its own tally of the values it put on the wire once compressing
+        # (P and Q of each compressed matrix, the rest as it is); before its start
+        # iteration it is a plain all-reduce of every gradient, one per bucket.
+        buckets = int(model._get_ddp_logging_data().get("num_buckets_reduced", 1))
+        values = self.state.total_numel_after_compression - self.values_sent_so_far
+        self.values_sent_so_far = self.state.total_numel_after_compression
+        if values:  # vectors, then P, then Q: three all-reduces per bucket
+            self.count_all_reduce(4 * values)  # fp32
+            self.collectives += 3 * buckets - 1
+        else:
+            self.count_all_reduce(self.grad_bytes)
+            self.collectives += buckets - 1
 
-    def values_on_wire(self, shape, full: bool) -> int:
-        """What PowerSGD sends for one tensor (its rule: compress a matrix only when
-        (n+m)·r is at most half of n·m, the default min_compression_rate of 2)."""
-        numel = shape.numel()
-        if full or len(shape) < 2:
-            return numel
-        n, m, r = shape[0], numel // shape[0], self.cfg.powersgd_rank
-        return (n + m) * r if numel >= 2 * (n + m) * r else numel
+
+def one_bucket_at_a_time(state, bucket):
+    """PowerSGD's hook chains three all-reduces per bucket (vectors, then P, then Q),
+    each issued from the previous one's completion callback. NCCL runs those callbacks
+    at once, in bucket order; gloo runs them on its own worker threads, so with several
+    buckets in flight two ranks could issue their next all-reduce for different buckets
+    and the collectives would no longer match. Finishing each bucket before DDP hands
+    over the next keeps one order on every rank (at the price of overlap, on gloo only)."""
+    future = powersgd.powerSGD_hook(state, bucket)
+    future.wait()
+    return future
