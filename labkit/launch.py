@@ -215,29 +215,52 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
 
 
 def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
-    """The failure that brought the job down. torchrun's log ends with a "Root Cause
-    (first observed failure)" block naming the rank, its exit code and its error file;
-    the error file (written by @record in the worker) holds the exception and traceback.
-    A rank that died without raising (os._exit, SIGKILL) has no error file: its exit
-    code or signal is the cause. A plain process (`single`) writes logs/0/error.json."""
+    """The failure that brought the job down. torchrun's log ends with a block listing
+    every failed rank (exit code, error file) and its guess at the "Root Cause (first
+    observed failure)". The error file (written by @record in the worker) holds the
+    exception and traceback; a rank that died without raising (os._exit, a signal) has
+    none, so its exit code and the end of its stderr tell the cause. A plain process
+    (`single`) writes logs/0/error.json."""
     launcher = log_dir / "launcher.log"
     text = launcher.read_text(errors="replace") if launcher.exists() else ""
-    blocks = re.findall(r"Root Cause \(first observed failure\):\s*\[\d+\]:(.*?)(?:\n=+|\Z)", text, re.S)
-    if blocks:
-        block = blocks[-1]
-        field = lambda name: (re.search(rf"{name}\s*:\s*(.*)", block) or [None, ""])[1].strip()
-        rank = int(re.match(r"\d+", field("rank")).group())
-        code = int(re.match(r"-?\d+", field("exitcode")).group())
-        error_file = Path(field("error_file"))
-        if error_file.is_file():
-            return error_record(error_file, rank)
+    report = text.rsplit("Failures:", 1)[-1] if "Failures:" in text else ""
+    entries = [parse_entry(block) for block in re.split(r"\n\[\d+\]:", report)[1:]]
+    if entries:
+        root = entries[-1]  # torchrun prints its root cause last
+        # When one rank fails, the agent stops the others with SIGTERM, and a rank may
+        # raise "connection reset by peer" just before: casualties, not the cause.
+        causes = [e for e in entries if e["code"] != -signal.SIGTERM] or [root]
+        entry = next((e for e in causes if e["rank"] == root["rank"]), causes[0])
+        if entry["error_file"].is_file():
+            return error_record(entry["error_file"], entry["rank"])
+        code = entry["code"]
         cause = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
                  else f"exited with exit code {code} without raising")
-        return {"rank": rank, "exception": cause, "traceback": block.split("traceback :")[-1].strip()}
+        last_words = stderr_tail(log_dir, entry["local_rank"])
+        return {"rank": entry["rank"], "exception": cause + (f": {last_words[-1]}" if last_words else ""),
+                "traceback": "\n".join(last_words) or entry["traceback"]}
     single = log_dir / "0" / "error.json"
     if single.is_file() and single.stat().st_mtime >= since:
         return error_record(single, 0)
     return None
+
+
+def parse_entry(block: str) -> dict:
+    field = lambda name: (re.search(rf"{name}\s*:\s*(.*)", block) or [None, ""])[1].strip()
+    ranks = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", field("rank"))
+    return {"rank": int(ranks[1]), "local_rank": int(ranks[2] or ranks[1]),
+            "code": int(re.match(r"-?\d+", field("exitcode")).group()), "error_file": Path(field("error_file")),
+            "traceback": re.split(r"\n[=-]{8,}", block.split("traceback :")[-1])[0].strip()}
+
+
+def stderr_tail(log_dir: Path, local_rank: int, lines: int = 3) -> list[str]:
+    """The last words a rank wrote before it died (a C++ abort prints `what(): …`)."""
+    logs = sorted(log_dir.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return []
+    text = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines()]
+    aborts = [line for line in text if line.startswith("what():")]
+    return aborts[-1:] or [line for line in text if line and not line.startswith("File ")][-lines:]
 
 
 def error_record(path: Path, rank: int) -> dict:

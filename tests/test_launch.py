@@ -64,3 +64,52 @@ def test_failing_rank_is_named_with_its_traceback(tmp_path):
     message = str(error.value)
     assert "rank 1" in message and "rank 1: RuntimeError: injected fault on rank 1 at step 2" in message and "inject_fault" in message
     assert job.status == "failed"
+
+
+# torchrun's report after a rank aborted in C++ (a gloo collective mismatch): it names as
+# "root cause" a rank the agent was already stopping with SIGTERM.
+TORCHRUN_REPORT = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+labkit.worker FAILED
+------------------------------------------------------------
+Failures:
+[0]:
+  time      : 2026-11-25_07:33:46
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -6 (pid: 3329)  (SIGABRT)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 3329
+[2]:
+  time      : 2026-11-25_07:33:46
+  host      : localhost
+  rank      : 2 (local_rank: 2)
+  exitcode  : -15 (pid: 3331)  (SIGTERM)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 3331
+------------------------------------------------------------
+Root Cause (first observed failure):
+[1]:
+  time      : 2026-11-25_07:33:45
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 3330)  (SIGTERM)
+  error_file: {error_file}
+  traceback : RuntimeError: Connection reset by peer
+============================================================
+"""
+
+
+def test_the_cause_is_the_rank_that_failed_by_itself_not_a_casualty(tmp_path):
+    from labkit.launch import read_failure
+
+    (tmp_path / "err.json").write_text('{"message": {"message": "RuntimeError: Connection reset by peer"}}')
+    (tmp_path / "launcher.log").write_text(TORCHRUN_REPORT.format(error_file=tmp_path / "err.json"))
+    rank0 = tmp_path / "run-id" / "attempt_0" / "0"
+    rank0.mkdir(parents=True)
+    (rank0 / "stderr.log").write_text("terminate called after throwing an instance of 'gloo::EnforceNotMet'\n"
+                                      "  what():  Received data size doesn't match expected size.\n"
+                                      "Fatal Python error: Aborted\n")
+    failure = read_failure(tmp_path)
+    assert failure["rank"] == 0
+    assert failure["exception"] == "killed by signal 6 (SIGABRT): what():  Received data size doesn't match expected size."

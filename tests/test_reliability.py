@@ -76,8 +76,16 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert checkpoint["w"][0].item() == checkpoint["step"] and checkpoint["w"].numel() == 25_000_000
 
 
-def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
-    common = ("--strategy", "ddp", "--epochs", 2, "--set", "checkpoint_every=5")
+# DDP reduces its first step in one bucket in parameter order and later steps in buckets
+# rebuilt in backward order; gloo's ring sums each element in an order set by its place in
+# the flat buffer, so DDP's first step after a resume rounds differently (last bits, which
+# grow to ~3e-6 over 27 steps). The manual all-reduce has no such first step: exact.
+RESUME_TOLERANCE = [("allreduce", 1e-6), ("ddp", 1e-4)]
+
+
+@pytest.mark.parametrize("strategy,tolerance", RESUME_TOLERANCE)
+def test_kill_and_resume_equals_an_uninterrupted_run(strategy, tolerance, tmp_path):
+    common = ("--strategy", strategy, "--epochs", 2, "--set", "checkpoint_every=5")
     _, _ = run(tmp_path / "straight", *common, check=True)
     killed, _ = run(tmp_path / "resumed", *common, "--set", "fault=1:40:kill")
     assert killed.returncode == 1
@@ -86,7 +94,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == straight["step"] == 62
-    assert max_param_diff(straight, resumed, include_buffers=True) <= 1e-6
+    assert max_param_diff(straight, resumed, include_buffers=True) <= tolerance
     result = json.loads((tmp_path / "resumed" / "result.json").read_text())
     assert result["status"] == "ok" and [s["step"] for s in result["steps"]] == list(range(1, 63))
 
