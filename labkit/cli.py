@@ -102,13 +102,15 @@ def _literal(text: str):
 
 
 def cmd_compare(args) -> int:
-    from .analysis import load_results, report_text, runs_frame
+    from .analysis import full_length_runs, load_results, report_text, runs_frame
     from .config import results_root
     from .plots import all_figures, save_all
 
-    results = load_results(args.runs or None)
+    results, left_out = full_length_runs(load_results(args.runs or None))
     if not results:
         raise ConfigError("no finished run found; run one first (labkit run --strategy ddp)")
+    for r in left_out:
+        print(f"left out {r['name']} ({len(r['steps'])} steps): a longer run of the same method is compared")
     plots = save_all(all_figures(results), results_root() / "plots")
     report = results_root() / "performance_report.txt"
     from .analysis import communication_frame

@@ -58,9 +58,12 @@ def _tiny_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndar
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_tiny(root: Path, seed: int = 0, train_per_class: int = 200, val_per_class: int = 30) -> Path:
+def make_tiny(root: Path, seed: int = 0, train_per_class: int = 96, val_per_class: int = 30) -> Path:
     """Write the tiny 10-class set as JPEGs in ImageFolder layout; deterministic from `seed`.
 
+    96 training images a class give 15 steps an epoch at the cpu profile's global batch
+    of 64 (4 ranks × 16): enough to learn to ~50 % top-1 in 3 epochs (chance: 10 %), small
+    enough that the whole notebook lab runs in under ten minutes on two cores.
     Written into a temporary folder renamed into place at the end, so an interrupted
     generation never leaves a half-made dataset that looks finished.
     """

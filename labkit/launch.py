@@ -49,7 +49,8 @@ def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
     the cores, so each has a lock of its own and never waits)."""
     lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, "-m", "labkit.agent", str(lock), str(Path(cfg.out_dir) / "started"), "--",
+    # Run as a file, not `-m labkit.agent`: the package would import torch (4 s) for nothing.
+    return [sys.executable, str(Path(__file__).with_name("agent.py")), str(lock), str(Path(cfg.out_dir) / "started"), "--",
             *torchrun_command(cfg, config_path)]
 
 

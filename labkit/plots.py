@@ -15,8 +15,8 @@ from .analysis import epochs_frame, runs_frame, steps_frame
 
 def _bar(runs: pd.DataFrame, column: str, title: str, label: str):
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    order = runs.groupby("strategy")[column].mean().sort_values(ascending=False).index
-    sns.barplot(data=runs, x="strategy", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
+    order = runs.groupby("method")[column].mean().sort_values(ascending=False).index
+    sns.barplot(data=runs, x="method", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
     ax.set(title=title, xlabel="method", ylabel=label)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -39,7 +39,7 @@ def communication_overhead(runs):
 def loss_convergence(steps: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 3.5))
     smooth = steps.assign(loss=steps.groupby("name")["loss"].transform(lambda s: s.rolling(5, min_periods=1).mean()))
-    sns.lineplot(data=smooth, x="step", y="loss", hue="strategy", errorbar=None, ax=ax)
+    sns.lineplot(data=smooth, x="step", y="loss", hue="method", errorbar=None, ax=ax)
     ax.set(title="Training loss (rank 0, 5-step moving average)", xlabel="optimizer step", ylabel="cross-entropy")
     fig.tight_layout()
     return fig
@@ -47,7 +47,7 @@ def loss_convergence(steps: pd.DataFrame):
 
 def validation_accuracy(epochs: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(data=epochs, x="epoch", y="val_top1", hue="strategy", marker="o", errorbar="sd", ax=ax)
+    sns.lineplot(data=epochs, x="epoch", y="val_top1", hue="method", marker="o", errorbar="sd", ax=ax)
     ax.set(title="Validation top-1 accuracy per epoch", xlabel="epoch", ylabel="top-1 (%)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
@@ -57,8 +57,8 @@ def validation_accuracy(epochs: pd.DataFrame):
 def scaling_efficiency(runs: pd.DataFrame):
     """Throughput per world size against the ideal line (n × the 1-rank throughput)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    mean = runs.groupby(["strategy", "world_size"], as_index=False)["throughput_img_s"].mean()
-    sns.lineplot(data=mean, x="world_size", y="throughput_img_s", hue="strategy", marker="o", ax=ax)
+    mean = runs.groupby(["method", "world_size"], as_index=False)["throughput_img_s"].mean()
+    sns.lineplot(data=mean, x="world_size", y="throughput_img_s", hue="method", marker="o", ax=ax)
     one = mean.loc[mean.world_size == 1, "throughput_img_s"]
     if len(one):
         sizes = sorted(mean.world_size.unique())

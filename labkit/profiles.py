@@ -24,7 +24,7 @@ PROFILES = {
     "synthetic": dict(IMAGENET, dataset="synthetic", workers=0, epochs=1, synthetic_steps=50),
     "cpu": dict(model="resnet18_small", dataset="tiny", image_size=32, num_classes=10, nproc=4,
                 backend="gloo", device="cpu", workers=0, epochs=3, batch_size=16, lr=0.02,
-                pg_timeout_s=60.0, watchdog_s=120.0),
+                pg_timeout_s=60.0, watchdog_s=120.0, calibration_steps=3),
 }
 COMPRESSIONS = ("none", "fp16", "bf16")
 

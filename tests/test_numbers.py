@@ -76,3 +76,22 @@ def test_ddp_counts_the_buckets_it_reduced(tmp_path):
     # end of the first step, a 25 MB cap gives more than one all-reduce per step.
     result, _ = run_to(tmp_path / "run", "ddp", 2, max_steps=3)
     assert result["steps"][-1]["collectives"] >= 2
+
+
+def fake_result(strategy, steps, throughput, **config):
+    return {"name": f"{strategy}-{steps}-{config}", "strategy": strategy, "world_size": 4, "global_batch": 64,
+            "config": {"profile": "cpu", "model": "m", "compress": "none", "ddp_hook": "none", **config},
+            "steps": [{"step": i + 1, "loss": 1.0} for i in range(steps)],
+            "summary": {"throughput_img_s": throughput, "total_time_s": steps / 10}}
+
+
+def test_comparison_holds_full_length_runs_and_tells_options_apart():
+    from labkit.analysis import comparison_table, full_length_runs, runs_frame
+
+    results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
+               fake_result("bucketed", 20, 60.0, compress="fp16"), fake_result("ddp", 60, 90.0)]
+    kept, left_out = full_length_runs(results)
+    assert left_out == [results[1]]  # the short demo is not averaged with the full runs
+    table = comparison_table(runs_frame(kept)).set_index("method")
+    assert table.loc["ddp", "throughput_img_s"] == 85.0 and table.loc["ddp", "steps"] == 60  # repeats averaged
+    assert table.loc["bucketed fp16", "vs_ddp"] == pytest.approx(60 / 85)

@@ -79,7 +79,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
 # DDP reduces its first step in one bucket in parameter order and later steps in buckets
 # rebuilt in backward order; gloo's ring sums each element in an order set by its place in
 # the flat buffer, so DDP's first step after a resume rounds differently (last bits, which
-# grow to ~3e-6 over 27 steps). The manual all-reduce has no such first step: exact.
+# grow to ~1e-6 over 10 steps). The manual all-reduce has no such first step: exact.
 RESUME_TOLERANCE = [("allreduce", 1e-6), ("ddp", 1e-4)]
 
 
@@ -87,16 +87,16 @@ RESUME_TOLERANCE = [("allreduce", 1e-6), ("ddp", 1e-4)]
 def test_kill_and_resume_equals_an_uninterrupted_run(strategy, tolerance, tmp_path):
     common = ("--strategy", strategy, "--epochs", 2, "--set", "checkpoint_every=5")
     _, _ = run(tmp_path / "straight", *common, check=True)
-    killed, _ = run(tmp_path / "resumed", *common, "--set", "fault=1:40:kill")
+    killed, _ = run(tmp_path / "resumed", *common, "--set", "fault=1:22:kill")
     assert killed.returncode == 1
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 35
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 20
     labkit_cli("run", "--resume", tmp_path / "resumed")
     straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
-    assert resumed["step"] == straight["step"] == 62
+    assert resumed["step"] == straight["step"] == 30
     assert max_param_diff(straight, resumed, include_buffers=True) <= tolerance
     result = json.loads((tmp_path / "resumed" / "result.json").read_text())
-    assert result["status"] == "ok" and [s["step"] for s in result["steps"]] == list(range(1, 63))
+    assert result["status"] == "ok" and [s["step"] for s in result["steps"]] == list(range(1, 31))
 
 
 def test_max_restarts_recovers_from_a_fault(tmp_path):
