@@ -110,7 +110,8 @@ def cmd_compare(args) -> int:
     if not results:
         raise ConfigError("no finished run found; run one first (labkit run --strategy ddp)")
     for r in left_out:
-        print(f"left out {r['name']} ({len(r['steps'])} steps): a longer run of the same method is compared")
+        reason = "fault injected" if r["config"].get("fault") else "a longer run of the method is compared"
+        print(f"left out {r['name']} ({len(r['steps'])} steps): {reason}")
     plots = save_all(all_figures(results), results_root() / "plots")
     report = results_root() / "performance_report.txt"
     from .analysis import communication_frame

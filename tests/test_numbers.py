@@ -89,9 +89,10 @@ def test_comparison_holds_full_length_runs_and_tells_options_apart():
     from labkit.analysis import comparison_table, full_length_runs, runs_frame
 
     results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
-               fake_result("bucketed", 20, 60.0, compress="fp16"), fake_result("ddp", 60, 90.0)]
+               fake_result("bucketed", 20, 60.0, compress="fp16"), fake_result("ddp", 60, 90.0),
+               fake_result("ddp", 90, 99.0, fault="1:5:kill")]
     kept, left_out = full_length_runs(results)
-    assert left_out == [results[1]]  # the short demo is not averaged with the full runs
+    assert left_out == [results[1], results[5]]  # a short check and a fault demo are not measurements
     table = comparison_table(runs_frame(kept)).set_index("method")
     assert table.loc["ddp", "throughput_img_s"] == 85.0 and table.loc["ddp", "steps"] == 60  # repeats averaged
     assert table.loc["bucketed fp16", "vs_ddp"] == pytest.approx(60 / 85)
