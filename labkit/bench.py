@@ -69,7 +69,9 @@ def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path) -> flo
     from . import run
     from .profiles import make_config
 
-    cfg = make_config("cpu", strategy="ddp", nproc=nproc, max_steps=steps, warmup_steps=warmup, out_dir=str(out))
+    # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
+    cfg = make_config("cpu", strategy="ddp", nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
+                      out_dir=str(out))
     return run(cfg, progress=False)["summary"]["throughput_img_s"]
 
 

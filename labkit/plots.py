@@ -14,9 +14,12 @@ from .analysis import epochs_frame, runs_frame, steps_frame
 
 
 def _bar(runs: pd.DataFrame, column: str, title: str, label: str):
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    order = runs.groupby("method")[column].mean().sort_values(ascending=False).index
-    sns.barplot(data=runs, x="method", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * runs["method"].nunique()), 3.8))
+    runs = runs.assign(bar=runs["method"])
+    if runs["steps"].nunique() > 1:  # runs of different lengths: say so under each bar
+        runs["bar"] = runs["method"] + "\n" + runs["steps"].astype(str) + " steps"
+    order = runs.groupby("bar")[column].mean().sort_values(ascending=False).index
+    sns.barplot(data=runs, x="bar", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
     ax.set(title=title, xlabel="method", ylabel=label)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
