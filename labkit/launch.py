@@ -35,6 +35,9 @@ class RunFailed(RuntimeError):
     """The run did not end ok; the message names the failing rank and its traceback."""
 
 
+STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this long more
+
+
 def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     if cfg.strategy == "single":  # one plain process, no rendezvous
         return [sys.executable, "-m", "labkit.worker", str(config_path)]
@@ -150,7 +153,9 @@ class Job:
         if not started.exists():
             return 0.0  # still queued
         beats = [p.stat().st_mtime for p in (self.out / "logs").glob("heartbeat-*")]
-        return time.time() - max([started.stat().st_mtime, *beats])
+        if not beats:  # still starting: imports, rendezvous, scanning a dataset can be slow
+            return time.time() - started.stat().st_mtime - max(self.cfg.watchdog_s, STARTUP_GRACE_S)
+        return time.time() - max(beats)
 
     def last_steps(self) -> dict[int, int]:
         """The step each rank was working on, from its heartbeat file."""

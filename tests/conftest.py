@@ -28,7 +28,9 @@ def run_to(out, strategy, nproc, *sets, max_steps=3):
     """A short cpu-profile run through the real CLI → (result dict, checkpoint dict),
     after checking what every run must leave behind."""
     args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc, "--max-steps", max_steps, "--out", out]
-    for item in sets:
+    # No compute-only calibration unless a test asks for it (`calibration_steps=N` in sets):
+    # it costs seconds per run and only exposed_comm_pct needs it.
+    for item in ("calibration_steps=0", *sets):
         args += ["--set", item]
     proc = labkit_cli(*args)
     result = json.loads((out / "result.json").read_text())

@@ -10,10 +10,18 @@ TIGHT = 1e-5
 COMMON = ("augment=false", "batch_size=4", "workers=0")
 
 
+# BatchNorm over 4 images divides by the batch's spread; with the cpu profile's lr (0.02) a
+# channel whose spread collapses turns last-bit rounding differences (1e-7 after step 2) into
+# 1e-4 by step 3, for DDP against itself reduced in another order just the same. At lr 0.002
+# the trajectory stays smooth (6e-8), and a wrong update (a missing average, a stale
+# gradient) would still differ by ~lr × gradient ≈ 1e-4, far above TIGHT.
+SMOOTH = ("model=resnet18_small", "lr=0.002")
+
+
 def test_allreduce_and_ps_match_ddp_with_batchnorm(train):
-    _, ddp = train("ddp", 4, *COMMON, "model=resnet18_small", max_steps=3)
+    _, ddp = train("ddp", 4, *COMMON, *SMOOTH, max_steps=3)
     for strategy in ("allreduce", "ps"):
-        _, other = train(strategy, 4, *COMMON, "model=resnet18_small", max_steps=3)
+        _, other = train(strategy, 4, *COMMON, *SMOOTH, max_steps=3)
         assert max_param_diff(ddp, other) < TIGHT, strategy
     # and the update really moved the weights (an equivalence of no-ops proves nothing)
     _, start = train("ddp", 4, *COMMON, "model=resnet18_small", "lr=1e-12", max_steps=1, name="frozen")

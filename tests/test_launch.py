@@ -41,7 +41,10 @@ def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
 
 
 def test_ctrl_c_during_wait_leaves_nothing(tmp_path):
-    script = ("import labkit, sys\n"
+    # A shell that starts a job in the background makes it ignore SIGINT (and Python then
+    # never raises KeyboardInterrupt); a terminal or a Jupyter kernel interrupt delivers it.
+    script = ("import labkit, signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               f"job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=1, out_dir={str(tmp_path / 'run')!r})\n"
               "print(job.proc.pid, flush=True)\n"
               "job.wait()\n")

@@ -42,8 +42,8 @@ def test_bytes_per_step_match_the_analytic_count(tmp_path, strategy, nproc, fact
 
 
 def test_exposed_communication_near_zero_without_sync_and_positive_with(tmp_path):
-    alone, _ = run_to(tmp_path / "single", "single", 1, max_steps=8)
-    shared, _ = run_to(tmp_path / "allreduce", "allreduce", 4, max_steps=8)
+    alone, _ = run_to(tmp_path / "single", "single", 1, "calibration_steps=5", max_steps=8)
+    shared, _ = run_to(tmp_path / "allreduce", "allreduce", 4, "calibration_steps=5", max_steps=8)
     assert abs(alone["summary"]["exposed_comm_pct"]) < 15
     assert shared["summary"]["exposed_comm_pct"] > 20 and shared["summary"]["sync_share_pct"] > 20
     events = shared["timeline"]

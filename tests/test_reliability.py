@@ -14,7 +14,8 @@ import torch
 
 from conftest import REPO, labkit_cli, max_param_diff
 
-FAST = ("--set", "model=simple_cnn", "--set", "workers=0", "--set", "augment=false", "--set", "batch_size=16")
+FAST = ("--set", "model=simple_cnn", "--set", "workers=0", "--set", "augment=false", "--set", "batch_size=16",
+        "--set", "calibration_steps=0")
 
 
 def processes_of(folder) -> list:
