@@ -21,7 +21,7 @@ lab: install
 	$(BIN)/labkit lab
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean-results:
 	rm -rf results/runs results/plots results/notebooks results/performance_report.txt

@@ -24,6 +24,23 @@ def labkit_cli(*args, timeout=300, check=True, env=None) -> subprocess.Completed
     return proc
 
 
+def labkit_cli_in_process(*args) -> subprocess.CompletedProcess:
+    """The same `labkit` command, run by this test process: the job itself is still a real
+    agent + torchrun in its own processes; only the CLI's ~4 s of importing torch is saved."""
+    import contextlib
+    import io
+
+    from labkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    proc = subprocess.CompletedProcess(["labkit", *map(str, args)], code, out.getvalue(), err.getvalue())
+    if code != 0:
+        raise AssertionError(f"labkit {' '.join(map(str, args))} exited {code}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
 def run_to(out, strategy, nproc, *sets, max_steps=3):
     """A short cpu-profile run through the real CLI → (result dict, checkpoint dict),
     after checking what every run must leave behind."""
@@ -32,7 +49,7 @@ def run_to(out, strategy, nproc, *sets, max_steps=3):
     # it costs seconds per run and only exposed_comm_pct needs it.
     for item in ("calibration_steps=0", *sets):
         args += ["--set", item]
-    proc = labkit_cli(*args)
+    proc = labkit_cli_in_process(*args)
     result = json.loads((out / "result.json").read_text())
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     check_run(proc, result, checkpoint, strategy, nproc, max_steps)

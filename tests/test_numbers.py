@@ -71,13 +71,6 @@ def test_harness_benchmark_small(tmp_path, monkeypatch):
     assert outcome["ratio_of_medians"] == pytest.approx(outcome["labkit_img_s"][0] / outcome["plain_img_s"][0])
 
 
-def test_ddp_counts_the_buckets_it_reduced(tmp_path):
-    # resnet18_small holds ~44.7 MB of gradients: after DDP rebuilds its buckets at the
-    # end of the first step, a 25 MB cap gives more than one all-reduce per step.
-    result, _ = run_to(tmp_path / "run", "ddp", 2, max_steps=3)
-    assert result["steps"][-1]["collectives"] >= 2
-
-
 def fake_result(strategy, steps, throughput, **config):
     return {"name": f"{strategy}-{steps}-{config}", "strategy": strategy, "world_size": 4, "global_batch": 64,
             "config": {"profile": "cpu", "model": "m", "compress": "none", "ddp_hook": "none", **config},
