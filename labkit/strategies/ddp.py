@@ -43,8 +43,12 @@ class TorchDDP(Strategy):
             ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.cfg.ddp_hook])
 
     def sync_gradients(self, model):
-        # Already done inside backward(). DDP's own log says how many buckets its last
-        # logged iteration reduced (one at first, then the rebuilt bucket order).
-        buckets = int(model._get_ddp_logging_data().get("num_buckets_reduced", 1))
+        # Already done inside backward(): one all-reduce per bucket.
         self.count_all_reduce(self.grad_bytes)
-        self.collectives += max(1, buckets) - 1
+        self.collectives += buckets_reduced(model) - 1
+
+
+def buckets_reduced(ddp) -> int:
+    """How many buckets DDP's last logged iteration reduced, from DDP's own log: one at
+    first, then as many as its buckets rebuilt in backward order."""
+    return max(1, int(ddp._get_ddp_logging_data().get("num_buckets_reduced", 1)))

@@ -14,7 +14,7 @@ Compare bytes per step and final accuracy with `ddp`.
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
-from .ddp import TorchDDP
+from .ddp import TorchDDP, buckets_reduced
 
 
 class PowerSGD(TorchDDP):
@@ -29,7 +29,7 @@ class PowerSGD(TorchDDP):
         # The hook keeps its own tally of the values it put on the wire once compressing
         # (P and Q of each compressed matrix, the rest as it is); before its start
         # iteration it is a plain all-reduce of every gradient, one per bucket.
-        buckets = int(model._get_ddp_logging_data().get("num_buckets_reduced", 1))
+        buckets = buckets_reduced(model)
         values = self.state.total_numel_after_compression - self.values_sent_so_far
         self.values_sent_so_far = self.state.total_numel_after_compression
         if values:  # vectors, then P, then Q: three all-reduces per bucket
