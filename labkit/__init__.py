@@ -5,10 +5,10 @@
     result = labkit.run(strategy="ps", max_steps=20)      # launch, wait, parse result.json
 """
 
-from .config import ConfigError, RunConfig
-from .launch import Job, RunFailed
-from .profiles import PROFILES, make_config, resume_config
-from .strategies import STRATEGIES
+from labkit.config import ConfigError, RunConfig
+from labkit.jobs.launch import Job, RunFailed
+from labkit.profiles import PROFILES, make_config, resume_config
+from labkit.strategies import STRATEGIES
 
 
 def launch(config: RunConfig | None = None, profile: str = "auto", **overrides) -> Job:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, parse_overrides
+from labkit.config import ConfigError, parse_overrides
 
 
 def cmd_check(args) -> int:
-    from .hardware import check_lines
+    from labkit.hardware import check_lines
 
     width = max(len(name) for name, _ in check_lines())
     for name, value in check_lines():
@@ -22,8 +22,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .launch import Job, describe_failure
-    from .profiles import make_config, resume_config
+    from labkit.jobs.launch import Job, describe_failure
+    from labkit.profiles import make_config, resume_config
 
     overrides = parse_overrides(args.set)
     for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts"):
@@ -68,8 +68,8 @@ def print_summary(result: dict) -> None:
 
 
 def cmd_data_tiny(args) -> int:
-    from .config import LAB_ROOT
-    from .data import make_tiny
+    from labkit.config import LAB_ROOT
+    from labkit.datasets.tiny import make_tiny
 
     root = make_tiny(args.dst or LAB_ROOT / "data" / "tiny", seed=args.seed)
     print(f"tiny dataset ready at {root}")
@@ -78,7 +78,7 @@ def cmd_data_tiny(args) -> int:
 
 def cmd_lab(args) -> int:
     """Execute the notebooks in order with papermill (results/notebooks/)."""
-    from .lab import LabFailed, run_notebooks
+    from labkit.lab import LabFailed, run_notebooks
 
     parameters = {"profile": args.profile}
     for pair in args.p:
@@ -102,9 +102,9 @@ def _literal(text: str):
 
 
 def cmd_compare(args) -> int:
-    from .analysis import full_length_runs, load_results, report_text, runs_frame
-    from .config import results_root
-    from .plots import all_figures, save_all
+    from labkit.report.analysis import full_length_runs, load_results, report_text, runs_frame
+    from labkit.config import results_root
+    from labkit.report.plots import all_figures, save_all
 
     results, left_out = full_length_runs(load_results(args.runs or None))
     if not results:
@@ -114,8 +114,8 @@ def cmd_compare(args) -> int:
         print(f"left out {r['name']} ({len(r['steps'])} steps): {reason}")
     plots = save_all(all_figures(results), results_root() / "plots")
     report = results_root() / "performance_report.txt"
-    from .analysis import communication_frame
-    from .costmodel import load_fits
+    from labkit.report.analysis import communication_frame
+    from labkit.measure.costmodel import load_fits
 
     runs = runs_frame(results)
     fits = load_fits(results_root() / "bench" / "collectives.json", int(runs.world_size.max()))
@@ -126,8 +126,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_prepare_imagenet(args) -> int:
-    from .prep import prepare
-    from .verify import verify
+    from labkit.datasets.prep import prepare
+    from labkit.datasets.verify import verify
 
     kind = prepare(args.src, args.dst, workers=args.workers, copy=args.copy)
     report = verify(args.dst)
@@ -139,7 +139,7 @@ def cmd_prepare_imagenet(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify
+    from labkit.datasets.verify import verify
 
     report = verify(args.dir, decode=args.decode, workers=args.workers)
     for split, stats in report["splits"].items():
@@ -152,7 +152,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_subset(args) -> int:
-    from .verify import subset
+    from labkit.datasets.verify import subset
 
     dst = subset(args.src, args.dst, args.classes, args.train_per_class, args.val_per_class, args.seed)
     print(f"subset ready at {dst}: use it with --set dataset=imagefolder --set data_dir={dst} "
@@ -161,7 +161,7 @@ def cmd_subset(args) -> int:
 
 
 def cmd_download_kaggle(args) -> int:
-    from .verify import download_kaggle
+    from labkit.datasets.verify import download_kaggle
 
     download_kaggle(args.dst)
     print(f"downloaded into {args.dst}; next: labkit data prepare-imagenet --src {args.dst}")
@@ -171,8 +171,8 @@ def cmd_download_kaggle(args) -> int:
 def cmd_bench_collectives(args) -> int:
     from pathlib import Path
 
-    from .bench import collectives_table, run_collectives
-    from .config import results_root
+    from labkit.measure.bench import collectives_table, run_collectives
+    from labkit.config import results_root
 
     out = Path(args.out) if args.out else results_root() / "bench"
     bench = run_collectives(args.nproc, out, max_mb=args.max_mb, repeats=args.repeats)
@@ -182,7 +182,7 @@ def cmd_bench_collectives(args) -> int:
 
 
 def cmd_bench_harness(args) -> int:
-    from .bench import harness
+    from labkit.measure.bench import harness
 
     outcome = harness(args.nproc, args.steps, args.warmup, args.repeats)
     print(f"labkit ddp / plain DDP script throughput: {outcome['ratio_of_medians']:.3f} "
@@ -191,8 +191,8 @@ def cmd_bench_harness(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .analysis import comparison_table, runs_frame
-    from .bench import sweep
+    from labkit.report.analysis import comparison_table, runs_frame
+    from labkit.measure.bench import sweep
 
     sizes = [int(n) for n in args.nproc.split(",")]
     results = sweep(args.strategy, sizes, args.profile, parse_overrides(args.set))
@@ -204,7 +204,7 @@ def cmd_sweep(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .strategies import STRATEGIES
+    from labkit.strategies import STRATEGIES
 
     parser = argparse.ArgumentParser(prog="labkit", description="Data-parallel training lab.")
     sub = parser.add_subparsers(dest="command", required=True)

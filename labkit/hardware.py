@@ -15,7 +15,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from .config import LAB_ROOT
+from labkit.config import LAB_ROOT
 
 
 def gpu_count() -> int:

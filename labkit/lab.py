@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import LAB_ROOT, ConfigError, results_root
+from labkit.config import LAB_ROOT, ConfigError, results_root
 
 NOTEBOOKS = LAB_ROOT / "notebooks"
 

@@ -12,9 +12,9 @@ import re
 import time
 from pathlib import Path
 
-from . import hardware
-from .config import AMP_MODES, DATASETS, MODELS, ConfigError, RunConfig, field_types, results_root
-from .data import check_image_folder, data_root, make_tiny
+from labkit import hardware
+from labkit.config import AMP_MODES, DATASETS, MODELS, ConfigError, RunConfig, field_types, results_root
+from labkit.datasets.tiny import check_image_folder, data_root, make_tiny
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
                 backend="nccl", device="cuda", workers=16, epochs=3, batch_size=64, lr=0.0,
@@ -30,7 +30,7 @@ COMPRESSIONS = ("none", "fp16", "bf16")
 
 
 def make_config(profile: str = "auto", **overrides) -> RunConfig:
-    from .strategies import STRATEGIES
+    from labkit.strategies import STRATEGIES
 
     unknown = set(overrides) - set(field_types())
     if unknown:

@@ -32,7 +32,7 @@ def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
     assert job.status in ("queued", "running") and not (tmp_path / "run" / "result.json").exists()
     wait_for_progress(job)
     family = psutil.Process(job.proc.pid).children(recursive=True)
-    assert len([p for p in family if "labkit.worker" in " ".join(p.cmdline())]) >= 2
+    assert len([p for p in family if "labkit.training.worker" in " ".join(p.cmdline())]) >= 2
     job.cancel()
     assert job.status == "interrupted"
     assert_all_gone(family)
@@ -73,7 +73,7 @@ def test_failing_rank_is_named_with_its_traceback(tmp_path):
 # "root cause" a rank the agent was already stopping with SIGTERM.
 TORCHRUN_REPORT = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 ============================================================
-labkit.worker FAILED
+labkit.training.worker FAILED
 ------------------------------------------------------------
 Failures:
 [0]:
@@ -104,7 +104,7 @@ Root Cause (first observed failure):
 
 
 def test_the_cause_is_the_rank_that_failed_by_itself_not_a_casualty(tmp_path):
-    from labkit.launch import read_failure
+    from labkit.jobs.launch import read_failure
 
     (tmp_path / "err.json").write_text('{"message": {"message": "RuntimeError: Connection reset by peer"}}')
     (tmp_path / "launcher.log").write_text(TORCHRUN_REPORT.format(error_file=tmp_path / "err.json"))

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import REPO, run_to
-from labkit.collectives import bandwidths
-from labkit.costmodel import fit, predict_sync_s
+from labkit.measure.collectives import bandwidths
+from labkit.measure.costmodel import fit, predict_sync_s
 
 
 def test_bus_bandwidth_formulas_match_nccl_tests():
@@ -51,7 +51,7 @@ def test_exposed_communication_near_zero_without_sync_and_positive_with(tmp_path
 
 
 def test_collective_microbenchmark_small(tmp_path):
-    from labkit.bench import run_collectives
+    from labkit.measure.bench import run_collectives
 
     bench = run_collectives(2, tmp_path, max_mb=0.07, repeats=2)
     ops = {row["op"] for row in bench["rows"]}
@@ -63,7 +63,7 @@ def test_collective_microbenchmark_small(tmp_path):
 
 
 def test_harness_benchmark_small(tmp_path, monkeypatch):
-    from labkit.bench import harness
+    from labkit.measure.bench import harness
 
     monkeypatch.setenv("LABKIT_RESULTS", str(tmp_path))
     outcome = harness(nproc=2, steps=6, warmup=2, repeats=1)
@@ -79,7 +79,7 @@ def fake_result(strategy, steps, throughput, **config):
 
 
 def test_comparison_holds_full_length_runs_and_tells_options_apart():
-    from labkit.analysis import comparison_table, full_length_runs, runs_frame
+    from labkit.report.analysis import comparison_table, full_length_runs, runs_frame
 
     results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
                fake_result("bucketed", 20, 60.0, compress="fp16"), fake_result("ddp", 60, 90.0),

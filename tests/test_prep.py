@@ -12,8 +12,8 @@ import pytest
 from conftest import REPO, labkit_cli
 from imagenet_fixtures import WNIDS, make_kaggle, make_official
 from labkit.config import ConfigError
-from labkit.prep import prepare
-from labkit.verify import subset, verify
+from labkit.datasets.prep import prepare
+from labkit.datasets.verify import subset, verify
 
 
 def tree_digest(root: Path) -> dict:
@@ -122,7 +122,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, case, message):
 
 
 def test_download_kaggle_explains_what_is_missing(tmp_path, monkeypatch):
-    from labkit.verify import download_kaggle
+    from labkit.datasets.verify import download_kaggle
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no kaggle command here
     with pytest.raises(ConfigError, match="pip install kaggle"):

@@ -1,5 +1,5 @@
 """A collective microbenchmark in the manner of nccl-tests, run under torchrun:
-`python -m torch.distributed.run --nproc-per-node N -m labkit.collectives OUT.json`.
+`python -m torch.distributed.run --nproc-per-node N -m labkit.measure.collectives OUT.json`.
 
 For each operation and message size: warm-up calls, then timed repeats (the device is
 synchronized and the ranks meet at a barrier around the timed block). S is the

@@ -1,4 +1,4 @@
-"""The training loop one rank runs under torchrun: `python -m labkit.worker config.json`.
+"""The training loop one rank runs under torchrun: `python -m labkit.training.worker config.json`.
 
 Read it top to bottom: set up the process group from torchrun's environment, build
 model, optimizer, strategy and data, then for each epoch train (timing every phase),
@@ -20,14 +20,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from . import hardware
-from .config import RunConfig
+from labkit import hardware
+from labkit.config import RunConfig
 from .data import build_loaders, epoch_batches
-from . import checkpoint
+from labkit.training import checkpoint
 from .checkpoint import TrainState
-from .files import write_json
+from labkit.files import write_json
 from .models import build_model
-from .strategies import STRATEGIES
+from labkit.strategies import STRATEGIES
 from .timing import StepTimer, summarize
 
 

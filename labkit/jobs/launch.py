@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,9 +23,10 @@ from pathlib import Path
 
 import psutil
 
-from . import hardware
-from .config import LAB_ROOT, RunConfig, results_root
-from .files import write_json
+from labkit import hardware
+from labkit.config import LAB_ROOT, RunConfig, results_root
+from labkit.files import write_json
+from labkit.jobs.failures import describe_failure, read_failure
 
 FINAL = ("ok", "failed", "hung", "interrupted")
 
@@ -40,11 +40,11 @@ STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this l
 
 def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     if cfg.strategy == "single":  # one plain process, no rendezvous
-        return [sys.executable, "-m", "labkit.worker", str(config_path)]
+        return [sys.executable, "-m", "labkit.training.worker", str(config_path)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={cfg.nproc}", f"--max-restarts={cfg.max_restarts}",
             f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
-            "-m", "labkit.worker", str(config_path)]
+            "-m", "labkit.training.worker", str(config_path)]
 
 
 def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
@@ -52,7 +52,7 @@ def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
     the cores, so each has a lock of its own and never waits)."""
     lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    # Run as a file, not `-m labkit.agent`: the package would import torch (4 s) for nothing.
+    # Run as a file, not `-m labkit.jobs.agent`: the package would import torch (4 s) for nothing.
     return [sys.executable, str(Path(__file__).with_name("agent.py")), str(lock), str(Path(cfg.out_dir) / "started"), "--",
             *torchrun_command(cfg, config_path)]
 
@@ -87,12 +87,27 @@ class Job:
     # -- looking at it ---------------------------------------------------------------
     @property
     def status(self) -> str:
-        """queued / running / ok / failed / hung / interrupted"""
+        """queued / running / ok / failed / hung / interrupted — a pure read: it neither
+        stops nor writes anything (`poll()` and `wait()` do the tidying up)."""
         if self._status == "running" and self.proc.poll() is not None:
-            self._finish()
+            return self._ended_status() or "failed"
         if self._status == "running" and not (self.out / "started").exists():
             return "queued"
         return self._status
+
+    def poll(self) -> str:
+        """Look at the job once; if its agent has exited, stop stragglers and make sure
+        result.json says how it ended. Returns the status."""
+        if self._status == "running" and self.proc.poll() is not None:
+            self._finish()
+        return self.status
+
+    def _ended_status(self) -> str | None:
+        """The status in this run's result.json, if this attempt wrote one."""
+        path = self.out / "result.json"
+        if path.exists() and path.stat().st_mtime >= self.started:
+            return json.loads(path.read_text())["status"]
+        return None
 
     def progress(self) -> dict:
         """The last progress line rank 0 wrote (empty before the first step)."""
@@ -122,7 +137,7 @@ class Job:
         display = ProgressDisplay(self.cfg.name) if progress else None
         deadline = None if timeout is None else time.time() + timeout
         try:
-            while self.status in ("queued", "running"):
+            while self.poll() in ("queued", "running"):
                 if display:
                     display.update(self.progress())
                 if self.stalled_s() > self.cfg.watchdog_s > 0:
@@ -139,7 +154,7 @@ class Job:
         return self._status
 
     def result(self) -> dict:
-        if self.status in ("queued", "running"):
+        if self.poll() in ("queued", "running"):
             self.wait(progress=False)
         result = json.loads((self.out / "result.json").read_text())
         if result["status"] != "ok":
@@ -188,8 +203,8 @@ class Job:
         self.log.close()
         stop_process_tree(self.proc.pid)  # stragglers of a failed job (workers in their own sessions)
         path = self.out / "result.json"
-        if path.exists() and status is None and path.stat().st_mtime >= self.started:
-            self._status = json.loads(path.read_text())["status"]
+        if status is None and self._ended_status():
+            self._status = self._ended_status()
             return
         self._status = status or "failed"
         write_json(path, {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy,
@@ -218,70 +233,3 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
-
-
-def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
-    """The failure that brought the job down. torchrun's log ends with a block listing
-    every failed rank (exit code, error file) and its guess at the "Root Cause (first
-    observed failure)". The error file (written by @record in the worker) holds the
-    exception and traceback; a rank that died without raising (os._exit, a signal) has
-    none, so its exit code and the end of its stderr tell the cause. A plain process
-    (`single`) writes logs/0/error.json."""
-    launcher = log_dir / "launcher.log"
-    text = launcher.read_text(errors="replace") if launcher.exists() else ""
-    report = text.rsplit("Failures:", 1)[-1] if "Failures:" in text else ""
-    entries = [parse_entry(block) for block in re.split(r"\n\[\d+\]:", report)[1:]]
-    if entries:
-        root = entries[-1]  # torchrun prints its root cause last
-        # When one rank fails, the agent stops the others with SIGTERM, and a rank may
-        # raise "connection reset by peer" just before: casualties, not the cause.
-        causes = [e for e in entries if e["code"] != -signal.SIGTERM] or [root]
-        entry = next((e for e in causes if e["rank"] == root["rank"]), causes[0])
-        if entry["error_file"].is_file():
-            return error_record(entry["error_file"], entry["rank"])
-        code = entry["code"]
-        cause = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
-                 else f"exited with exit code {code} without raising")
-        last_words = stderr_tail(log_dir, entry["local_rank"])
-        return {"rank": entry["rank"], "exception": cause + (f": {last_words[-1]}" if last_words else ""),
-                "traceback": "\n".join(last_words) or entry["traceback"]}
-    single = log_dir / "0" / "error.json"
-    if single.is_file() and single.stat().st_mtime >= since:
-        return error_record(single, 0)
-    return None
-
-
-def parse_entry(block: str) -> dict:
-    field = lambda name: (re.search(rf"{name}\s*:\s*(.*)", block) or [None, ""])[1].strip()
-    ranks = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", field("rank"))
-    return {"rank": int(ranks[1]), "local_rank": int(ranks[2] or ranks[1]),
-            "code": int(re.match(r"-?\d+", field("exitcode")).group()), "error_file": Path(field("error_file")),
-            "traceback": re.split(r"\n[=-]{8,}", block.split("traceback :")[-1])[0].strip()}
-
-
-def stderr_tail(log_dir: Path, local_rank: int, lines: int = 3) -> list[str]:
-    """The last words a rank wrote before it died (a C++ abort prints `what(): …`)."""
-    logs = sorted(log_dir.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return []
-    text = [line.strip() for line in logs[-1].read_text(errors="replace").splitlines()]
-    aborts = [line for line in text if line.startswith("what():")]
-    return aborts[-1:] or [line for line in text if line and not line.startswith("File ")][-lines:]
-
-
-def error_record(path: Path, rank: int) -> dict:
-    """One rank's error file, as torch's elastic `record` writes it."""
-    message = json.loads(path.read_text())["message"]
-    if isinstance(message, str):
-        message = {"message": message, "extraInfo": {}}
-    return {"rank": rank, "exception": message.get("message", "").strip(),
-            "traceback": message.get("extraInfo", {}).get("py_callstack", "")}
-
-
-def describe_failure(result: dict) -> str:
-    failure = result.get("failure") or {}
-    head = f"run {result.get('name')} {result.get('status')}"
-    if not failure:
-        return f"{head} (exit code {result.get('exit_code')}; see its logs/)"
-    return (f"{head}: rank {failure['rank']}: {failure['exception']}\n"
-            f"{failure.get('traceback', '').rstrip()}")

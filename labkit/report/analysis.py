@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import results_root
+from labkit.config import results_root
 
 RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_share_pct", "exposed_comm_pct",
                "bytes_sent_per_step", "collectives_per_step", "final_train_loss", "best_val_top1"]
@@ -120,7 +120,7 @@ def summary_frame(result: dict) -> pd.DataFrame:
 def communication_frame(results: list[dict], fits: dict | None) -> pd.DataFrame:
     """Per run: the communication time measured two ways, and what the alpha–beta model
     (fitted from `labkit bench collectives`) predicts from the bytes and calls the method reports."""
-    from .costmodel import predict_sync_s
+    from labkit.measure.costmodel import predict_sync_s
 
     rows = []
     for r in results:

@@ -10,7 +10,7 @@ the global batch, which the equivalence tests use.
 import torch.nn as nn
 import torchvision
 
-from .config import ConfigError
+from labkit.config import ConfigError
 
 
 def resnet18_small(num_classes: int) -> nn.Module:

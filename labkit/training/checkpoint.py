@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .files import load_checkpoint, save_checkpoint
+from labkit.files import load_checkpoint, save_checkpoint
 
 
 @dataclass

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import LAB_ROOT, results_root
+from labkit.config import LAB_ROOT, results_root
 
 
 def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5) -> dict:
@@ -28,7 +28,7 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "collectives.json"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                    "-m", "labkit.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
+                    "-m", "labkit.measure.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
                    cwd=LAB_ROOT, check=True)
     bench = json.loads(path.read_text())
     bench["fits"] = fit(bench)
@@ -56,7 +56,7 @@ def collectives_table(bench: dict) -> str:
 
 
 def plain_ddp_throughput(nproc: int, steps: int, warmup: int) -> float:
-    from .data import make_tiny
+    from labkit.datasets.tiny import make_tiny
 
     data = make_tiny(LAB_ROOT / "data" / "tiny")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -66,8 +66,8 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int) -> float:
 
 
 def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path) -> float:
-    from . import run
-    from .profiles import make_config
+    from labkit import run
+    from labkit.profiles import make_config
 
     # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
     cfg = make_config("cpu", strategy="ddp", nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
@@ -90,8 +90,8 @@ def harness(nproc: int = 4, steps: int = 40, warmup: int = 5, repeats: int = 3, 
 
 
 def sweep(strategy: str, sizes: list[int], profile: str, overrides: dict) -> list[dict]:
-    from . import run
-    from .profiles import make_config
+    from labkit import run
+    from labkit.profiles import make_config
 
     results = []
     for n in sizes:

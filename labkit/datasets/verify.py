@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.datasets.folder import is_image_file
 from tqdm import tqdm
 
-from .config import ConfigError
+from labkit.config import ConfigError
 
 FULL_IMAGENET = {"classes": 1000, "train": 1_281_167, "val": 50_000}
 

@@ -17,92 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from .config import LAB_ROOT, ConfigError, RunConfig
+from labkit.config import RunConfig
+from labkit.datasets.tiny import TINY_CLASSES, data_root  # noqa: F401  (re-exported for readers)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-TINY_CLASSES = ("hstripes", "vstripes", "diag_up", "diag_down", "checker",
-                "ring", "disc", "cross", "dots", "square")
-
-
-def data_root(cfg: RunConfig) -> Path:
-    """Where the dataset lives: the user's data_dir, or the lab's data/<dataset>."""
-    if cfg.data_dir:
-        return Path(cfg.data_dir).expanduser().resolve()
-    return LAB_ROOT / "data" / cfg.dataset
-
-
-# -- the tiny dataset -----------------------------------------------------------------
-
-def _tiny_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """One 32 px picture of pattern `label` in a random colour, offset and noise."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = rng.uniform(5, 9)
-    cy, cx = rng.uniform(10, 22, size=2)
-    r = np.hypot(y - cy, x - cx)
-    name = TINY_CLASSES[label]
-    masks = {
-        "hstripes": np.sin(2 * np.pi * y / period) > 0,
-        "vstripes": np.sin(2 * np.pi * x / period) > 0,
-        "diag_up": np.sin(2 * np.pi * (x + y) / period) > 0,
-        "diag_down": np.sin(2 * np.pi * (x - y) / period) > 0,
-        "checker": (np.sin(2 * np.pi * x / period) > 0) ^ (np.sin(2 * np.pi * y / period) > 0),
-        "ring": np.abs(r - rng.uniform(6, 10)) < 2,
-        "disc": r < rng.uniform(5, 9),
-        "cross": (np.abs(y - cy) < 2) | (np.abs(x - cx) < 2),
-        "dots": (np.sin(2 * np.pi * x / period) > 0.7) & (np.sin(2 * np.pi * y / period) > 0.7),
-        "square": (np.abs(y - cy) < 6) & (np.abs(x - cx) < 6),
-    }
-    bg = rng.uniform(0, 255, size=3)
-    fg = (bg + rng.uniform(80, 176, size=3)) % 256  # always a clear contrast with the background
-    image = np.where(masks[name][..., None], fg, bg) + rng.normal(0, 20, size=(size, size, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def make_tiny(root: Path, seed: int = 0, train_per_class: int = 96, val_per_class: int = 30) -> Path:
-    """Write the tiny 10-class set as JPEGs in ImageFolder layout; deterministic from `seed`.
-
-    96 training images a class give 15 steps an epoch at the cpu profile's global batch
-    of 64 (4 ranks × 16): enough to learn to ~50 % top-1 in 3 epochs (chance: 10 %), small
-    enough that the whole notebook lab runs in under ten minutes on two cores.
-    Written into a temporary folder renamed into place at the end, so an interrupted
-    generation never leaves a half-made dataset that looks finished.
-    """
-    root = Path(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return root
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    rng = np.random.default_rng(seed)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for label, name in enumerate(TINY_CLASSES):
-            folder = tmp / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                Image.fromarray(_tiny_image(label, rng)).save(folder / f"{i:04d}.jpg", quality=90)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process finished first (root exists, not empty)
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-# -- checks done before launch ---------------------------------------------------------
-
-def check_image_folder(split_dir: Path) -> int:
-    """Raise ConfigError unless `split_dir` is a usable ImageFolder; return the class count."""
-    if not split_dir.is_dir():
-        raise ConfigError(f"dataset folder {split_dir} not found; prepare it "
-                          f"(labkit data prepare-imagenet, or --set data_dir=PATH)")
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
-    if not classes:
-        raise ConfigError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
-    for name in classes:
-        folder = split_dir / name
-        if not any(datasets.folder.is_image_file(f) for _, _, files in os.walk(folder) for f in files):
-            raise ConfigError(f"class folder {folder} holds no image; add images or remove the folder"
-                              + (" (hidden folders count as classes)" if name.startswith(".") else ""))
-    return len(classes)
 
 
 # -- datasets and loaders --------------------------------------------------------------

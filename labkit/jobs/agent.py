@@ -1,4 +1,4 @@
-"""`python -m labkit.agent LOCK STARTED -- COMMAND...`: wait for our turn, then become torchrun.
+"""`python -m labkit.jobs.agent LOCK STARTED -- COMMAND...`: wait for our turn, then become torchrun.
 
 Two jobs on the same GPUs would run on top of each other, so every job first takes
 an exclusive lock on LOCK (flock; the kernel releases it when the process dies,
