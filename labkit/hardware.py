@@ -2,20 +2,36 @@
 
 The `auto` profile is decided here: GPUs and ImageNet → imagenet; GPUs without
 ImageNet → synthetic; no GPU → cpu. Everything is read, nothing is assumed.
+
+"No GPU" is asked of two witnesses: torch (can it use one?) and the system (nvidia-smi,
+or the kernel driver's /proc files: is one there?). When they disagree — typically a
+torch build for a newer CUDA than the NVIDIA driver supports — `auto` stops and says
+which torch build to install, rather than quietly training on the CPU of a GPU machine.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from labkit.config import LAB_ROOT
+from labkit.config import LAB_ROOT, ConfigError
+
+NVIDIA_PROC = Path("/proc/driver/nvidia")  # the kernel driver's own view of its GPUs
+
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's CUDA compatibility
+# tables: with minor-version compatibility any 12.x runs on 525.60.13, any 13.x on 580.65.06).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+# Which of PyTorch's wheel indexes (https://download.pytorch.org/whl/<name>) suits a driver, newest first.
+WHEELS = [("580.65.06", "cu130"), ("525.60.13", "cu126"), ("450.80.02", "cu118")]
 
 
 def gpu_count() -> int:
@@ -26,13 +42,105 @@ def gpu_names() -> list[str]:
     return [torch.cuda.get_device_name(i) for i in range(gpu_count())]
 
 
-def nccl_version() -> str | None:
-    if not (dist.is_available() and dist.is_nccl_available() and gpu_count()):
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text))
+
+
+def system_gpus() -> list[tuple[str, str]]:
+    """(name, driver version) of every NVIDIA GPU the system has, whether torch can use it
+    or not: from nvidia-smi when it is on PATH and answers, else from /proc/driver/nvidia."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            rows = [line.rsplit(",", 1) for line in out.stdout.splitlines() if "," in line]
+            if out.returncode == 0 and rows:
+                return [(name.strip(), driver.strip()) for name, driver in rows]
+        except (OSError, subprocess.SubprocessError):
+            pass  # nvidia-smi itself broken (it fails when its library and the driver differ): ask /proc
+    try:
+        match = re.search(r"Kernel Module.*?\s(\d+\.\d+(?:\.\d+)?)\s", (NVIDIA_PROC / "version").read_text())
+        driver = match.group(1) if match else "unknown"
+        infos = sorted((NVIDIA_PROC / "gpus").glob("*/information"))
+        names = [re.search(r"Model:\s*(.+)", info.read_text()) for info in infos]
+    except OSError:
+        return []
+    return [(name.group(1).strip() if name else "NVIDIA GPU", driver) for name in names]
+
+
+def unusable_gpus() -> str | None:
+    """One line when the system has NVIDIA GPUs that torch cannot use, naming the driver,
+    the CUDA version the torch build needs and the build to install; None otherwise."""
+    if torch.cuda.is_available():
         return None
+    gpus = system_gpus()
+    if not gpus:
+        return None
+    driver = gpus[0][1]
+    names = ", ".join(sorted({name for name, _ in gpus}))
+    found = f"this machine has {len(gpus)} NVIDIA GPU(s) ({names}, driver {driver}) but torch {torch.__version__}"
+    wheel = next((name for oldest, name in WHEELS if version_tuple(driver) >= version_tuple(oldest)), None)
+    pins = f"torch=={torch.__version__.split('+')[0]} torchvision=={_torchvision_version()}"
+    install = (f"install the torch build for your driver: .venv/bin/pip install --force-reinstall {pins} "
+               f"--index-url https://download.pytorch.org/whl/{wheel}" if wheel else
+               "update the NVIDIA driver (torch needs 450.80 or newer)")
+    if torch.version.cuda is None:
+        return f"{found} is a CPU-only build; {install}"
+    needed = MIN_DRIVER.get(int(torch.version.cuda.split(".")[0]))
+    if needed and version_tuple(driver) < version_tuple(needed):
+        return (f"{found} is built for CUDA {torch.version.cuda}, which needs driver {needed} or newer; "
+                f"{install}, or update the driver")
+    return (f"{found} (CUDA {torch.version.cuda}) cannot use them (torch.cuda.is_available() is False); "
+            f"check CUDA_VISIBLE_DEVICES and that /dev/nvidia* can be opened")
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__.split("+")[0]
+
+
+def nccl_loaded() -> tuple[str, str] | None:
+    """(version, path) of the NCCL library this process has loaded, asked of the library
+    itself: torch.cuda.nccl.version() is only the version torch was compiled against,
+    and the wheel's nvidia-nccl package (or LD_LIBRARY_PATH) may bring another."""
+    try:
+        paths = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                        if "/libnccl" in line.split()[-1]})
+        if not paths:
+            return None
+        code = ctypes.c_int()
+        if ctypes.CDLL(paths[0]).ncclGetVersion(ctypes.byref(code)) != 0:
+            return None
+    except (OSError, AttributeError):  # not Linux, or not a real NCCL library
+        return None
+    # NCCL_VERSION_CODE: major*10000 + minor*100 + patch since 2.9, major*1000 + ... before
+    major, rest = divmod(code.value, 10000 if code.value >= 20900 else 1000)
+    return f"{major}.{rest // 100}.{rest % 100}", paths[0]
+
+
+def nccl_compiled() -> str | None:
     try:
         return ".".join(str(part) for part in torch.cuda.nccl.version())
-    except Exception:  # NCCL library present in the wheel but not loadable
+    except Exception:  # a CPU-only build, or the library cannot be loaded
         return None
+
+
+def nccl_version() -> str | None:
+    """The NCCL a GPU run really uses (the loaded library; else what torch was built with)."""
+    if not (dist.is_available() and dist.is_nccl_available() and gpu_count()):
+        return None
+    loaded = nccl_loaded()
+    return loaded[0] if loaded else nccl_compiled()
+
+
+def nccl_line() -> str:
+    loaded, compiled = nccl_loaded(), nccl_compiled()
+    built = f"torch built with {compiled}" if compiled else "torch built without NCCL"
+    if loaded is None:
+        return f"not loaded ({built})"
+    return f"{loaded[0]} loaded from {loaded[1]} ({built})" + ("" if gpu_count() else "; unused without a GPU")
 
 
 def imagenet_dir():
@@ -45,7 +153,11 @@ def has_imagenet() -> bool:
 
 
 def auto_profile() -> tuple[str, str]:
-    """The profile `auto` resolves to, and the reason in words."""
+    """The profile `auto` resolves to, and the reason in words. Raises ConfigError on a
+    GPU machine whose GPUs torch cannot use: the cpu profile must then be asked for."""
+    problem = unusable_gpus()
+    if problem:
+        raise ConfigError(f"{problem}; or run on the CPU with --profile cpu")
     gpus = gpu_count()
     if gpus and has_imagenet():
         return "imagenet", f"{gpus} GPU(s) and ImageNet at data/imagenet"
@@ -90,7 +202,12 @@ def check_lines() -> list[tuple[str, str]]:
     import torchvision
 
     gpus = gpu_count()
-    profile, why = auto_profile()
+    try:
+        profile, why = auto_profile()
+        auto = f"{profile} — {why}"
+    except ConfigError as error:
+        auto = f"stops: {error}"
+    system = system_gpus()
     free_gb = shutil.disk_usage(LAB_ROOT).free / 1e9
     tiny = LAB_ROOT / "data" / "tiny"
     return [
@@ -98,12 +215,14 @@ def check_lines() -> list[tuple[str, str]]:
         ("torch", torch.__version__),
         ("torchvision", torchvision.__version__),
         ("cuda", f"{torch.version.cuda} available" if gpus else f"not available (build {torch.version.cuda or 'cpu'})"),
-        ("gpus", f"{gpus}: " + ", ".join(gpu_names()) if gpus else "0"),
-        ("nccl", nccl_version() or "not available (needs a GPU)"),
+        ("nvidia driver", system[0][1] if system else "none found (nvidia-smi, /proc/driver/nvidia)"),
+        ("gpus", f"{gpus}: " + ", ".join(gpu_names()) if gpus else
+         f"0 usable by torch, {len(system)} on the system" if system else "0"),
+        ("nccl", nccl_line()),
         ("gloo", "available" if dist.is_available() and dist.is_gloo_available() else "NOT available"),
         ("cpu cores", str(os.cpu_count())),
         ("free disk", f"{free_gb:.1f} GB at {LAB_ROOT}"),
         ("imagenet", "found at data/imagenet" if has_imagenet() else "absent (labkit data prepare-imagenet)"),
         ("tiny dataset", "generated" if (tiny / "train").is_dir() else "not yet generated (made on first need)"),
-        ("auto profile", f"{profile} — {why}"),
+        ("auto profile", auto),
     ]
