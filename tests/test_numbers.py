@@ -71,21 +71,22 @@ def test_harness_benchmark_small(tmp_path, monkeypatch):
     assert outcome["ratio_of_medians"] == pytest.approx(outcome["labkit_img_s"][0] / outcome["plain_img_s"][0])
 
 
-def fake_result(strategy, steps, throughput, **config):
-    return {"name": f"{strategy}-{steps}-{config}", "strategy": strategy, "world_size": 4, "global_batch": 64,
-            "config": {"profile": "cpu", "model": "m", "compress": "none", "ddp_hook": "none", **config},
+def fake_result(strategy, steps, throughput, method=None, **config):
+    return {"name": f"{strategy}-{steps}-{config}", "strategy": strategy, "method": method or strategy,
+            "world_size": 4, "global_batch": 64, "status": "ok",
+            "config": {"profile": "cpu", "model": "m", **config},
             "steps": [{"step": i + 1, "loss": 1.0} for i in range(steps)],
             "summary": {"throughput_img_s": throughput, "total_time_s": steps / 10}}
 
 
 def test_comparison_holds_full_length_runs_and_tells_options_apart():
-    from labkit.report.analysis import comparison_table, full_length_runs, runs_frame
+    from labkit.report.analysis import comparison_table, runs_frame, select_runs
 
     results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
-               fake_result("bucketed", 20, 60.0, compress="fp16"), fake_result("ddp", 60, 90.0),
+               fake_result("bucketed", 20, 60.0, method="bucketed fp16"), fake_result("ddp", 60, 90.0),
                fake_result("ddp", 90, 99.0, fault="1:5:kill")]
-    kept, left_out = full_length_runs(results)
-    assert left_out == [results[1], results[5]]  # a short check and a fault demo are not measurements
-    table = comparison_table(runs_frame(kept)).set_index("method")
+    chosen = select_runs(results)
+    assert [r for r, _ in chosen.left_out] == [results[5], results[1]]  # a fault demo and a short check
+    table = comparison_table(runs_frame(chosen.kept), baseline="ddp").set_index("method")
     assert table.loc["ddp", "throughput_img_s"] == 85.0 and table.loc["ddp", "steps"] == 60  # repeats averaged
-    assert table.loc["bucketed fp16", "vs_ddp"] == pytest.approx(60 / 85)
+    assert table.loc["bucketed fp16", "vs_baseline"] == pytest.approx(60 / 85)

@@ -1,109 +1,339 @@
-"""The comparison plots (the original five, plus scaling): seaborn figures that render
-inline in a notebook and save as PNG files. Each function takes the frames of
-analysis.py and returns its Figure; `save_all` writes them to results/plots/."""
+"""The comparison figures. Each function takes frames or results from analysis.py and
+returns a matplotlib Figure (inline in a notebook; `save_all` writes PNGs).
+
+Habits every figure keeps (docs/EXPERIMENT_GUIDE.md, "The figures"):
+- one colour per method in every figure, from a colour-blind-safe palette, keyed by the
+  method's name (`color_of`);
+- every bar carries its value as text, so a tiny bar (0.3 MB next to 60 MB) still reads;
+- log axes where values span orders of magnitude;
+- a figure that needs a field the results do not hold says so instead of drawing zero.
+"""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from .analysis import epochs_frame, runs_frame, steps_frame
+from .analysis import epochs_frame, method, runs_frame, scaling_frame, steps_frame
+
+# seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
+PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
+           "#56b4e9"]
+_COLORS: dict[str, str] = {}  # method → colour, for the life of the process
+
+# Phases of a step in the timelines (not methods: their own neutral colours).
+PHASE_COLORS = {"data_s": "#bbbbbb", "compute_s": "#4477aa", "optimizer_s": "#99ddff", "sync_s": "#ee6677"}
+COMPUTE_LANE = ("data_s", "compute_s", "optimizer_s")  # every other phase is communication
 
 
-def _bar(runs: pd.DataFrame, column: str, title: str, label: str):
-    fig, ax = plt.subplots(figsize=(max(7, 0.9 * runs["method"].nunique()), 3.8))
-    runs = runs.assign(bar=runs["method"])
-    if runs["steps"].nunique() > 1:  # runs of different lengths: say so under each bar
-        runs["bar"] = runs["method"] + "\n" + runs["steps"].astype(str) + " steps"
-    order = runs.groupby("bar")[column].mean().sort_values(ascending=False).index
-    sns.barplot(data=runs, x="bar", y=column, order=order, errorbar="sd", ax=ax)  # error bars: repeats
-    ax.set(title=title, xlabel="method", ylabel=label)
-    ax.tick_params(axis="x", rotation=30)
+def color_of(method: str) -> str:
+    """The method's colour: its first choice is crc32(name) mod 10 (stable across runs and
+    processes); if another method already took that colour in this process, the next free
+    one. A method keeps its colour for the life of the process."""
+    if method not in _COLORS:
+        first = zlib.crc32(method.encode()) % len(PALETTE)
+        taken = set(_COLORS.values())
+        free = [PALETTE[(first + i) % len(PALETTE)] for i in range(len(PALETTE))
+                if PALETTE[(first + i) % len(PALETTE)] not in taken]
+        _COLORS[method] = free[0] if free else PALETTE[first]
+    return _COLORS[method]
+
+
+def assign_colors(methods) -> dict[str, str]:
+    """Colours for a set of methods, assigned in sorted order so the result does not depend
+    on the order the figures are drawn in."""
+    return {m: color_of(m) for m in sorted(set(methods))}
+
+
+def _label(row) -> str:
+    """A bar's label: the method, with its world size when one method ran at several."""
+    return f"{row.method} ×{int(row.world_size)}" if pd.notna(row.world_size) else str(row.method)
+
+
+def _label_points(ax, xs, ys, texts, fontsize=8):
+    """Write each text just right of (x, y), in data coordinates."""
+    for x, y, text in zip(xs, ys, texts):
+        ax.annotate(text, (x, y), xytext=(3, 0), textcoords="offset points", va="center", ha="left", fontsize=fontsize)
+
+
+def _label_bars(ax, bars, texts, fontsize=8):
+    """Write each bar's value just past its end (horizontal bars), so tiny bars read too."""
+    _label_points(ax, [b.get_x() + b.get_width() for b in bars], [b.get_y() + b.get_height() / 2 for b in bars],
+                  texts, fontsize)
+
+
+def _mean_by_method(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, standard deviation and count over repeats, per method and world size."""
+    table = runs.groupby(["method", "world_size"], as_index=False).agg(
+        mean=(column, "mean"), sd=(column, "std"), repeats=(column, "count"))
+    table["label"] = [_label(r) for r in table.itertuples()]
+    return table
+
+
+def _note_lengths(ax, runs: pd.DataFrame):
+    if runs["steps"].nunique() > 1:
+        ax.text(0.99, 0.01, "runs of different lengths: " + ", ".join(
+            f"{m} {s}" for m, s in runs.groupby("method")["steps"].max().items()) + " steps",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3", wrap=True)
+
+
+def throughput(runs: pd.DataFrame):
+    """Images per second per method, mean over repeats, error bars ±1 standard deviation
+    (drawn where a method has 2 or more repeats; the label says how many)."""
+    table = _mean_by_method(runs, "throughput_img_s").sort_values("mean")
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(table)))
+    bars = ax.barh(table["label"], table["mean"], xerr=table["sd"].fillna(0), capsize=3,
+                   color=[color_of(m) for m in table["method"]])
+    _label_bars(ax, bars, [f"{m:.1f}" + (f" ± {s:.1f} (n={n})" if n > 1 else " (n=1)")
+                           for m, s, n in zip(table["mean"], table["sd"].fillna(0), table["repeats"])])
+    ax.set(title="Training throughput (higher is better; error bar: ±1 sd over repeats)",
+           xlabel="images / s", ylabel="method")
+    ax.set_xlim(0, 1.3 * float((table["mean"] + table["sd"].fillna(0)).max() or 1))
     fig.tight_layout()
     return fig
 
 
-def throughput(runs):
-    return _bar(runs, "throughput_img_s", "Training throughput (higher is better)", "images / s")
+def noise_floor_s(summary: dict) -> float | None:
+    """The exposed-communication noise floor a run reports (seconds), if it does."""
+    for key in ("exposed_comm_noise_s", "noise_floor_s", "exposed_comm_floor_s", "compute_only_step_sd_s"):
+        if summary.get(key) is not None:
+            return summary[key]
+    return None
 
 
-def total_time(runs):
-    return _bar(runs, "total_time_s", "Total training time (lower is better)", "seconds")
+def time_breakdown(results: list[dict]):
+    """Per method, the median step (less data wait) as a stacked bar:
+    compute-only (the calibration step, no synchronization) | exposed communication that
+    is not blocking (overlapped communication that still lengthened the step) | blocking
+    sync. The whisker at the end is ± the noise floor of exposed communication. A run
+    without a calibration shows its blocking sync only, and says so."""
+    rows = []
+    for r in results:
+        s = r.get("summary") or {}
+        rows.append({"method": method(r), "world_size": r.get("world_size"),
+                     "compute_only": s.get("compute_only_step_s"), "exposed": s.get("exposed_comm_s"),
+                     "blocking": s.get("sync_time_median_s"), "floor": noise_floor_s(s)})
+    frame = pd.DataFrame(rows, columns=["method", "world_size", "compute_only", "exposed", "blocking", "floor"])
+    frame = frame.astype({c: float for c in ("compute_only", "exposed", "blocking", "floor")})
+    table = frame.groupby(["method", "world_size"], as_index=False).mean()
+    table["label"] = [_label(r) for r in table.itertuples()]
+    table = table.sort_values("label", ascending=False, ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8.5, 1.1 + 0.45 * len(table)))
+    ms = 1e3
+    compute = (table["compute_only"] * ms).fillna(0)
+    blocking = (table["blocking"] * ms).fillna(0)
+    hidden = ((table["exposed"] - table["blocking"].fillna(0)) * ms).clip(lower=0).fillna(0)
+    y = np.arange(len(table))
+    colors = [color_of(m) for m in table["method"]]
+    ax.barh(y, compute, color=colors, alpha=0.35, label="compute-only (calibration)")
+    ax.barh(y, hidden, left=compute, color=colors, alpha=0.7, hatch="//", label="exposed, not blocking")
+    ax.barh(y, blocking, left=compute + hidden, color=colors, label="blocking sync")
+    ends = compute + hidden + blocking
+    floor = (table["floor"] * ms)
+    has_floor = floor.notna() & table["compute_only"].notna()
+    if has_floor.any():
+        ax.errorbar(ends[has_floor], y[has_floor], xerr=floor[has_floor], fmt="none", ecolor="black", capsize=4,
+                    label="± noise floor")
+    texts = []
+    for row, c, h, b in zip(table.itertuples(), compute, hidden, blocking):
+        if pd.isna(row.compute_only):
+            texts.append(f"sync {b:.1f} ms (no calibration: exposed unknown)")
+        else:
+            texts.append(f"{c:.0f} | {h:.1f} | {b:.1f} ms")
+    _label_points(ax, ends + floor.fillna(0), y, texts)
+    ax.set_yticks(y, table["label"])
+    ax.set_xlim(0, 1.45 * float(ends.max() or 1))
+    ax.set(title="Where a step's time goes: compute-only | exposed communication | blocking sync",
+           xlabel="ms per step (median, data wait excluded)", ylabel="method")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
-def communication_overhead(runs):
-    return _bar(runs, "sync_share_pct", "Communication overhead: share of the step blocked in sync",
-                "% of step time")
+def communication_volume(runs: pd.DataFrame):
+    """Two panels on log axes (the values span orders of magnitude): MB rank 0 sent per
+    step, and collective or point-to-point calls per step. A method that sends nothing has
+    no bar on a log axis: its label says 0."""
+    mb = _mean_by_method(runs.assign(mb=runs["bytes_sent_per_step"] / 1e6), "mb").sort_values("label")
+    calls = _mean_by_method(runs, "collectives_per_step").sort_values("label")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.1 + 0.42 * len(mb)), sharey=True)
+    for ax, table, title, unit in ((axes[0], mb, "MB sent per step (rank 0)", "MB"),
+                                   (axes[1], calls, "calls per step (rank 0)", "calls")):
+        values = table["mean"].fillna(0)
+        positive = values[values > 0]
+        low = positive.min() / 3 if len(positive) else 0.1
+        bars = ax.barh(table["label"], values.where(values > 0, np.nan), color=[color_of(m) for m in table["method"]])
+        for bar, value in zip(bars, values):  # zero bars: place the label at the axis start
+            if not value:
+                bar.set_x(low), bar.set_width(0)
+        _label_bars(ax, bars, [f"{v:,.3g} {unit}" if v else f"0 {unit} (none)" for v in values])
+        ax.set_xscale("log")
+        ax.set_xlim(low, (positive.max() if len(positive) else 1) * 30)
+        ax.set(title=title, xlabel=f"{unit} (log scale)")
+    axes[0].set_ylabel("method")
+    fig.tight_layout()
+    return fig
 
 
-def loss_convergence(steps: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    smooth = steps.assign(loss=steps.groupby("name")["loss"].transform(lambda s: s.rolling(5, min_periods=1).mean()))
-    sns.lineplot(data=smooth, x="step", y="loss", hue="method", errorbar=None, ax=ax)
-    ax.set(title="Training loss (rank 0, 5-step moving average)", xlabel="optimizer step", ylabel="cross-entropy")
+def loss_vs_images(steps: pd.DataFrame):
+    """Training loss (rank 0's batch, 5-step moving mean) against images seen (global
+    batch × step), so methods with different batches per step share one x axis."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for label in sorted(steps["method"].unique()) if len(steps) else []:
+        first = True
+        for _, run in steps[steps["method"] == label].groupby("name"):
+            run = run.sort_values("step")
+            smooth = run["loss"].rolling(5, min_periods=1).mean()
+            ax.plot(run["images_seen"], smooth, color=color_of(label), label=label if first else None, lw=1.4)
+            first = False
+    ax.set(title="Training loss against images seen (rank 0's batch, 5-step moving mean)",
+           xlabel="images seen (global batch × step)", ylabel="cross-entropy")
+    if len(steps):
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
 def validation_accuracy(epochs: pd.DataFrame):
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.lineplot(data=epochs, x="epoch", y="val_top1", hue="method", marker="o", errorbar="sd", ax=ax)
-    ax.set(title="Validation top-1 accuracy per epoch", xlabel="epoch", ylabel="top-1 (%)")
+    """Validation top-1 per epoch, one line per run (repeats drawn separately)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    epochs = epochs.dropna(subset=["val_top1"]) if "val_top1" in epochs else epochs.iloc[0:0]
+    for label in sorted(epochs["method"].unique()) if len(epochs) else []:
+        for i, (_, run) in enumerate(epochs[epochs["method"] == label].groupby("name")):
+            ax.plot(run["epoch"], run["val_top1"], marker="o", color=color_of(label), label=None if i else label)
+    ax.set(title="Validation top-1 accuracy per epoch (whole validation set)", xlabel="epoch", ylabel="top-1 (%)")
     ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(epochs):
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def scaling_efficiency(runs: pd.DataFrame):
-    """Throughput per world size against the ideal line (n × the 1-rank throughput)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    mean = runs.groupby(["method", "world_size"], as_index=False)["throughput_img_s"].mean()
-    sns.lineplot(data=mean, x="world_size", y="throughput_img_s", hue="method", marker="o", ax=ax)
-    one = mean.loc[mean.world_size == 1, "throughput_img_s"]
-    if len(one):
-        sizes = sorted(mean.world_size.unique())
-        ax.plot(sizes, [one.max() * n for n in sizes], "k--", label="ideal (linear)")
-        ax.legend()
-    ax.set(title="Scaling with the number of ranks", xlabel="ranks", ylabel="images / s")
+def scaling(runs: pd.DataFrame):
+    """Throughput against ranks, per method (mean ± sd over repeats), with the bound the
+    hardware allows (analysis.scaling_frame): dashed, in the method's colour. The dotted
+    vertical line marks how many devices (GPUs, or CPU cores) the machine has."""
+    table = scaling_frame(runs)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for label, group in table.groupby("method"):
+        color = color_of(label)
+        ax.errorbar(group["world_size"], group["throughput_img_s"], yerr=group["throughput_sd"].fillna(0),
+                    marker="o", capsize=3, color=color, label=label)
+        ax.plot(group["world_size"], group["hardware_bound_img_s"], "--", color=color, alpha=0.6)
+    units = table["parallel_units"].dropna()
+    if len(units):
+        ax.axvline(units.max(), color="0.4", ls=":", lw=1)
+        ax.annotate(f"{int(units.max())} devices", (units.max(), 0), xytext=(3, 3), textcoords="offset points",
+                    fontsize=8, color="0.3", xycoords=("data", "axes fraction"))
+    ax.plot([], [], "k--", alpha=0.6, label="hardware bound")
+    ax.set(title="Scaling: throughput against ranks (dashed: what the hardware allows)", xlabel="ranks",
+           ylabel="images / s")
+    ax.set_ylim(bottom=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def timeline(result: dict):
-    """Each rank's phases over a window of steps, Gantt-style (as Horovod's timeline):
-    overlap shows as sync bars that shrink, a straggler as a rank whose bars run long."""
-    events = pd.DataFrame(result.get("timeline", []))
-    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * max(1, events["rank"].nunique() if len(events) else 1)))
-    if len(events):
-        colors = dict(zip(["data_s", "compute_s", "sync_s", "optimizer_s"], sns.color_palette("Set2", 4)))
-        origin = events.start.min()
-        for (rank, phase), group in events.groupby(["rank", "phase"]):
-            spans = [(1e3 * (s - origin), 1e3 * (e - s)) for s, e in zip(group.start, group.end)]
-            ax.broken_barh(spans, (rank - 0.4, 0.8), color=colors[phase], label=phase)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), [k.removesuffix("_s") for k in unique], ncol=4, loc="upper right", fontsize=8)
-        ax.set_yticks(sorted(events["rank"].unique()))
-    ax.set(title=f"Timeline of {result['name']}: each rank's phases per step", xlabel="time (ms)", ylabel="rank")
+def timelines(results: list[dict], window_steps: int | None = None):
+    """One panel per run, all on one shared x axis (ms since the run's first recorded
+    phase). Each rank has two lanes: compute (data wait, forward + backward, optimizer)
+    and communication (every other phase the run records, e.g. blocking sync). A method
+    that overlaps shows communication under compute; a blocking one shows the compute lane
+    pausing while the communication lane is busy."""
+    runs = [r for r in results if r.get("timeline")]
+    fig, axes = plt.subplots(max(1, len(runs)), 1, sharex=True, squeeze=False,
+                             figsize=(10, 0.9 + sum(0.55 * len({e["rank"] for e in r["timeline"]}) + 0.6 for r in runs)))
+    axes = axes[:, 0]
+    if not runs:
+        axes[0].text(0.5, 0.5, "no run recorded a timeline", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, result in zip(axes, runs):
+        events = pd.DataFrame(result["timeline"])
+        if window_steps and "step" in events:
+            events = events[events["step"] < events["step"].min() + window_steps]
+        origin = events["start"].min()
+        ranks = sorted(events["rank"].unique())
+        ticks, names = [], []
+        for i, rank in enumerate(ranks):
+            base = 2 * i
+            for lane, offset in (("compute", 0), ("comm", 1)):
+                ticks.append(base + offset + 0.5)
+                names.append(f"rank {rank} {lane}")
+            mine = events[events["rank"] == rank]
+            for phase, group in mine.groupby("phase"):
+                lane = 0 if phase in COMPUTE_LANE else 1
+                spans = [(1e3 * (s - origin), 1e3 * (e - s)) for s, e in zip(group["start"], group["end"])]
+                ax.broken_barh(spans, (base + lane + 0.1, 0.8), color=PHASE_COLORS.get(phase, "#ee6677"),
+                               label=phase.removesuffix("_s"))
+        ax.set_yticks(ticks, names, fontsize=7)
+        ax.invert_yaxis()  # rank 0 on top
+        label = method(result)
+        ax.set_title(f"{label} ({result.get('name', '')}, {len(ranks)} ranks)", fontsize=9, color=color_of(label),
+                     loc="left")
+    legend = {}
+    for ax in axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if legend:
+        fig.legend(legend.values(), legend.keys(), ncol=len(legend), loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("time since the run's first recorded phase (ms)")
+    fig.suptitle("Timelines: each rank's compute and communication lanes, one shared time axis", fontsize=10, x=0.02,
+                 ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
+def bandwidth(bench: dict):
+    """Bus bandwidth of each collective against message size, on log–log axes: measured
+    points, and the line of the fitted alpha–beta model, busbw(S) = factor · S / (α + β·S)
+    (factor = busbw / algbw of the op, as nccl-tests defines it)."""
+    rows = pd.DataFrame(bench.get("rows", []))
+    fits = bench.get("fits") or {}
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i, (op, group) in enumerate(rows.groupby("op") if len(rows) else []):
+        group = group.sort_values("size_bytes")
+        color = PALETTE[i % len(PALETTE)]  # operations, not methods: colours by their sorted order
+        ax.plot(group["size_bytes"], group["busbw_gb_s"], "o", ms=4, color=color, label=f"{op} measured")
+        fit = fits.get(op) or {}
+        if fit.get("alpha_s") is not None and fit.get("beta_s_per_byte") is not None:
+            factor = float((group["busbw_gb_s"] / group["algbw_gb_s"]).median()) if "algbw_gb_s" in group else 1.0
+            sizes = np.geomspace(group["size_bytes"].min(), group["size_bytes"].max(), 60)
+            model = factor * sizes / (fit["alpha_s"] + fit["beta_s_per_byte"] * sizes) / 1e9
+            ax.plot(sizes, model, "-", color=color, alpha=0.7, label=f"{op} fit: α={fit['alpha_s'] * 1e6:.0f} µs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(title=f"Bus bandwidth, {bench.get('world_size', '?')} ranks, {bench.get('backend', '?')}: "
+                 "measured and the α–β model", xlabel="message size S (bytes, log)", ylabel="busbw (GB/s, log)")
+    if len(rows):
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
 def all_figures(results: list[dict]) -> dict:
+    """Every comparison figure for a set of results (pass the runs `select_runs` kept)."""
     runs, epochs, steps = runs_frame(results), epochs_frame(results), steps_frame(results)
-    figures = {"throughput": throughput(runs), "total_time": total_time(runs),
-               "loss_convergence": loss_convergence(steps), "communication_overhead": communication_overhead(runs)}
-    if "val_top1" in epochs:
+    assign_colors(runs["method"])
+    figures = {"throughput": throughput(runs), "time_breakdown": time_breakdown(results),
+               "communication_volume": communication_volume(runs), "loss_vs_images": loss_vs_images(steps)}
+    if "val_top1" in epochs and epochs["val_top1"].notna().any():
         figures["validation_accuracy"] = validation_accuracy(epochs)
-    if runs.world_size.nunique() > 1:
-        figures["scaling_efficiency"] = scaling_efficiency(runs)
+    if len(runs) and runs.groupby("method").world_size.nunique().max() > 1:
+        figures["scaling"] = scaling(runs)
+    latest = {}  # per method, its run at the largest world size (the last such one)
+    for r in sorted((r for r in results if r.get("timeline") and (r.get("world_size") or 1) > 1),
+                    key=lambda r: r["world_size"]):
+        latest[method(r)] = r
+    if latest:
+        figures["timelines"] = timelines([latest[m] for m in sorted(latest)])
     return figures
 
 
 def save_all(figures: dict, folder: Path) -> list[Path]:
+    """Write each figure as folder/<name>.png."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():

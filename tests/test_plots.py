@@ -1,0 +1,204 @@
+"""The comparison pipeline and every figure, on a folder of small synthetic result files.
+
+The fixtures are result.json files written by hand: these tests check what is drawn
+(panels, axes, labels, colours), not what training measures. No torch, no torchrun."""
+
+import json
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+from labkit.report import analysis, diagrams, plots  # noqa: E402
+
+
+def fake_result(name, method, world_size, throughput, *, strategy=None, steps=6, fault=None, status="ok",
+                sync_s=0.05, exposed_s=0.08, mb=60.0, calls=4, device="cpu", cpu_count=2, gpus=(), profile="cpu"):
+    """A result.json as the worker writes it, with the fields the figures read."""
+    t0 = 1000.0
+    timeline = [{"rank": rank, "step": step, "phase": phase, "start": t0 + step + a, "end": t0 + step + b}
+                for rank in range(world_size) for step in range(2)
+                for phase, a, b in (("data_s", 0, 0.1), ("compute_s", 0.1, 0.6), ("sync_s", 0.6, 0.8),
+                                    ("optimizer_s", 0.8, 0.9))] if world_size > 1 else []
+    return {
+        "schema": 1, "name": name, "strategy": strategy or method.split()[0], "method": method, "status": status,
+        "world_size": world_size, "global_batch": 64, "device": device,
+        "env": {"cpu_count": cpu_count, "gpus": list(gpus)},
+        "config": {"profile": profile, "model": "resnet18_small", "fault": fault},
+        "summary": {"throughput_img_s": throughput, "total_time_s": steps / 2, "step_time_median_s": 0.6,
+                    "compute_only_step_s": 0.5, "exposed_comm_s": exposed_s, "sync_time_median_s": sync_s,
+                    "sync_share_pct": 100 * sync_s / 0.6, "exposed_comm_pct": 100 * exposed_s / 0.58,
+                    "bytes_sent_per_step": mb * 1e6, "collectives_per_step": calls,
+                    "final_train_loss": 1.5, "best_val_top1": 40.0},
+        "epochs": [{"epoch": e, "train_loss": 2.0 - e / 4, "val_top1": 20.0 + 10 * e} for e in (1, 2)],
+        "steps": [{"step": i + 1, "loss": 2.3 - 0.1 * i} for i in range(steps)],
+        "timeline": timeline,
+    }
+
+
+@pytest.fixture
+def results_folder(tmp_path):
+    """results/runs with repeats, a tiny communicator, a short check, a fault demo, a failed
+    run, and one method at three world sizes."""
+    runs = [fake_result("a1", "alpha", 4, 80.0), fake_result("a2", "alpha", 4, 90.0),
+            fake_result("b1", "beta fp16", 4, 70.0, sync_s=0.002, exposed_s=0.03, mb=0.28, calls=1),
+            fake_result("c1", "gamma", 4, 60.0, sync_s=0.3, exposed_s=0.31, mb=180.0, calls=62),
+            fake_result("solo", "solo", 1, 50.0, sync_s=0.0, exposed_s=0.0, mb=0.0, calls=0),
+            fake_result("a-short", "alpha", 4, 30.0, steps=2),
+            fake_result("a-fault", "alpha", 4, 10.0, fault="1:3:kill"),
+            fake_result("a-failed", "alpha", 4, 10.0, status="failed"),
+            fake_result("a-2", "alpha", 2, 70.0), fake_result("a-1", "alpha", 1, 50.0)]
+    for r in runs:
+        (tmp_path / "runs" / r["name"]).mkdir(parents=True)
+        (tmp_path / "runs" / r["name"] / "result.json").write_text(json.dumps(r))
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def kept(results_folder):
+    return analysis.select_runs(analysis.load_results([results_folder])).kept
+
+
+def texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_selection_says_why_each_run_is_left_out(results_folder):
+    chosen = analysis.select_runs(analysis.load_results([results_folder]))
+    reasons = {r["name"]: why for r, why in chosen.left_out}
+    assert set(reasons) == {"a-short", "a-fault", "a-failed"}
+    assert "fault" in reasons["a-fault"] and "failed" in reasons["a-failed"] and "6-step" in reasons["a-short"]
+    assert analysis.select_runs(analysis.load_results([results_folder]), profile="imagenet").kept == []
+
+
+def test_method_label_comes_from_the_result():
+    assert analysis.method({"strategy": "x", "method": "x fp16"}) == "x fp16"
+    assert analysis.method({"strategy": "x"}) == "x"
+
+
+def test_comparison_table_has_repeats_spread_and_baseline(kept):
+    table = analysis.comparison_table(analysis.runs_frame(kept), baseline="alpha").set_index(["method", "world_size"])
+    assert table.loc[("alpha", 4), "repeats"] == 2 and table.loc[("alpha", 4), "throughput_img_s"] == 85.0
+    assert table.loc[("alpha", 4), "throughput_sd"] == pytest.approx(7.0711, rel=1e-4)
+    assert table.loc[("gamma", 4), "vs_baseline"] == pytest.approx(60 / 85)
+
+
+def test_scaling_is_bounded_by_the_cores(kept):
+    scaling = analysis.scaling_frame(analysis.runs_frame(kept)).set_index(["method", "world_size"])
+    # 2 cores: from 1 rank at 50 img/s the bound is 100 at 2 ranks and still 100 at 4
+    assert scaling.loc[("alpha", 2), "hardware_bound_img_s"] == 100
+    assert scaling.loc[("alpha", 4), "hardware_bound_img_s"] == 100
+    assert scaling.loc[("alpha", 4), "scaling_efficiency"] == pytest.approx(0.85)
+
+
+def test_scaling_is_linear_up_to_the_gpus():
+    runs = analysis.runs_frame([fake_result(f"g{n}", "alpha", n, 100.0 * n, device="cuda:0", gpus=["H100"] * 4)
+                                for n in (1, 2, 4)])
+    scaling = analysis.scaling_frame(runs)
+    assert list(scaling.hardware_bound_img_s) == [100, 200, 400] and list(scaling.scaling_efficiency) == [1, 1, 1]
+
+
+def test_report_lists_left_out_runs_and_calls_small_gaps_noise(results_folder):
+    chosen = analysis.select_runs(analysis.load_results([results_folder]))
+    report = analysis.report_text(chosen)
+    assert "left out a-fault" in report and "Scaling against what the hardware allows" in report
+    assert "Fastest: alpha" in report and "spread" in report
+
+
+def test_analysis_names_no_method_and_imports_no_torch():
+    import inspect
+
+    source = inspect.getsource(analysis)
+    assert '"ddp"' not in source and "import torch" not in source
+
+
+def test_throughput_has_error_bars_and_value_labels(kept):
+    fig = plots.throughput(analysis.runs_frame(kept))
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "images / s" and "error bar" in ax.get_title()
+    assert any("± 7.1 (n=2)" in t for t in texts(fig))
+    assert ax.containers and any(c.has_xerr for c in ax.containers if hasattr(c, "has_xerr"))
+
+
+def test_time_breakdown_stacks_three_parts_with_the_noise_floor(kept):
+    for r in kept:
+        r["summary"]["exposed_comm_noise_s"] = 0.004
+    fig = plots.time_breakdown(kept)
+    ax = fig.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:3] == ["compute-only (calibration)", "exposed, not blocking", "blocking sync"]
+    assert "± noise floor" in labels and "ms" in ax.get_xlabel()
+    assert any(t.startswith("500 | 28.0 | 2.0") for t in texts(fig))  # the tiny sync bar is labelled
+
+
+def test_time_breakdown_without_new_fields_shows_them_absent(kept):
+    for r in kept:
+        r["summary"].pop("compute_only_step_s"), r["summary"].pop("exposed_comm_s")
+    fig = plots.time_breakdown(kept)
+    assert any("exposed unknown" in t for t in texts(fig))
+
+
+def test_communication_volume_is_log_scaled_and_labels_tiny_and_zero_bars(kept):
+    fig = plots.communication_volume(analysis.runs_frame(kept))
+    assert len(fig.axes) == 2 and all(ax.get_xscale() == "log" for ax in fig.axes)
+    assert "0.28 MB" in texts(fig) and "0 MB (none)" in texts(fig)
+
+
+def test_loss_is_drawn_against_images_seen(kept):
+    fig = plots.loss_vs_images(analysis.steps_frame(kept))
+    ax = fig.axes[0]
+    assert "images seen" in ax.get_xlabel()
+    assert max(line.get_xdata().max() for line in ax.lines) == 6 * 64
+
+
+def test_scaling_figure_draws_the_hardware_bound_not_an_ideal_line(kept):
+    fig = plots.scaling(analysis.runs_frame(kept))
+    ax = fig.axes[0]
+    assert "hardware bound" in ax.get_legend_handles_labels()[1] and "2 devices" in texts(fig)
+    assert max(max(line.get_ydata(), default=0) for line in ax.lines) <= 100
+
+
+def test_timelines_share_one_axis_and_have_a_communication_lane(kept):
+    fig = plots.timelines([r for r in kept if r["world_size"] == 4][:2])
+    assert len(fig.axes) == 2 and fig.axes[0].get_shared_x_axes().joined(fig.axes[0], fig.axes[1])
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "rank 0 comm" in ticks and "rank 3 compute" in ticks
+
+
+def test_bandwidth_plot_is_log_log_with_the_fitted_line():
+    rows = [{"op": "all_reduce", "size_bytes": s, "time_s": 1e-4 + 1e-9 * s, "algbw_gb_s": s / (1e-4 + 1e-9 * s) / 1e9,
+             "busbw_gb_s": 1.5 * s / (1e-4 + 1e-9 * s) / 1e9} for s in (1e3, 1e5, 1e7)]
+    fig = plots.bandwidth({"rows": rows, "fits": {"all_reduce": {"alpha_s": 1e-4, "beta_s_per_byte": 1e-9}},
+                           "world_size": 4, "backend": "gloo"})
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    labels = ax.get_legend_handles_labels()[1]
+    assert "all_reduce measured" in labels and any(label.startswith("all_reduce fit") for label in labels)
+    fitted = next(line for line in ax.lines if line.get_label().startswith("all_reduce fit"))
+    assert fitted.get_ydata()[-1] == pytest.approx(1.5 * 1e7 / (1e-4 + 1e-2) / 1e9)
+
+
+def test_a_method_keeps_its_colour_in_every_figure(kept):
+    runs = analysis.runs_frame(kept)
+    bar = plots.throughput(runs).axes[0]
+    line = plots.loss_vs_images(analysis.steps_frame(kept)).axes[0]
+    bar_colour = {t.get_text(): p.get_facecolor()[:3] for t, p in zip(bar.get_yticklabels(), bar.patches)}
+    line_colour = {ln.get_label(): matplotlib.colors.to_rgb(ln.get_color()) for ln in line.lines}
+    assert bar_colour["gamma ×4"] == pytest.approx(line_colour["gamma"])
+    colours = [plots.color_of(m) for m in runs.method.unique()]
+    assert len(set(colours)) == len(colours)  # no two methods share a colour
+
+
+def test_all_figures_and_save(kept, tmp_path):
+    figures = plots.all_figures(kept)
+    assert {"throughput", "time_breakdown", "communication_volume", "loss_vs_images", "validation_accuracy",
+            "scaling", "timelines"} <= set(figures)
+    assert all(p.exists() for p in plots.save_all(figures, tmp_path / "plots"))
+
+
+def test_the_all_reduce_diagram_is_a_ring():
+    fig = diagrams.draw_pattern("all-reduce", ranks=4)
+    arrows = [t for t in fig.axes[0].texts if getattr(t, "arrow_patch", None) is not None]
+    assert len(arrows) == 4  # one arrow per rank, to its right neighbour: not a full mesh (12)
+    assert "ring" in fig.axes[0].get_title()
