@@ -102,24 +102,21 @@ def _literal(text: str):
 
 
 def cmd_compare(args) -> int:
-    from labkit.report.analysis import full_length_runs, load_results, report_text, runs_frame
+    """The comparison pipeline of labkit/report/analysis.py: select, draw, report."""
     from labkit.config import results_root
+    from labkit.measure.costmodel import load_fits
+    from labkit.report.analysis import communication_frame, load_results, report_text, select_runs
     from labkit.report.plots import all_figures, save_all
 
-    results, left_out = full_length_runs(load_results(args.runs or None))
-    if not results:
-        raise ConfigError("no finished run found; run one first (labkit run --strategy ddp)")
-    for r in left_out:
-        reason = "fault injected" if r["config"].get("fault") else "a longer run of the method is compared"
-        print(f"left out {r['name']} ({len(r['steps'])} steps): {reason}")
-    plots = save_all(all_figures(results), results_root() / "plots")
+    chosen = select_runs(load_results(args.runs or None), profile=args.profile)
+    print("\n".join(chosen.lines()))
+    if not chosen.kept:
+        raise ConfigError("no finished run to compare; run one first (labkit run --strategy ddp)")
+    plots = save_all(all_figures(chosen.kept), results_root() / "plots")
+    world = max(r["world_size"] for r in chosen.kept)
+    fits = load_fits(results_root() / "bench" / "collectives.json", world)
     report = results_root() / "performance_report.txt"
-    from labkit.report.analysis import communication_frame
-    from labkit.measure.costmodel import load_fits
-
-    runs = runs_frame(results)
-    fits = load_fits(results_root() / "bench" / "collectives.json", int(runs.world_size.max()))
-    report.write_text(report_text(runs, communication_frame(results, fits)))
+    report.write_text(report_text(chosen, communication_frame(chosen.kept, fits), baseline=args.baseline))
     print(report.read_text())
     print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
     return 0
@@ -191,15 +188,14 @@ def cmd_bench_harness(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from labkit.report.analysis import comparison_table, runs_frame
     from labkit.measure.bench import sweep
+    from labkit.report.analysis import runs_frame, scaling_frame, select_runs
 
     sizes = [int(n) for n in args.nproc.split(",")]
-    results = sweep(args.strategy, sizes, args.profile, parse_overrides(args.set))
-    table = runs_frame(results)[["world_size", "throughput_img_s", "sync_share_pct"]]
-    one = table.loc[table.world_size == table.world_size.min()].throughput_img_s.iloc[0] / table.world_size.min()
-    table["scaling_efficiency"] = table.throughput_img_s / (one * table.world_size)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    chosen = select_runs(sweep(args.strategy, sizes, args.profile, parse_overrides(args.set)))
+    print("\n".join(chosen.lines()))
+    table = scaling_frame(runs_frame(chosen.kept))  # the one definition of scaling efficiency
+    print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—"))
     return 0
 
 
@@ -234,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="plots and report from result files (default: results/runs)")
     compare.add_argument("runs", nargs="*", help="run folders (default: every run under results/runs)")
+    compare.add_argument("--profile", help="compare only runs of this profile (e.g. cpu)")
+    compare.add_argument("--baseline", metavar="METHOD", help="add throughput relative to this method (e.g. ddp)")
     compare.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
