@@ -3,22 +3,43 @@
     import labkit
     job = labkit.launch(strategy="ddp", profile="cpu")   # a real torchrun job, in the background
     result = labkit.run(strategy="ps", max_steps=20)      # launch, wait, parse result.json
+
+`import labkit` is light: torch is imported only when something needs it (a config is
+made, a result is loaded), through the module-level __getattr__ below (PEP 562).
 """
 
 from labkit.config import ConfigError, RunConfig
-from labkit.jobs.launch import Job, RunFailed
-from labkit.profiles import PROFILES, make_config, resume_config
-from labkit.strategies import STRATEGIES
+
+# name → module that defines it, imported on first use
+_LAZY = {
+    "Job": "labkit.jobs.launch", "RunFailed": "labkit.jobs.launch",
+    "PROFILES": "labkit.profiles", "make_config": "labkit.profiles", "resume_config": "labkit.profiles",
+    "STRATEGIES": "labkit.strategies", "load_strategy": "labkit.strategies",
+}
 
 
-def launch(config: RunConfig | None = None, profile: str = "auto", **overrides) -> Job:
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+
+
+def launch(config: RunConfig | None = None, profile: str = "auto", **overrides):
     """Start a run in the background and return its Job at once."""
+    from labkit.jobs.launch import Job
+    from labkit.profiles import make_config
+
     cfg = config if config is not None else make_config(profile, **overrides)
     return Job(cfg).start()
 
 
-def resume(run_dir) -> Job:
+def resume(run_dir):
     """Continue a failed or interrupted run from its last checkpoint, in the background."""
+    from labkit.jobs.launch import Job
+    from labkit.profiles import resume_config
+
     return Job(resume_config(run_dir)).start()
 
 
@@ -29,4 +50,5 @@ def run(config: RunConfig | None = None, profile: str = "auto", progress: bool =
     return job.result()
 
 
-__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "make_config", "resume", "run"]
+__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "load_strategy",
+           "make_config", "resume", "run"]

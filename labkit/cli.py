@@ -199,8 +199,19 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_strategies(args) -> int:
+    from labkit.strategies import REGISTRY, describe
+
+    for spec in args.names or REGISTRY:
+        print("\n".join(describe(spec)))
+    return 0
+
+
+STRATEGY_HELP = "a method by name (labkit strategies lists them) or a file of yours: path/to/file.py:ClassName"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from labkit.strategies import STRATEGIES
+    from labkit.strategies import REGISTRY
 
     parser = argparse.ArgumentParser(prog="labkit", description="Data-parallel training lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="what this machine has and which profile auto picks").set_defaults(func=cmd_check)
 
     run = sub.add_parser("run", help="train with one synchronization method (a real torchrun job)")
-    run.add_argument("--strategy", choices=sorted(STRATEGIES))
+    run.add_argument("--strategy", help=STRATEGY_HELP + f" ({', '.join(REGISTRY)})")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     run.add_argument("--max-restarts", dest="max_restarts", type=int, help="torchrun restarts after a failure")
     run.add_argument("--profile", default="auto", help="auto (default), imagenet, synthetic or cpu")
@@ -219,8 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="run folder name under results/runs/")
     run.add_argument("--out", help="run folder (default results/runs/<strategy>-<profile>-<time>)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any RunConfig field, e.g. --set lr=0.05 (repeatable)")
+                     help="override any RunConfig field or an option of the method, e.g. --set lr=0.05 "
+                          "--set bucket_mb=5 (repeatable; `labkit strategies` lists each method's options)")
     run.set_defaults(func=cmd_run)
+
+    methods = sub.add_parser("strategies", help="the synchronization methods and the options each takes")
+    methods.add_argument("names", nargs="*", help="names or path/to/file.py:ClassName (default: every method)")
+    methods.set_defaults(func=cmd_strategies)
 
     lab = sub.add_parser("lab", help="execute the notebooks headless with papermill (results/notebooks/)")
     lab.add_argument("--profile", default="auto")
@@ -249,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     harn.set_defaults(func=cmd_bench_harness)
 
     sweep = sub.add_parser("sweep", help="one method over several world sizes (scaling)")
-    sweep.add_argument("--strategy", choices=sorted(STRATEGIES), required=True)
+    sweep.add_argument("--strategy", required=True, help=STRATEGY_HELP)
     sweep.add_argument("--nproc", default="1,2,4", help="comma-separated world sizes")
     sweep.add_argument("--profile", default="auto")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -25,6 +25,7 @@ def results_root() -> Path:
 MODELS = ("resnet50", "resnet18", "resnet18_small", "simple_cnn")
 DATASETS = ("imagenet", "imagefolder", "tiny", "synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
+DTYPES = ("float32", "float64")
 
 
 class ConfigError(ValueError):
@@ -66,16 +67,14 @@ class RunConfig:
     warmup_steps: int = 2  # left out of the summary figures
     calibration_steps: int = 5  # compute-only steps before training, for exposed_comm_pct (0 = skip)
     timeline_steps: int = 4  # steps after warm-up whose phases every rank records for the timeline
-    # strategy options
-    ps_server_trains: bool = True  # ps: rank 0 also computes its share of the batch
-    bucket_mb: float = 25.0  # bucketed / overlap: bucket size
-    compress: str = "none"  # bucketed / overlap: none / fp16 / bf16 on the wire
-    ddp_bucket_cap_mb: float = 25.0
-    ddp_gradient_as_bucket_view: bool = False
-    ddp_static_graph: bool = False
-    ddp_hook: str = "none"  # none / fp16 / bf16 compression hook
-    powersgd_rank: int = 1
-    powersgd_start_iter: int = 10
+    # the method's own options (declared in its file: labkit strategies), e.g. {"bucket_mb": 5.0}
+    options: dict = dataclasses.field(default_factory=dict)
+    # set from the method when the config is made (make_config), written into config.json
+    data_ranks: int = 0  # ranks that compute gradients (0 = every rank)
+    torchrun: bool = True  # False: one plain process (a method that needs no process group)
+    # numerics: float64 makes exact methods agree with DDP to ~1e-12 (rounding, not algorithm)
+    dtype: str = "float32"
+    stop_on_nonfinite: bool = True  # a NaN/inf loss fails the run ("loss became nan at step K")
     # where the run folder goes
     out_dir: str = ""  # "" = results/runs/<name>
     # reliability
@@ -109,14 +108,12 @@ class RunConfig:
     # -- derived values --------------------------------------------------------
     @property
     def global_batch(self) -> int:
-        return self.batch_size * self.data_ranks
+        return self.batch_size * (self.data_ranks or self.nproc)
 
     @property
-    def data_ranks(self) -> int:
-        """Ranks that compute gradients (a dedicated parameter server computes none)."""
-        if self.strategy == "ps" and not self.ps_server_trains:
-            return self.nproc - 1
-        return self.nproc
+    def strategy_name(self) -> str:
+        """'ddp', or the class name of a method given as path/to/file.py:ClassName."""
+        return self.strategy.rsplit(":", 1)[1] if self.strategy.rsplit(":", 1)[0].endswith(".py") else self.strategy
 
     @property
     def learning_rate(self) -> float:
@@ -131,7 +128,7 @@ def parse_value(key: str, text: str):
     """Turn the text of `--set key=value` into the field's type, or explain why not."""
     types = field_types()
     if key not in types:
-        raise ConfigError(f"unknown --set key '{key}'; valid keys: {', '.join(sorted(types))}")
+        return text  # maybe an option of the strategy: make_config checks it against the method's own list
     kind = types[key]
     if kind is bool:
         lowered = text.strip().lower()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from labkit import hardware
-from labkit.config import AMP_MODES, DATASETS, MODELS, ConfigError, RunConfig, field_types, results_root
+from labkit.config import AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, results_root
 from labkit.datasets.tiny import check_image_folder, data_root, make_tiny
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
@@ -26,15 +26,24 @@ PROFILES = {
                 backend="gloo", device="cpu", workers=0, epochs=3, batch_size=16, lr=0.02,
                 pg_timeout_s=60.0, watchdog_s=120.0, calibration_steps=3),
 }
-COMPRESSIONS = ("none", "fp16", "bf16")
 
 
 def make_config(profile: str = "auto", **overrides) -> RunConfig:
-    from labkit.strategies import STRATEGIES
+    from labkit.strategies import is_file_spec, load_strategy
 
-    unknown = set(overrides) - set(field_types())
+    strategy = overrides.get("strategy", RunConfig.strategy)
+    if is_file_spec(strategy):  # the workers start elsewhere: give them the whole path
+        strategy = overrides["strategy"] = f"{Path(strategy.rsplit(':', 1)[0]).expanduser().resolve()}:" \
+                                          f"{strategy.rsplit(':', 1)[1]}"
+    method = load_strategy(strategy)
+    # Keys the lab knows are config fields; the rest must be options the method declares.
+    option_names = {option.name for option in method.options}
+    unknown = set(overrides) - set(field_types()) - option_names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(unknown)}; valid keys: {', '.join(sorted(field_types()))}")
+        raise ConfigError(f"unknown config key(s) {sorted(unknown)}; the lab's keys: {', '.join(sorted(field_types()))}; "
+                          f"options of '{strategy}': {', '.join(sorted(option_names)) or 'none'}")
+    given = {**overrides.pop("options", {}), **{k: overrides.pop(k) for k in list(overrides) if k in option_names}}
+    options = method.option_values(given)
     if profile == "auto":
         profile, _ = hardware.auto_profile()
     if profile not in PROFILES:
@@ -42,15 +51,13 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     values = dict(PROFILES[profile], profile=profile)
     if profile != "cpu" and "nproc" not in overrides and hardware.gpu_count():
         values["nproc"] = hardware.gpu_count()  # one rank per GPU
-    values.update(overrides)
-    strategy = values.get("strategy", RunConfig.strategy)
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
-    if strategy == "single" and "nproc" not in overrides:
-        values["nproc"] = 1
-    cfg = RunConfig(**values)
+    values.update(method.defaults)  # what the method prefers (single: one process)...
+    values.update(overrides)        # ...unless the user said otherwise
+    cfg = RunConfig(**values, options=options)
+    cfg.data_ranks, cfg.torchrun = method.data_ranks(cfg), method.needs_process_group
     resolve(cfg)
     validate(cfg)
+    method.check(cfg)
     return cfg
 
 
@@ -61,7 +68,7 @@ def resolve(cfg: RunConfig) -> None:
     if cfg.device == "auto":
         cfg.device = "cuda" if cfg.backend == "nccl" or hardware.gpu_count() else "cpu"
     if not cfg.name:
-        cfg.name = f"{cfg.strategy}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg.name = f"{cfg.strategy_name}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.out_dir:
         cfg.out_dir = str(results_root() / "runs" / cfg.name)
     cfg.out_dir = str(Path(cfg.out_dir).expanduser().resolve())
@@ -78,20 +85,14 @@ def validate(cfg: RunConfig) -> None:
     require(cfg.model in MODELS, f"unknown model '{cfg.model}'; choose one of {', '.join(MODELS)}")
     require(cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}'; choose one of {', '.join(DATASETS)}")
     require(cfg.amp in AMP_MODES, f"amp='{cfg.amp}' is not one of {', '.join(AMP_MODES)}")
-    require(cfg.compress in COMPRESSIONS, f"compress='{cfg.compress}' is not one of {', '.join(COMPRESSIONS)}")
-    require(cfg.ddp_hook in COMPRESSIONS, f"ddp_hook='{cfg.ddp_hook}' is not one of {', '.join(COMPRESSIONS)}")
     require(cfg.backend in ("gloo", "nccl"), f"backend '{cfg.backend}' is not gloo, nccl or auto")
     require(cfg.device in ("cpu", "cuda"), f"device '{cfg.device}' is not cpu, cuda or auto")
+    require(cfg.dtype in DTYPES, f"dtype='{cfg.dtype}' is not one of {', '.join(DTYPES)}")
+    require(cfg.dtype == "float32" or cfg.amp == "off", "amp mixes float16/bfloat16 into float32 runs; "
+            "use --set amp=off with dtype=float64")
     require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name) is not None,
             f"run name '{cfg.name}' may hold only letters, digits, '.', '_' and '-'")
     require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
-    require(cfg.strategy != "single" or cfg.nproc == 1, "strategy 'single' runs one process: use --nproc 1")
-    require(cfg.strategy != "ps" or cfg.nproc >= 2, "strategy 'ps' needs a server and a worker: use --nproc 2 or more")
-    require(cfg.strategy != "ps" or cfg.amp != "fp16", "ps does not support amp=fp16 (the loss scale lives on the "
-            "server); use --set amp=bf16")
-    require(cfg.powersgd_start_iter >= 2 and cfg.powersgd_rank >= 1,
-            f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) and "
-            f"powersgd_rank at least 1 (got {cfg.powersgd_start_iter}, {cfg.powersgd_rank})")
     for key in ("epochs", "batch_size", "image_size", "num_classes"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
@@ -114,10 +115,12 @@ def check_devices(cfg: RunConfig) -> None:
     gpus = hardware.gpu_count()
     if cfg.device == "cuda":
         require(gpus > 0, "device=cuda but no GPU is visible; use --profile cpu (or --set device=cpu backend=gloo)")
+        # One rank per GPU, whatever the backend: a rank past the last GPU fails with
+        # "invalid device ordinal", and NCCL cannot put two ranks on one GPU.
+        require(cfg.nproc <= gpus, f"{cfg.nproc} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
+                f"use --nproc {gpus}, or run on the CPU with --profile cpu")
     if cfg.backend == "nccl":
         require(cfg.device == "cuda", "backend nccl needs device=cuda; use --set backend=gloo on CPU")
-        require(cfg.nproc <= gpus, f"NCCL cannot place two ranks on one GPU: nproc={cfg.nproc} but {gpus} GPU(s) "
-                f"visible; use --nproc {gpus} or --set backend=gloo")
 
 
 def check_data(cfg: RunConfig) -> None:

@@ -39,12 +39,13 @@ STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this l
 
 
 def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
-    if cfg.strategy == "single":  # one plain process, no rendezvous
+    if not cfg.torchrun:  # a method that needs no process group: one plain process
         return [sys.executable, "-m", "labkit.training.worker", str(config_path)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={cfg.nproc}", f"--max-restarts={cfg.max_restarts}",
+    from .torchrun import single_node_command  # one node: every store and socket on loopback only
+
+    return [*single_node_command(cfg.nproc, cfg.name), f"--max-restarts={cfg.max_restarts}",
             f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3",
-            "-m", "labkit.training.worker", str(config_path)]
+            "-m", "labkit.jobs.rank", "labkit.training.worker", str(config_path)]  # ranks die with torchrun
 
 
 def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
@@ -52,9 +53,8 @@ def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
     the cores, so each has a lock of its own and never waits)."""
     lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    # Run as a file, not `-m labkit.jobs.agent`: the package would import torch (4 s) for nothing.
-    return [sys.executable, str(Path(__file__).with_name("agent.py")), str(lock), str(Path(cfg.out_dir) / "started"), "--",
-            *torchrun_command(cfg, config_path)]
+    return [sys.executable, str(Path(__file__).with_name("agent.py")), str(os.getpid()), str(lock),
+            str(Path(cfg.out_dir) / "started"), "--", *torchrun_command(cfg, config_path)]
 
 
 class Job:
@@ -73,7 +73,7 @@ class Job:
         self.cfg.save(config_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    OMP_NUM_THREADS=str(hardware.cpu_threads_per_rank(self.cfg.nproc)))
-        if self.cfg.strategy == "single":  # torchrun sets this for its workers; a plain process needs it set
+        if not self.cfg.torchrun:  # torchrun sets this for its workers; a plain process needs it set
             (self.out / "logs" / "0").mkdir(exist_ok=True)
             env["TORCHELASTIC_ERROR_FILE"] = str(self.out / "logs" / "0" / "error.json")
         self.log = open(self.out / "logs" / "launcher.log", "ab")
@@ -111,16 +111,9 @@ class Job:
 
     def progress(self) -> dict:
         """The last progress line rank 0 wrote (empty before the first step)."""
-        path = self.out / "progress.jsonl"
-        if not path.exists():
-            return {}
-        lines = path.read_bytes().splitlines()
-        for line in reversed(lines):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:  # a line being written right now
-                continue
-        return {}
+        from .progress import last_progress
+
+        return last_progress(self.out / "progress.jsonl")  # skips a half-written line, reads nan
 
     def tail(self, n: int = 20) -> list[str]:
         """The last n lines of the launcher's and every rank's log."""
@@ -207,7 +200,7 @@ class Job:
             self._status = self._ended_status()
             return
         self._status = status or "failed"
-        write_json(path, {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy,
+        write_json(path, {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy_name,
                           "status": self._status, "config": self.cfg.to_dict(),
                           "exit_code": self.proc.returncode,
                           "failure": failure or read_failure(self.out / "logs", self.started)})

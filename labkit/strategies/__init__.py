@@ -1,31 +1,100 @@
 """The synchronization methods, one file each, wired by hand in one dict.
 
 Adding a method is one file plus one line here: a student can follow the wiring.
-The contract every method follows is in base.py.
+The contract every method follows, and how it describes itself, is in base.py.
+A method in a file of your own runs the same way: `--strategy path/to/my_ring.py:MyRing`.
 """
 
-from .allreduce import AllReduce
-from .base import Strategy
-from .bucketed import Bucketed
-from .ddp import TorchDDP
-from .overlap import Overlap
-from .powersgd import PowerSGD
-from .ps import ParameterServer
-from .ps_sharded import ShardedServer
-from .ring import Ring
-from .single import Single
+from __future__ import annotations
 
-STRATEGIES = {
-    "single": Single,
-    "ddp": TorchDDP,
-    "allreduce": AllReduce,
-    "ps": ParameterServer,
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+# name → "module:Class", imported only when asked for (each file imports torch)
+REGISTRY = {
+    "single": "single:Single",
+    "ddp": "ddp:TorchDDP",
+    "allreduce": "allreduce:AllReduce",
+    "ps": "ps:ParameterServer",
     # advanced variants
-    "bucketed": Bucketed,
-    "overlap": Overlap,
-    "ring": Ring,
-    "ps_sharded": ShardedServer,
-    "powersgd": PowerSGD,
+    "bucketed": "bucketed:Bucketed",
+    "overlap": "overlap:Overlap",
+    "ring": "ring:Ring",
+    "ps_sharded": "ps_sharded:ShardedServer",
+    "powersgd": "powersgd:PowerSGD",
 }
 
-__all__ = ["STRATEGIES", "Strategy"]
+
+def _error(message: str):
+    from labkit.config import ConfigError
+
+    return ConfigError(message)
+
+
+def is_file_spec(spec: str) -> bool:
+    """'path/to/file.py:ClassName' (a method outside the package) rather than a registry name."""
+    return ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
+
+
+def load_strategy(spec: str):
+    """The Strategy class for a registry name or 'path/to/file.py:ClassName'.
+    Bad input raises ConfigError with one line saying what is wrong and how to fix it."""
+    from .base import Strategy
+
+    if not is_file_spec(spec):
+        if spec not in REGISTRY:
+            raise _error(f"unknown strategy '{spec}'; choose one of {', '.join(REGISTRY)}, "
+                         f"or give a file: --strategy path/to/file.py:ClassName")
+        module, name = REGISTRY[spec].split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    file, name = spec.rsplit(":", 1)
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise _error(f"strategy file {file} not found (from --strategy {spec})")
+    module_name = f"labkit_user_strategy_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise _error(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+    except Exception as error:  # an import that fails, a NameError at module level...
+        raise _error(f"{path}: importing it failed: {type(error).__name__}: {error}") from None
+    cls = getattr(module, name, None)
+    if cls is None:
+        found = sorted(k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, Strategy)
+                       and v is not Strategy)
+        raise _error(f"{path} has no class {name}" + (f"; it defines {', '.join(found)}" if found else ""))
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise _error(f"{path}: {name} is not a Strategy subclass; write `class {name}(Strategy):` "
+                     f"(from labkit.strategies.base import Strategy)")
+    from labkit.config import RunConfig
+
+    clash = sorted({o.name for o in cls.options} & set(RunConfig.__dataclass_fields__))
+    if clash:
+        raise _error(f"{path}: {name} declares option(s) {clash} that the lab already uses; rename them "
+                     f"(e.g. {clash[0]}_{name.lower()})")
+    return cls
+
+
+def describe(spec: str) -> list[str]:
+    """One line per option of a method: name, default, help (for `labkit strategies`)."""
+    cls = load_strategy(spec)
+    doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+    lines = [f"{spec}: {doc[0] if doc else cls.__name__}"]
+    for option in cls.options:
+        choices = f" ({' / '.join(map(str, option.choices))})" if option.choices else ""
+        lines.append(f"    --set {option.name}={option.default}{choices}  {option.help}")
+    return lines
+
+
+def __getattr__(name):  # PEP 562: STRATEGIES (name → class) imports every method, so only on request
+    if name == "STRATEGIES":
+        return {key: load_strategy(key) for key in REGISTRY}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["REGISTRY", "STRATEGIES", "describe", "is_file_spec", "load_strategy"]

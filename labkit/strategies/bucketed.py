@@ -13,18 +13,21 @@ fp16 / bf16 halves the bytes on the wire at some precision cost. Compare with
 import torch.distributed as dist
 
 from .base import Strategy, flatten, nbytes, unflatten_into
-from .buckets import make_buckets, to_wire
+from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
 class Bucketed(Strategy):
+    options = BUCKET_OPTIONS
+    label = classmethod(compressed_label)
+
     def prepare(self, model, optimizer):
-        self.buckets = make_buckets(model.parameters(), self.cfg.bucket_mb)
+        self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
         return model
 
     def sync_gradients(self, model):
         for bucket in self.buckets:
             grads = [p.grad for p in bucket]
-            wire = to_wire(flatten(grads), self.world, self.cfg.compress)
+            wire = to_wire(flatten(grads), self.world, self.opt.compress)
             dist.all_reduce(wire, op=dist.ReduceOp.SUM)
             unflatten_into(wire, grads)  # copy_ casts back to the gradients' dtype
             self.count_all_reduce(nbytes(wire))

@@ -7,6 +7,12 @@ last layer's gradients first, so the first bucket is the first to be ready.
 
 import torch
 
+from .base import Option
+
+BUCKET_OPTIONS = (
+    Option("bucket_mb", 25.0, "bucket size in MB (DDP's default is 25)"),
+    Option("compress", "none", "precision on the wire", choices=("none", "fp16", "bf16")),
+)
 WIRE_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -24,9 +30,18 @@ def make_buckets(params, bucket_mb: float) -> list[list[torch.nn.Parameter]]:
     return buckets
 
 
+def compressed_label(cls, cfg) -> str:
+    """'bucketed' and 'bucketed fp16' are different methods in a comparison."""
+    compress = cfg.options.get("compress", "none")
+    return cfg.strategy_name + ("" if compress == "none" else f" {compress}")
+
+
 def to_wire(flat: torch.Tensor, world: int, compress: str) -> torch.Tensor:
-    """Divide by the world size *before* casting (as DDP's fp16 hook does): the sum
-    of n fp16 values can overflow where their average does not."""
+    """Divide by the world size *before* summing: the sum of n fp16 gradients can
+    overflow (fp16 tops out at 65504) where the sum of n averages-to-be cannot.
+    (DDP's fp16 hook casts first and then divides, still before the all-reduce sums.)
+    fp16 keeps 10 bits of mantissa but a narrow range; bf16 keeps float32's range
+    with only 7 bits of mantissa: coarser, but it never overflows where float32 does not."""
     flat = flat / world
     dtype = WIRE_DTYPES[compress]
     return flat if dtype is None else flat.to(dtype)

@@ -16,36 +16,52 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from .base import Strategy, nbytes
+from .base import Option, Strategy, nbytes
 
 COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
+DDP_OPTIONS = (
+    Option("ddp_bucket_cap_mb", 25.0, "DDP's bucket size in MB"),
+    Option("ddp_gradient_as_bucket_view", False, "gradients live inside the buckets (no copy)"),
+    Option("ddp_static_graph", False, "the graph never changes: DDP may skip some bookkeeping"),
+)
 
 
 class TorchDDP(Strategy):
+    options = DDP_OPTIONS + (Option("ddp_hook", "none", "compress buckets on the wire with a DDP comm hook",
+                                    choices=("none", "fp16", "bf16")),)
+
+    @classmethod
+    def label(cls, cfg):
+        hook = cfg.options.get("ddp_hook", "none")
+        return cfg.strategy_name + ("" if hook == "none" else f" {hook}-hook")
+
     def prepare(self, model, optimizer):
         device = next(model.parameters()).device
         ddp = DistributedDataParallel(
             model,
             device_ids=[device] if device.type == "cuda" else None,
-            bucket_cap_mb=self.cfg.ddp_bucket_cap_mb,
-            gradient_as_bucket_view=self.cfg.ddp_gradient_as_bucket_view,
-            static_graph=self.cfg.ddp_static_graph,
+            bucket_cap_mb=self.opt.ddp_bucket_cap_mb,
+            gradient_as_bucket_view=self.opt.ddp_gradient_as_bucket_view,
+            static_graph=self.opt.ddp_static_graph,
         )
         self.register_hook(ddp)
         # Bytes DDP puts on the wire per step: every gradient once, at wire precision.
         self.grad_bytes = sum(nbytes(p) for p in model.parameters() if p.requires_grad)
-        if self.cfg.ddp_hook in COMPRESSION_HOOKS:
+        if self.opt.ddp_hook in COMPRESSION_HOOKS:
             self.grad_bytes //= 2
         return ddp
 
     def register_hook(self, ddp):
-        if self.cfg.ddp_hook in COMPRESSION_HOOKS:
-            ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.cfg.ddp_hook])
+        if self.opt.ddp_hook in COMPRESSION_HOOKS:
+            ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.opt.ddp_hook])
 
     def sync_gradients(self, model):
-        # Already done inside backward(): one all-reduce per bucket.
-        self.count_all_reduce(self.grad_bytes)
-        self.collectives += buckets_reduced(model) - 1
+        # Already done inside backward(): one all-reduce per bucket. Nothing to wait for.
+        pass
+
+    def after_step(self, model):
+        """Outside the timed window: how many buckets DDP reduced, from its own log."""
+        self.count_all_reduce(self.grad_bytes, calls=buckets_reduced(model))
 
 
 def buckets_reduced(ddp) -> int:

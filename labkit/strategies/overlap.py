@@ -17,12 +17,16 @@ import functools
 import torch.distributed as dist
 
 from .base import Strategy, flatten, nbytes, unflatten_into
-from .buckets import make_buckets, to_wire
+from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
 class Overlap(Strategy):
+    options = BUCKET_OPTIONS
+    label = classmethod(compressed_label)
+
     def prepare(self, model, optimizer):
-        self.buckets = make_buckets(model.parameters(), self.cfg.bucket_mb)
+        self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
+        self.names = {id(p): name for name, p in model.named_parameters()}
         self.arrived = [0] * len(self.buckets)
         self.in_flight = []  # (bucket index, wire buffer, async work handle)
         for index, bucket in enumerate(self.buckets):
@@ -36,12 +40,18 @@ class Overlap(Strategy):
             self.launch(index)
 
     def launch(self, index):
-        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.cfg.compress)
+        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.opt.compress)
         work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
         self.in_flight.append((index, wire, work))
         self.count_all_reduce(nbytes(wire))
 
     def sync_gradients(self, model):
+        launched = {index for index, _, _ in self.in_flight}
+        for index, bucket in enumerate(self.buckets):
+            if index not in launched:  # a parameter got no gradient: this bucket would never be averaged
+                missing = [self.names[id(p)] for p in bucket if p.grad is None] or [self.names[id(bucket[0])]]
+                raise RuntimeError(f"overlap: parameter {missing[0]} received no gradient in backward, so its "
+                                   f"bucket was never all-reduced; every parameter must take part in the loss")
         for index, wire, work in self.in_flight:
             work.wait()
             unflatten_into(wire, [p.grad for p in self.buckets[index]])

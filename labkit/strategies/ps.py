@@ -15,16 +15,32 @@ makes it a dedicated server with n−1 workers.
 
 import torch
 import torch.distributed as dist
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import Option, Strategy, _config_error, flatten, nbytes, unflatten_into
 
 SERVER = 0
 
 
 class ParameterServer(Strategy):
+    options = (Option("ps_server_trains", True, "rank 0 also computes its share of the batch (false: a dedicated server)"),)
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.nproc < 2:
+            raise _config_error()("strategy 'ps' needs a server and a worker: use --nproc 2 or more")
+        if cfg.amp == "fp16":
+            raise _config_error()("ps does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16")
+
+    @classmethod
+    def data_ranks(cls, cfg):
+        return cfg.nproc if cfg.options["ps_server_trains"] else cfg.nproc - 1
+
+    @classmethod
+    def label(cls, cfg):
+        return "ps" if cfg.options["ps_server_trains"] else "ps (dedicated server)"
+
     def data_shard(self):
-        if self.cfg.ps_server_trains:
+        if self.opt.ps_server_trains:
             return self.rank, self.world
         return None if self.rank == SERVER else (self.rank - 1, self.world - 1)
 
@@ -33,18 +49,18 @@ class ParameterServer(Strategy):
         if self.rank != SERVER:
             flat = flatten([p.grad for p in params])
             dist.send(flat, dst=SERVER)
-            self.count(sent=nbytes(flat))
+            self.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             return
-        total = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
-        if self.cfg.ps_server_trains:
+        total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        if self.opt.ps_server_trains:
             total += flatten([p.grad for p in params])
         inbox = [torch.empty_like(total) for _ in range(1, self.world)]
         requests = [dist.irecv(buf, src=src) for src, buf in enumerate(inbox, start=1)]
         for request, buf in zip(requests, inbox):
             request.wait()
             total += buf
-            self.count(received=nbytes(buf))
-        data_ranks = self.world if self.cfg.ps_server_trains else self.world - 1
+            self.count(received=nbytes(buf), op="send_recv", message_bytes=nbytes(buf))
+        data_ranks = self.world if self.opt.ps_server_trains else self.world - 1
         for p in params:  # the dedicated server has no grads of its own yet
             if p.grad is None:
                 p.grad = torch.empty_like(p)
@@ -56,13 +72,17 @@ class ParameterServer(Strategy):
 
     def sync_parameters(self, model):  # pull: server → workers
         params = [p for p in model.parameters() if p.requires_grad]
-        flat = parameters_to_vector(params)
+        # flatten/unflatten_into, not parameters_to_vector: those .view() each parameter,
+        # which fails on channels_last weights, and the copy back would drop the layout
+        flat = flatten([p.detach() for p in params])
         if self.rank == SERVER:
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
                 request.wait()
-            self.count(sent=nbytes(flat) * (self.world - 1), collectives=self.world - 1)
+            self.count(sent=nbytes(flat) * (self.world - 1), collectives=self.world - 1,
+                       op="send_recv", message_bytes=nbytes(flat) * (self.world - 1))
         else:
             dist.recv(flat, src=SERVER)
-            self.count(received=nbytes(flat))
-            vector_to_parameters(flat, params)
+            self.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
+            with torch.no_grad():
+                unflatten_into(flat, params)

@@ -14,23 +14,43 @@ import math
 
 import torch
 import torch.distributed as dist
-from torch.nn.utils import parameters_to_vector
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import Strategy, _config_error, flatten, nbytes, unflatten_into
 
 
 class ShardedServer(Strategy):
+    @classmethod
+    def check(cls, cfg):
+        # Each rank's GradScaler would see only its shard's gradients: ranks could skip
+        # different steps and their loss scales drift apart.
+        if cfg.amp == "fp16":
+            raise _config_error()("ps_sharded does not support amp=fp16 (each rank's loss scaler sees only its "
+                                  "shard, so ranks could skip different steps); use --set amp=bf16")
+
     def prepare(self, model, optimizer):
         self.params = [p for p in model.parameters() if p.requires_grad]
         total = sum(p.numel() for p in self.params)
         self.shard_len = math.ceil(total / self.world)  # pad so every shard is equal
         self.padded = self.shard_len * self.world
-        flat = self.pad(parameters_to_vector(self.params).detach())
+        # flatten, not parameters_to_vector: that .view()s each parameter (fails on channels_last)
+        flat = self.pad(flatten([p.detach() for p in self.params]))
         mine = flat[self.rank * self.shard_len:(self.rank + 1) * self.shard_len]
         self.shard = torch.nn.Parameter(mine.clone())
         # This rank's optimizer only ever sees its own slice, so it keeps 1/n of the state.
         self.shard_optimizer = type(optimizer)([self.shard], **optimizer.defaults)
+        if getattr(self, "_restored", None):  # a checkpoint was loaded before prepare
+            self.load_state_dict(self._restored)
         return model
+
+    # Every rank steps its own shard: a checkpoint keeps each rank's momentum, not just rank 0's.
+    def state_dict(self):
+        return {"shard_optimizer": self.shard_optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        if not hasattr(self, "shard_optimizer"):
+            self._restored = state  # prepare() has not built the shard yet
+            return
+        self.shard_optimizer.load_state_dict(state["shard_optimizer"])
 
     def pad(self, flat):
         return torch.nn.functional.pad(flat, (0, self.padded - flat.numel()))
@@ -40,7 +60,7 @@ class ShardedServer(Strategy):
         self.shard.grad = torch.empty_like(self.shard)
         dist.reduce_scatter_tensor(self.shard.grad, grads, op=dist.ReduceOp.SUM)
         ring = (self.world - 1) / self.world * nbytes(grads)
-        self.count(ring, ring)
+        self.count(ring, ring, op="reduce_scatter", message_bytes=nbytes(grads))
 
     def update(self, optimizer, scaler=None):
         super().update(self.shard_optimizer, scaler)
@@ -51,4 +71,4 @@ class ShardedServer(Strategy):
         with torch.no_grad():
             unflatten_into(flat, self.params)
         ring = (self.world - 1) / self.world * nbytes(flat)
-        self.count(ring, ring)
+        self.count(ring, ring, op="all_gather", message_bytes=nbytes(flat))

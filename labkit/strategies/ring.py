@@ -1,6 +1,7 @@
 """ring — ring all-reduce from point-to-point sends: reduce-scatter, then all-gather.
 
-Idea (Baidu's ring all-reduce, what NCCL does for large messages): flatten all
+Idea (Patarasuk & Yuan, 2009; popularised for deep learning by Baidu in 2017;
+what NCCL does for large messages): flatten all
 gradients into one buffer and cut it into n chunks. Ranks form a ring; each step
 every rank sends one chunk to its right neighbour and receives one from its left.
 After n−1 steps of *adding* what arrives (reduce-scatter), rank r holds the full sum
@@ -52,4 +53,4 @@ class Ring(Strategy):
         flat = flatten(grads) / self.world
         sent = ring_all_reduce(flat, self.rank, self.world)
         unflatten_into(flat, grads)
-        self.count(sent=sent, received=sent, collectives=2 * (self.world - 1))
+        self.count(sent=sent, received=sent, collectives=2 * (self.world - 1), op="send_recv", message_bytes=sent)

@@ -5,8 +5,14 @@ contract's defaults (no communication, `optimizer.step()`) are all it needs.
 Compare: its img/s against `ddp` on n devices gives the scaling efficiency.
 """
 
-from .base import Strategy
+from .base import Strategy, _config_error
 
 
 class Single(Strategy):
-    pass
+    defaults = {"nproc": 1}
+    needs_process_group = False  # a plain process: no torchrun, no rendezvous
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.nproc != 1:
+            raise _config_error()("strategy 'single' runs one process: use --nproc 1")

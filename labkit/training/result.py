@@ -1,0 +1,45 @@
+"""What the run leaves behind: every rank's figures gathered on rank 0, then result.json."""
+
+import torch.distributed as dist
+
+from labkit import hardware
+from labkit.training.timing import summarize
+
+
+def gather_timeline(intervals, rank) -> list[dict]:
+    """Every rank's phase intervals of the timeline window, on rank 0 (wall-clock seconds)."""
+    mine = [{"rank": rank, "step": step, "phase": phase, "start": start, "end": end}
+            for step, phase, start, end in intervals]
+    if not dist.is_initialized():
+        return mine
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return [event for events in everyone for event in events]
+
+
+def gather_step_medians(steps, warmup) -> list[float]:
+    """Every rank's median step time, so a straggler shows in the result."""
+    measured = [s["step_s"] for s in steps[warmup:]] or [s["step_s"] for s in steps] or [0.0]
+    median = sorted(measured)[len(measured) // 2]
+    if not dist.is_initialized():
+        return [median]
+    medians = [None] * dist.get_world_size()
+    dist.all_gather_object(medians, median)
+    return medians
+
+
+def build_result(cfg, method, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
+                 timeline) -> dict:
+    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s)
+    val = [e["val_top1"] for e in epochs if "val_top1" in e]
+    val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
+    summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,
+                   best_val_top1=max(val) if val else None, best_val_top5=max(val5) if val5 else None,
+                   rank_step_time_median_s=rank_medians)
+    return {
+        "schema": 1, "name": cfg.name, "strategy": cfg.strategy_name, "method": method, "status": "ok",
+        "config": cfg.to_dict(), "env": hardware.environment(), "world_size": world,
+        "backend": cfg.backend if world > 1 else None, "device": str(device),
+        "global_batch": cfg.global_batch, "summary": summary, "epochs": epochs, "steps": steps,
+        "timeline": timeline,
+    }
