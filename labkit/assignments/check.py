@@ -1,0 +1,318 @@
+"""The instant check: run a student's strategy under real torchrun against DDP and say,
+in plain words, what happened.
+
+    report = labkit.check("my_ring.py:MyRing", method="ring")   # or: labkit check-strategy my_ring.py:MyRing
+    assert report.ok, report
+
+One torchrun job per world size (2, 3 and 4 gloo ranks on the CPU) runs
+check_worker.py: a small float64 model trained a few steps by DDP and by the student's
+strategy side by side. This process watches the ranks' report files and reports
+the first thing wrong: an exception (with the student's own line), a deadlock (no
+rank moved for `timeout_s`: each rank dumps its stack, we name the rank and the call
+it waits in), parameters that differ from DDP's (how much, which layer, after which
+step), or bytes and collectives that differ from the analytic counts of `method`.
+Every process is stopped and reaped whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOLERANCE = 1e-9  # float64: exact methods agree with DDP to ~1e-15
+STARTUP_S = 180.0  # importing torch on a busy 2-core machine can be slow
+METHODS = ("allreduce", "bucketed", "overlap", "ring", "ps", "ps_sharded")
+
+
+@dataclass
+class WorldOutcome:
+    world: int
+    ok: bool
+    message: str
+    seconds: float
+    counts: dict = field(default_factory=dict)  # rank → {bytes_sent, bytes_received, collectives} of the last step
+
+
+@dataclass
+class CheckReport:
+    spec: str
+    outcomes: list[WorldOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.outcomes) and all(o.ok for o in self.outcomes)
+
+    @property
+    def seconds(self) -> float:
+        return sum(o.seconds for o in self.outcomes)
+
+    def frame(self):
+        """One row per world size and rank: what the strategy counted in its last step."""
+        import pandas as pd
+
+        return pd.DataFrame([dict(world=o.world, rank=rank, **counts, seconds=round(o.seconds, 1))
+                             for o in self.outcomes for rank, counts in o.counts.items()])
+
+    def __str__(self) -> str:
+        head = f"{self.spec}: " + ("all checks passed" if self.ok else "FAILED")
+        return "\n".join([head] + [("✓ " if o.ok else "✗ ") + o.message for o in self.outcomes])
+
+    __repr__ = __str__
+
+
+def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "mlp", steps: int = 3,
+          options: dict | None = None, timeout_s: float = 10.0, seed: int = 0, verbose: bool = True) -> CheckReport:
+    """Check the strategy `spec` ("file.py:Class", or a registry name) on each world size in
+    turn, stopping at the first that fails. `method` names the analytic byte and
+    collective counts to hold it to (one of METHODS; None: counts are only shown).
+    `options`: RunConfig fields the strategy reads (e.g. bucket_mb). `timeout_s`: how
+    long no rank may make progress before the run is called a deadlock."""
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    spec = resolve(spec)
+    options = {"bucket_mb": 0.001, **(options or {})}
+    outcomes = []
+    for world in worlds:
+        outcome = run_world(spec, world, method, model, steps, options, timeout_s, seed)
+        outcomes.append(outcome)
+        if verbose:
+            print(("✓ " if outcome.ok else "✗ ") + outcome.message + f"  [{outcome.seconds:.1f} s]", flush=True)
+        if not outcome.ok:
+            break
+    return CheckReport(spec, outcomes)
+
+
+def resolve(spec: str) -> str:
+    if ":" not in spec:
+        return spec
+    path, name = spec.rsplit(":", 1)
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} not found (from {Path.cwd()}); did its %%writefile cell run?")
+    return f"{file}:{name}"
+
+
+def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> WorldOutcome:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="labkit-check-") as tmp:
+        out = Path(tmp)
+        job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
+                   lr=0.1, out=str(out))
+        (out / "job.json").write_text(json.dumps(job))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+                   "--monitor-interval=0.1", "-m", "labkit.assignments.check_worker", str(out / "job.json")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root()}
+        with open(out / "torchrun.log", "w") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None)
+        try:
+            stalled = watch(proc, out, world, timeout_s)
+        finally:
+            stop_tree(proc)
+        events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
+        outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
+    return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
+
+
+def package_root() -> str:
+    root = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
+
+
+# -- watching the ranks --------------------------------------------------------------
+
+def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
+    """Wait for torchrun; True when the ranks stalled (a deadlock), after making each
+    rank write its stack."""
+    while proc.poll() is None:
+        time.sleep(0.05)
+        files = [out / f"check-{r}.jsonl" for r in range(world)]
+        if not all(f.exists() for f in files):
+            if time.time() - out.stat().st_mtime > STARTUP_S:
+                return True
+            continue
+        events = [read_events(f) for f in files]
+        errored = any(e["event"] == "error" for rank in events for e in rank)
+        if errored or all(any(e["event"] == "done" for e in rank) for rank in events):
+            try:
+                proc.wait(timeout=30)  # finished, or torchrun stops the others itself
+            except subprocess.TimeoutExpired:
+                pass
+            return False
+        started = all(any(e["event"] == "meta" for e in rank) for rank in events)
+        quiet = time.time() - max(f.stat().st_mtime for f in files)
+        if quiet > (timeout_s if started else STARTUP_S):
+            for rank in events:
+                pid = next((e["pid"] for e in rank if e["event"] == "start"), None)
+                if pid:
+                    try:
+                        os.kill(pid, signal.SIGUSR1)  # faulthandler: dump where you are
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.5)
+            return True
+    return False
+
+
+def stop_tree(proc) -> None:
+    """Kill torchrun and every process under it (its workers run in sessions of their own)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
+    proc.wait()
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by the kill
+            pass
+    return events
+
+
+# -- saying what happened ------------------------------------------------------------
+
+def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
+    """(ok, one message, counts) for one world size."""
+    file = spec.rsplit(":", 1)[0] if ":" in spec else None
+    name = f"{world} ranks"
+    errors = {rank: e for rank, evs in events.items() for e in evs if e["event"] == "error"}
+    if errors:
+        return False, f"{name}: " + describe_error(errors, file), {}
+    if stalled:
+        return False, f"{name}: " + describe_deadlock(events, out, file, timeout_s, world), {}
+    steps = {rank: [e for e in evs if e["event"] == "step"] for rank, evs in events.items()}
+    if returncode != 0 or not all(any(e["event"] == "done" for e in evs) for evs in events.values()):
+        tail = (out / "torchrun.log").read_text()[-1500:]
+        return False, f"{name}: a rank ended without finishing and without a Python error (exit code {returncode}):\n{tail}", {}
+    for step in range(len(steps[0])):
+        rows = [(rank, steps[rank][step]) for rank in range(world)]
+        rank, worst = max(rows, key=lambda r: r[1]["max_diff"])
+        if worst["max_diff"] > TOLERANCE:
+            return False, f"{name}: " + describe_mismatch(worst, rank, rows, world), {}
+    meta = next(e for e in events[0] if e["event"] == "meta")
+    counts = {rank: {k: steps[rank][-1][k] for k in ("bytes_sent", "bytes_received", "collectives")} for rank in range(world)}
+    message = (f"{name}: parameters match DDP after {len(steps[0])} steps "
+               f"(largest difference {max(s['max_diff'] for st in steps.values() for s in st):.1e})")
+    if method is None:
+        return True, message + "; counted per step on rank 0: " + describe_counts(counts[0]), counts
+    for rank in range(world):
+        expected = analytic(method, rank, world, meta)
+        wrong = count_mismatch(counts[rank], expected, world, len(meta["sizes"]))
+        if wrong:
+            return False, f"{name}: parameters match DDP, but rank {rank} counted {wrong}", counts
+    return True, message + f"; counted {describe_counts(counts[0])} per step on rank 0, as the analytic {method}", counts
+
+
+def describe_counts(c):
+    return f"{c['bytes_sent']:,} B sent, {c['bytes_received']:,} B received, {c['collectives']} collective(s)"
+
+
+def analytic(method, rank, world, meta) -> dict:
+    """Bytes and collectives per step of `method` on `rank`, from the model's sizes."""
+    size = sum(meta["sizes"]) * meta["element_size"]
+    ring = 2 * (world - 1) / world * size
+    if method == "ps":
+        each = (world - 1) * size if rank == 0 else size
+        return dict(bytes_sent=each, bytes_received=each, collectives=2 * (world - 1) if rank == 0 else 2)
+    collectives = {"allreduce": len(meta["sizes"]), "bucketed": meta["buckets"], "overlap": meta["buckets"],
+                   "ring": 2 * (world - 1), "ps_sharded": 2}[method]
+    return dict(bytes_sent=ring, bytes_received=ring, collectives=collectives)
+
+
+def count_mismatch(counted, expected, world, tensors) -> str | None:
+    # Uneven chunks, padding and per-call rounding move the figure by a few elements.
+    slack = 8 * (2 * world + tensors)
+    for key in ("bytes_sent", "bytes_received"):
+        if abs(counted[key] - expected[key]) > slack:
+            return (f"{counted[key]:,} {key.replace('_', ' ')} per step where the analytic value is "
+                    f"{expected[key]:,.0f}: is every transfer passed to self.count(...)?")
+    if counted["collectives"] != expected["collectives"]:
+        return (f"{counted['collectives']} collectives per step where the analytic value is "
+                f"{expected['collectives']}: count one per call that moves data")
+    return None
+
+
+def short(path, file):
+    return Path(path).name if file and Path(path) == Path(file) else path
+
+
+def describe_error(errors, file) -> str:
+    def own(e):
+        return [f for f in e["frames"] if file and Path(f["file"]) == Path(file)]
+    rank = min(errors, key=lambda r: (not own(errors[r]), r))  # the rank whose error is in the student's code
+    e = errors[rank]
+    lines = [f"exception on rank {rank} in {e['where']}: {e['type']}: {e['message'].strip().splitlines()[0] if e['message'].strip() else ''}"]
+    frames = own(e) or e["frames"][-1:]
+    lines += [f"    {short(f['file'], file)} line {f['line']} in {f['function']}: {f['code']}" for f in frames]
+    return "\n".join(lines)
+
+
+FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
+
+
+def describe_deadlock(events, out, file, timeout_s, world) -> str:
+    phases = {rank: next((e for e in reversed(evs) if e["event"] == "phase"), None) for rank, evs in events.items()}
+    if not any(phases.values()):
+        return f"the ranks did not start within {STARTUP_S:.0f} s (is the machine very busy?)"
+    lines = [f"deadlock: no rank made progress for {timeout_s:.0f} s, so the check stopped them all."]
+    for rank in range(world):
+        frames = [m.groupdict() for m in FRAME.finditer((out / f"stack-{rank}.txt").read_text() if (out / f"stack-{rank}.txt").exists() else "")]
+        mine = next((f for f in frames if file and Path(f["file"]) == Path(file)), None)
+        phase = phases[rank]
+        if mine:
+            code = source_line(mine["file"], int(mine["line"]))
+            lines.append(f"    rank {rank} is stuck in step {phase['step']}, {mine['function']}, at "
+                         f"{Path(mine['file']).name} line {mine['line']}: {code}")
+        elif phase:
+            where = ("the reference DDP step, waiting for ranks that never finished your step"
+                     if phase["phase"] == "reference" else f"{phase['phase']}")
+            lines.append(f"    rank {rank} waits in step {phase['step']}, {where}")
+    return "\n".join(lines)
+
+
+def source_line(path, line) -> str:
+    try:
+        return Path(path).read_text().splitlines()[line - 1].strip()
+    except (OSError, IndexError):
+        return ""
+
+
+def describe_mismatch(worst, rank, rows, world) -> str:
+    step = worst["step"]
+    text = (f"parameters differ from DDP after step {step}: largest difference {worst['max_diff']:.3g} "
+            f"in layer {worst['layer']} on rank {rank}")
+    ratio = rows[0][1].get("ratio") if step == 1 else None
+    if ratio is not None:
+        text += f". Your first update is {ratio:.2f}× DDP's"
+        if abs(ratio - world) < 0.05 * world:
+            text += f" = the world size: the gradients look summed, not averaged (divide by the world size, {world})"
+        elif abs(ratio * world - 1) < 0.05:
+            text += f" = 1/world size: the gradients look divided by {world} twice"
+        elif ratio < 1e-6:
+            text += ": the parameters did not move on rank 0"
+    same = sorted(r for r, s in rows if s["max_diff"] <= TOLERANCE)
+    if same:
+        text += f". Ranks {', '.join(map(str, same))} match DDP; the others do not"
+    return text

@@ -1,0 +1,154 @@
+"""One rank of the instant check, run under torchrun by check.py:
+`python -m labkit.assignments.check_worker job.json`.
+
+The idea: every rank builds the same small model twice (float64, same seed). One
+copy is wrapped in PyTorch's DDP (on a process group of its own, so a student's
+stray collective cannot pair with DDP's); the other goes to the student's strategy.
+Both see the same per-rank batch every step; after each step this rank compares the
+two copies parameter by parameter. Everything it learns goes, line by line, into
+check-RANK.jsonl, flushed at once: the checker reads it even after a deadlock.
+
+A deadlock is the checker's to detect (no line from any rank for a while): it then
+sends SIGUSR1, and faulthandler writes where this rank's Python is waiting to
+stack-RANK.txt. A last-resort timer ends the rank if the checker itself is gone.
+"""
+
+import copy
+import faulthandler
+import importlib.util
+import json
+import os
+import signal
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from labkit.config import RunConfig
+
+# Small BatchNorm-free MLPs: layer widths. "odd" has 58 parameters, which 3 and 4 do not divide.
+MODELS = {"mlp": [10, 16, 16, 4], "odd": [7, 5, 3], "deep": [9, 8, 8, 8, 8, 5]}
+BATCH = 4  # samples per rank per step
+
+
+def build(widths):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(widths) - 2 else [])
+    return torch.nn.Sequential(*layers).double()
+
+
+def batch(seed, step, rank, widths):
+    g = torch.Generator().manual_seed(seed * 100_003 + step * 1_009 + rank)
+    return torch.randn(BATCH, widths[0], generator=g, dtype=torch.float64), torch.randint(0, widths[-1], (BATCH,), generator=g)
+
+
+def load_class(spec: str):
+    """'path/file.py:Class' or a registry name → the class (the lab's own loader)."""
+    from labkit.strategies import load_strategy
+
+    return load_strategy(spec)
+
+
+def parameters(model):
+    return dict(getattr(model, "module", model).named_parameters())
+
+
+def main(job_path):
+    job = json.loads(Path(job_path).read_text())
+    out, rank, world = Path(job["out"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    log = open(out / f"check-{rank}.jsonl", "a", buffering=1)
+
+    def say(**record):
+        log.write(json.dumps(record) + "\n")
+
+    stack = open(out / f"stack-{rank}.txt", "w")
+    faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)
+    faulthandler.dump_traceback_later(job["timeout_s"] * 6 + 60, exit=True, file=stack)  # the checker is gone
+    say(event="start", pid=os.getpid())
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=job["timeout_s"] * 6 + 60))
+    reference_group = dist.new_group(backend="gloo")
+
+    widths = MODELS[job["model"]]
+    torch.manual_seed(job["seed"])
+    reference = build(widths)
+    mine = copy.deepcopy(reference)
+    initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
+    ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)
+    ref_opt = torch.optim.SGD(ddp.parameters(), lr=job["lr"], momentum=0.9)
+    from labkit.strategies.buckets import make_buckets
+
+    where = "loading your file"
+    try:
+        cls = load_class(job["strategy"])
+        declared = {o.name for o in cls.options}  # pass only the options the class declares
+        options = {k: v for k, v in job["options"].items() if k in declared}
+        cfg = RunConfig(strategy=job["strategy"], profile="cpu", nproc=world, options=options, dtype="float64")
+        strategy = cls(cfg, rank, world)
+        bucket_mb = options.get("bucket_mb", job["options"].get("bucket_mb", 25.0))
+        say(event="meta", sizes=[p.numel() for p in mine.parameters()], element_size=8,
+            names=[n for n, _ in mine.named_parameters()], buckets=len(make_buckets(mine.parameters(), bucket_mb)))
+        my_opt = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
+        where = "prepare"
+        mine = strategy.prepare(mine, my_opt)
+        shard = strategy.data_shard()
+        if shard != (rank, world):
+            raise ValueError(f"data_shard() returned {shard}; the check needs every rank to train "
+                             f"on its own shard, (rank, world) = {(rank, world)}")
+        for step in range(1, job["steps"] + 1):
+            x, y = batch(job["seed"], step, rank, widths)
+            where = f"step {step}, the reference DDP step"
+            say(event="phase", step=step, phase="reference")
+            F.cross_entropy(ddp(x), y).backward()
+            ref_opt.step()
+            ref_opt.zero_grad(set_to_none=True)
+            strategy.reset_counters()
+            say(event="phase", step=step, phase="forward/backward")
+            F.cross_entropy(mine(x), y).backward()
+            for phase, call in (("sync_gradients", lambda: strategy.sync_gradients(mine)),
+                                ("update", lambda: strategy.update(my_opt, None)),
+                                ("sync_parameters", lambda: strategy.sync_parameters(mine))):
+                where = f"step {step}, {phase}"
+                say(event="phase", step=step, phase=phase)
+                call()
+            my_opt.zero_grad(set_to_none=True)
+            say(event="step", step=step, **compare(parameters(ddp), parameters(mine), initial, step),
+                bytes_sent=strategy.bytes_sent, bytes_received=strategy.bytes_received,
+                collectives=strategy.collectives)
+    except Exception as error:  # shown to the student with the lines of their own file
+        frames = [dict(file=f.filename, line=f.lineno, function=f.name, code=f.line)
+                  for f in traceback.extract_tb(error.__traceback__)]
+        if isinstance(error, SyntaxError) and error.filename:
+            frames.append(dict(file=error.filename, line=error.lineno, function="<module>", code=(error.text or "").strip()))
+        say(event="error", where=where, type=type(error).__name__, message=str(error), frames=frames)
+        log.close()
+        os._exit(1)  # torchrun stops the other ranks
+    say(event="done")
+    faulthandler.cancel_dump_traceback_later()
+    dist.destroy_process_group()
+
+
+def compare(ref, mine, initial, step):
+    """Largest difference and its layer; on step 1 also how big the student's update is
+    next to DDP's (n× means summed, not averaged)."""
+    worst, layer, ref_move, my_move = 0.0, None, 0.0, 0.0
+    for name, p in ref.items():
+        q = mine.get(name)
+        if q is None or q.shape != p.shape:
+            return dict(max_diff=float("inf"), layer=name, ratio=None)
+        diff = (p.detach() - q.detach()).abs().max().item()
+        if diff != diff or diff > worst:  # NaN counts as the worst
+            worst, layer = (float("inf") if diff != diff else diff), name
+        ref_move += (p.detach() - initial[name]).pow(2).sum().item()
+        my_move += (q.detach() - initial[name]).pow(2).sum().item()
+    ratio = (my_move / ref_move) ** 0.5 if step == 1 and ref_move > 0 else None
+    return dict(max_diff=worst, layer=layer, ratio=ratio)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
