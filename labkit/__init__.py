@@ -15,6 +15,7 @@ _LAZY = {
     "Job": "labkit.jobs.launch", "RunFailed": "labkit.jobs.launch",
     "PROFILES": "labkit.profiles", "make_config": "labkit.profiles", "resume_config": "labkit.profiles",
     "STRATEGIES": "labkit.strategies", "load_strategy": "labkit.strategies",
+    "check": "labkit.assignments.check",
 }
 
 
@@ -50,5 +51,5 @@ def run(config: RunConfig | None = None, profile: str = "auto", progress: bool =
     return job.result()
 
 
-__all__ = ["ConfigError", "Job", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "load_strategy",
+__all__ = ["ConfigError", "Job", "check", "PROFILES", "RunConfig", "RunFailed", "STRATEGIES", "launch", "load_strategy",
            "make_config", "resume", "run"]

@@ -207,6 +207,21 @@ def cmd_strategies(args) -> int:
     return 0
 
 
+def cmd_check_strategy(args) -> int:
+    from labkit.assignments.check import METHODS, check
+
+    if args.method and args.method not in METHODS:
+        raise ConfigError(f"--method {args.method}: choose one of {', '.join(METHODS)}")
+    options = {k: _literal(v) for k, _, v in (pair.partition("=") for pair in args.set)}
+    try:
+        report = check(args.spec, method=args.method, worlds=[int(n) for n in args.nproc.split(",")],
+                       model=args.model, steps=args.steps, options=options, timeout_s=args.timeout)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    print(f"{'all checks passed' if report.ok else 'FAILED'} in {report.seconds:.0f} s")
+    return 0 if report.ok else 1
+
+
 STRATEGY_HELP = "a method by name (labkit strategies lists them) or a file of yours: path/to/file.py:ClassName"
 
 
@@ -237,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("strategies", help="the synchronization methods and the options each takes")
     methods.add_argument("names", nargs="*", help="names or path/to/file.py:ClassName (default: every method)")
     methods.set_defaults(func=cmd_strategies)
+
+    checker = sub.add_parser("check-strategy", help="check your strategy file against DDP under torchrun (2, 3, 4 ranks)")
+    checker.add_argument("spec", metavar="FILE:CLASS", help="e.g. my_ring.py:MyRing (or a method's name)")
+    checker.add_argument("--method", help="hold bytes and collectives to this method's analytic counts "
+                                          "(allreduce, bucketed, overlap, ring, ps, ps_sharded)")
+    checker.add_argument("--nproc", default="2,3,4", help="comma-separated world sizes")
+    checker.add_argument("--model", default="mlp", help="mlp (516 parameters), odd (58) or deep")
+    checker.add_argument("--steps", type=int, default=3)
+    checker.add_argument("--timeout", type=float, default=10.0, help="seconds without progress = deadlock")
+    checker.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option, e.g. bucket_mb=0.001")
+    checker.set_defaults(func=cmd_check_strategy)
 
     lab = sub.add_parser("lab", help="execute the notebooks headless with papermill (results/notebooks/)")
     lab.add_argument("--profile", default="auto")
