@@ -249,7 +249,7 @@ def report_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(shown)
 
 
-def _verdicts(table: pd.DataFrame) -> list[str]:
+def verdicts(table: pd.DataFrame) -> list[str]:
     """Sentences on the fastest methods, built from the table: the leader at each world
     size, and whether its lead over the next is larger than the spread over repeats."""
     lines = []
@@ -288,7 +288,7 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
              + (f" vs base: throughput ÷ {baseline}'s." if baseline else ""), ""]
     if isinstance(chosen, Selection):
         lines += [f"Compared: {len(chosen.kept)} run(s); left out: {len(chosen.left_out)}."] + chosen.lines() + [""]
-    lines += [_table_text(report_table(table)), ""] + _verdicts(table)
+    lines += [_table_text(report_table(table)), ""] + verdicts(table)
     scaling = scaling_frame(runs)
     several = scaling.groupby("method").world_size.transform("nunique") > 1 if len(scaling) else []
     if len(scaling) and several.any():
@@ -300,3 +300,69 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
                   "and predicted by the alpha-beta model fitted from `labkit bench collectives`:", "",
                   _table_text(communication)]
     return "\n".join(lines) + "\n"
+
+
+def is_short(result: dict) -> bool:
+    """A demonstration run, stopped by `max_steps` before its epochs ended: its accuracy
+    says nothing about the method, so the notebooks show none for it."""
+    return bool((result.get("config") or {}).get("max_steps"))
+
+
+def _ms(seconds) -> str:
+    return "—" if seconds is None else f"{1e3 * seconds:.1f} ms"
+
+
+def describe(result: dict) -> str:
+    """Sentences about one run, each built from its result.json (for a notebook to print
+    beside the run). A figure the run does not hold is said to be missing, not guessed."""
+    s = result.get("summary") or {}
+    steps = s.get("measured_steps", len(result.get("steps", [])))
+    lines = [f"{method(result)} on {result.get('world_size')} rank(s): {s.get('throughput_img_s', 0):.1f} img/s "
+             f"over {steps} measured step(s) (after {s.get('warmup_steps', 0)} warm-up step(s))."]
+    step = s.get("step_time_median_s")
+    if step:
+        sync = s.get("sync_time_median_s") or 0.0
+        lines.append(f"Median step {_ms(step)}: waiting for data {_ms(s.get('data_time_median_s'))}, forward + "
+                     f"backward {_ms(s.get('compute_time_median_s'))}, blocked in sync {_ms(sync)} "
+                     f"({s.get('sync_share_pct', 0):.1f} % of all step time).")
+    sent = s.get("bytes_sent_per_step") or 0
+    lines.append(f"Rank 0 sent {sent / 1e6:.2f} MB per step in {s.get('collectives_per_step') or 0:.0f} call(s)."
+                 if sent else "Rank 0 sent nothing: no communication.")
+    if s.get("compute_only_step_s") is not None and s.get("exposed_comm_s") is not None:
+        floor = next((s[k] for k in ("exposed_comm_noise_s", "noise_floor_s") if s.get(k) is not None), None)
+        exposed = s["exposed_comm_s"]
+        line = (f"Compute-only step (same work, no synchronization): {_ms(s['compute_only_step_s'])}; the step less "
+                f"its data wait is {_ms(exposed)} longer ({s.get('exposed_comm_pct') or 0:.1f} %)"
+                + (f", noise floor ± {_ms(floor)}" if floor is not None else ""))
+        if exposed <= (floor or 0.0):
+            line += (": not above the noise of the two measurements, so no cost of communication is measurable"
+                     " here.")
+        else:
+            line += ": what communication added to the step, overlapped or not."
+        lines.append(line)
+    else:
+        lines.append("No compute-only calibration in this run, so the exposed communication is not known.")
+    if s.get("achieved_busbw_gb_s") is not None:
+        lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
+    if is_short(result):
+        lines.append(f"A short run ({len(result.get('steps', []))} steps): its loss and accuracy are not a verdict "
+                     "on the method, so none is quoted.")
+    elif s.get("best_val_top1") is not None:
+        lines.append(f"Final training loss {s.get('final_train_loss', float('nan')):.3f}; best validation top-1 "
+                     f"{s['best_val_top1']:.1f} %.")
+    return "\n".join(lines)
+
+
+def same_setup(result: dict, results: list[dict]) -> list[dict]:
+    """The finished runs (fault-free, any method) made with the same setup as `result`:
+    profile, model, world size, global batch, learning rate, seed, number type and number
+    of steps. Those are the runs a sentence may compare it with."""
+    keys = ("profile", "model", "lr", "learning_rate", "seed", "dtype", "batch_size", "epochs", "max_steps")
+
+    def setup(r):
+        cfg = r.get("config") or {}
+        return (r.get("world_size"), images_per_step(r), len(r.get("steps", [])), *(cfg.get(k) for k in keys))
+
+    mine = setup(result)
+    return [r for r in results if r.get("status", "ok") == "ok" and not (r.get("config") or {}).get("fault")
+            and not (r.get("config") or {}).get("resume") and setup(r) == mine]
