@@ -103,7 +103,7 @@ def test_report_lists_left_out_runs_and_calls_small_gaps_noise(results_folder):
     chosen = analysis.select_runs(analysis.load_results([results_folder]))
     report = analysis.report_text(chosen)
     assert "left out a-fault" in report and "Scaling against what the hardware allows" in report
-    assert "Fastest: alpha" in report and "spread" in report
+    assert "the fastest is alpha" in report and "spread" in report
 
 
 def test_analysis_names_no_method_and_imports_no_torch():
@@ -202,3 +202,31 @@ def test_the_all_reduce_diagram_is_a_ring():
     arrows = [t for t in fig.axes[0].texts if getattr(t, "arrow_patch", None) is not None]
     assert len(arrows) == 4  # one arrow per rank, to its right neighbour: not a full mesh (12)
     assert "ring" in fig.axes[0].get_title()
+
+
+def test_sentences_are_built_from_the_result():
+    full, short = fake_result("f", "alpha", 4, 80.0), fake_result("s", "alpha", 4, 80.0)
+    short["config"]["max_steps"] = 6
+    assert "best validation top-1 40.0 %" in analysis.describe(full) and "80.0 img/s" in analysis.describe(full)
+    assert "top-1" not in analysis.describe(short) and "short run" in analysis.describe(short)
+    noisy = fake_result("n", "solo", 1, 50.0, exposed_s=-0.02)
+    assert "no cost of communication is measurable" in analysis.describe(noisy)
+
+
+def test_parameter_distance_to_the_reference_run_of_the_same_setup(tmp_path):
+    import torch
+
+    from labkit.report.distance import distance_sentence, relative_distance
+
+    runs = []
+    for name, method, shift in (("ref", "ddp", 0.0), ("mine", "manual", 1e-3), ("other", "ddp", 5.0)):
+        r = fake_result(name, method, 4, 80.0)
+        r["config"]["lr"] = 0.5 if name == "other" else 0.1  # another setup: never the reference
+        r["path"] = str(tmp_path / name)
+        (tmp_path / name).mkdir()
+        model = {"w": torch.tensor([2.0, -4.0]) + shift, "bn.running_mean": torch.tensor([100.0 * shift])}
+        torch.save({"model": model}, tmp_path / name / "checkpoint.pt")
+        runs.append(r)
+    assert relative_distance(tmp_path / "mine", tmp_path / "ref") == pytest.approx(1e-3 / 4, rel=1e-4)  # buffers left out
+    assert "2.5e-04" in distance_sentence(runs[1], runs, "ddp") and "(ref)" in distance_sentence(runs[1], runs, "ddp")
+    assert "No ring run" in distance_sentence(runs[1], runs, "ring")
