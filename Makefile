@@ -1,11 +1,12 @@
 # labkit: two commands on a fresh machine.
 #   make lab   — create .venv, install, run the lab on the auto-selected profile
 #   make test  — create .venv if missing, install, run the test suite
+#   make gpu-check — on a GPU machine, the short NCCL checks of every method, as a table
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: lab test install clean-results
+.PHONY: lab test install clean-results gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ lab: install
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15 tests
+
+gpu-check: install   # the short NCCL checks of the GPU path (one line and exit 0 without a GPU)
+	$(BIN)/python -m labkit.measure.gpu_check
 
 clean-results:
 	rm -rf results/runs results/plots results/notebooks results/performance_report.txt

@@ -13,6 +13,10 @@ from labkit.config import ConfigError, parse_overrides
 
 
 def cmd_check(args) -> int:
+    if args.gpu:  # the GPU path's short NCCL checks (one line without a GPU)
+        from labkit.measure.gpu_check import main as gpu_check
+
+        return gpu_check(["--steps", str(args.steps)])
     from labkit.hardware import check_lines
 
     width = max(len(name) for name, _ in check_lines())
@@ -172,7 +176,9 @@ def cmd_bench_collectives(args) -> int:
     from labkit.config import results_root
 
     out = Path(args.out) if args.out else results_root() / "bench"
-    bench = run_collectives(args.nproc, out, max_mb=args.max_mb, repeats=args.repeats)
+    from labkit.measure.bench import default_ranks
+
+    bench = run_collectives(args.nproc or default_ranks(), out, max_mb=args.max_mb, repeats=args.repeats)
     print(collectives_table(bench))
     print(f"written: {out / 'collectives.json'}, {out / 'collectives.png'}")
     return 0
@@ -182,7 +188,8 @@ def cmd_bench_harness(args) -> int:
     from labkit.measure.bench import harness
 
     outcome = harness(args.nproc, args.steps, args.warmup, args.repeats)
-    print(f"labkit ddp / plain DDP script throughput: {outcome['ratio_of_medians']:.3f} "
+    print(f"labkit ddp / plain DDP script throughput ({outcome['profile']} profile, {outcome['nproc']} ranks): "
+          f"{outcome['ratio_of_medians']:.3f} "
           f"(per repeat {outcome['ratio_min']:.3f} … {outcome['ratio_max']:.3f}; target ≥ 0.97)")
     return 0
 
@@ -231,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="Data-parallel training lab.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("check", help="what this machine has and which profile auto picks").set_defaults(func=cmd_check)
+    check = sub.add_parser("check", help="what this machine has and which profile auto picks")
+    check.add_argument("--gpu", action="store_true", help="run the short NCCL checks of every method (make gpu-check)")
+    check.add_argument("--steps", type=int, default=30, help="with --gpu: synthetic steps per run")
+    check.set_defaults(func=cmd_check)
 
     run = sub.add_parser("run", help="train with one synchronization method (a real torchrun job)")
     run.add_argument("--strategy", help=STRATEGY_HELP + f" ({', '.join(REGISTRY)})")
@@ -278,13 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     coll = bench.add_parser("collectives", help="nccl-tests-style microbenchmark of the collectives")
-    coll.add_argument("--nproc", type=int, default=4)
+    coll.add_argument("--nproc", type=int, help="ranks (default: one per GPU, else 4)")
     coll.add_argument("--out", help="folder (default results/bench)")
     coll.add_argument("--max-mb", dest="max_mb", type=float, default=128)
     coll.add_argument("--repeats", type=int, default=5)
     coll.set_defaults(func=cmd_bench_collectives)
     harn = bench.add_parser("harness", help="labkit's ddp against a plain DDP script, alternated")
-    harn.add_argument("--nproc", type=int, default=4)
+    harn.add_argument("--nproc", type=int, help="ranks (default: one per GPU, else 4)")
     harn.add_argument("--steps", type=int, default=40)
     harn.add_argument("--warmup", type=int, default=5)
     harn.add_argument("--repeats", type=int, default=3)

@@ -41,21 +41,37 @@ def image_transforms(cfg: RunConfig, train: bool):
 
 
 class SyntheticLoader:
-    """One random batch made on the device, served `steps` times: compute + comms only."""
+    """Random batches made on the device: compute + comms only, no loading.
 
-    def __init__(self, cfg: RunConfig, device: torch.device):
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator)
-        labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator)
-        self.batch = (images.to(device), labels.to(device))
+    Each rank draws its own batch at each step, from a generator seeded by (seed, data
+    rank, step): ranks see different data, as with a real dataset, so a method that
+    failed to synchronize would drift apart from DDP here too; the same step always
+    gives the same batch, so a resume continues the same data."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device, data_rank: int = 0):
+        self.cfg, self.device, self.data_rank = cfg, device, data_rank
+        self.generator = torch.Generator(device=device)  # drawn where it is used: no host work, no copy
         self.steps = cfg.synthetic_steps
         self.sampler = None
 
     def __len__(self):
         return self.steps
 
+    def batch(self, step: int):
+        """The batch of this rank at global step `step` (0-based)."""
+        cfg = self.cfg
+        self.generator.manual_seed((cfg.seed * 1_000_003 + self.data_rank) * 1_000_003 + step)
+        images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=self.generator,
+                             device=self.device)
+        labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=self.generator, device=self.device)
+        return images, labels
+
+    def epoch(self, epoch: int, skip_steps: int = 0):
+        """The batches of one epoch from step `skip_steps` on (none of the skipped is drawn)."""
+        return (self.batch(epoch * self.steps + i) for i in range(skip_steps, self.steps))
+
     def __iter__(self):
-        return (self.batch for _ in range(self.steps))
+        return self.epoch(0)
 
 
 class ResumableSampler(DistributedSampler):
@@ -75,25 +91,39 @@ def epoch_batches(loader, epoch: int, skip_steps: int, batch_size: int):
         loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         loader.sampler.skip = skip_steps * batch_size
         return iter(loader)
-    return itertools.islice(iter(loader), skip_steps, None)  # synthetic: nothing to load
+    if isinstance(loader, SyntheticLoader):
+        return loader.epoch(epoch, skip_steps)
+    return itertools.islice(iter(loader), skip_steps, None)
 
 
 def build_loaders(cfg: RunConfig, data_rank: int, data_ranks: int, rank: int, world: int, device):
     """(train loader, val loader or None). The val set is split without padding so
     no image is counted twice: rank r takes images r, r+world, r+2·world, …"""
     if cfg.dataset == "synthetic":
-        return SyntheticLoader(cfg, device), None
+        return SyntheticLoader(cfg, device, data_rank), None
     root = data_root(cfg)
     train_set = datasets.ImageFolder(root / "train", image_transforms(cfg, train=True))
     val_set = datasets.ImageFolder(root / "val", image_transforms(cfg, train=False))
     sampler = ResumableSampler(train_set, num_replicas=data_ranks, rank=data_rank,
                                  shuffle=True, seed=cfg.seed)
+    # drop_last: every step has the same batch on every rank, so averages are exact.
+    train = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=True,
+                       **loader_options(cfg.workers, device, persistent=True))
+    val_shard = Subset(val_set, range(rank, len(val_set), world))
+    # Validation runs once an epoch on a center crop (no augmentation): a quarter of the
+    # workers, started for it and gone after, rather than 16 more idle processes per rank.
+    val = DataLoader(val_shard, cfg.batch_size, shuffle=False,
+                     **loader_options(val_workers(cfg.workers), device, persistent=False))
+    return train, val
+
+
+def val_workers(train_workers: int) -> int:
+    """Loader workers for validation: a quarter of the training loader's (none if it has none)."""
+    return max(1, train_workers // 4) if train_workers > 0 else 0
+
+
+def loader_options(workers: int, device, persistent: bool) -> dict:
     # forkserver: loader workers start from a clean process, not forked from a rank whose
     # gloo/NCCL threads may hold a lock at that instant (a fork can then hang the child).
-    common = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-                  multiprocessing_context="forkserver" if cfg.workers > 0 else None)
-    # drop_last: every step has the same batch on every rank, so averages are exact.
-    train = DataLoader(train_set, cfg.batch_size, sampler=sampler, drop_last=True, **common)
-    val_shard = Subset(val_set, range(rank, len(val_set), world))
-    val = DataLoader(val_shard, cfg.batch_size, shuffle=False, **common)
-    return train, val
+    return dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+                multiprocessing_context="forkserver" if workers > 0 else None)
