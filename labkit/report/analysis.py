@@ -329,7 +329,7 @@ def describe(result: dict) -> str:
     lines.append(f"Rank 0 sent {sent / 1e6:.2f} MB per step in {s.get('collectives_per_step') or 0:.0f} call(s)."
                  if sent else "Rank 0 sent nothing: no communication.")
     if s.get("compute_only_step_s") is not None and s.get("exposed_comm_s") is not None:
-        floor = next((s[k] for k in ("exposed_comm_noise_s", "noise_floor_s") if s.get(k) is not None), None)
+        floor = s.get("exposed_comm_noise_s")
         exposed = s["exposed_comm_s"]
         line = (f"Compute-only step (same work, no synchronization): {_ms(s['compute_only_step_s'])}; the step less "
                 f"its data wait is {_ms(exposed)} longer ({s.get('exposed_comm_pct') or 0:.1f} %)"
@@ -341,9 +341,12 @@ def describe(result: dict) -> str:
             line += ": what communication added to the step, overlapped or not."
         lines.append(line)
     else:
-        lines.append("No compute-only calibration in this run, so the exposed communication is not known.")
+        lines.append("Exposed communication: not known — "
+                     + (s.get("exposed_comm_reason") or "no compute-only calibration in this run") + ".")
     if s.get("achieved_busbw_gb_s") is not None:
         lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
+    elif s.get("achieved_busbw_reason"):
+        lines.append(f"No achieved bus bandwidth: {s['achieved_busbw_reason']}.")
     if is_short(result):
         lines.append(f"A short run ({len(result.get('steps', []))} steps): its loss and accuracy are not a verdict "
                      "on the method, so none is quoted.")

@@ -98,11 +98,8 @@ def throughput(runs: pd.DataFrame):
 
 
 def noise_floor_s(summary: dict) -> float | None:
-    """The exposed-communication noise floor a run reports (seconds), if it does."""
-    for key in ("exposed_comm_noise_s", "noise_floor_s", "exposed_comm_floor_s", "compute_only_step_sd_s"):
-        if summary.get(key) is not None:
-            return summary[key]
-    return None
+    """The exposed-communication noise floor a run reports (seconds; None if it does not)."""
+    return summary.get("exposed_comm_noise_s")
 
 
 def time_breakdown(results: list[dict]):
