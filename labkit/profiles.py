@@ -119,8 +119,19 @@ def check_devices(cfg: RunConfig) -> None:
         # "invalid device ordinal", and NCCL cannot put two ranks on one GPU.
         require(cfg.nproc <= gpus, f"{cfg.nproc} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
                 f"use --nproc {gpus}, or run on the CPU with --profile cpu")
+        # Before Ampere a GPU has no bfloat16 units: autocast would emulate it, slowly and silently.
+        if cfg.amp == "bf16" and not bf16_native():
+            raise ConfigError(f"amp=bf16 but the GPU ({hardware.gpu_names()[0]}) has no native bfloat16 and would "
+                              f"emulate it slowly; use --set amp=fp16 or --set amp=off")
     if cfg.backend == "nccl":
         require(cfg.device == "cuda", "backend nccl needs device=cuda; use --set backend=gloo on CPU")
+
+
+def bf16_native() -> bool:
+    """Whether the GPU computes in bfloat16 itself (compute capability 8.0+), not by emulation."""
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def check_data(cfg: RunConfig) -> None:

@@ -18,6 +18,41 @@ from pathlib import Path
 from labkit.config import LAB_ROOT, results_root
 
 
+def default_ranks() -> int:
+    """One rank per GPU on a GPU machine, else the cpu profile's 4."""
+    from labkit import hardware
+
+    return hardware.gpu_count() or 4
+
+
+def check_ranks(nproc: int) -> None:
+    """On GPUs, one rank per GPU (NCCL cannot share one; a rank past the last fails)."""
+    from labkit import hardware
+    from labkit.config import ConfigError
+
+    gpus = hardware.gpu_count()
+    if gpus and nproc > gpus:
+        raise ConfigError(f"{nproc} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
+                          f"use --nproc {gpus}")
+
+
+def gpu_queued(command: list[str], out_dir: Path) -> list[str]:
+    """On a GPU machine, `command` behind the job agent: it waits for the GPU lock every
+    labkit run takes (labkit/jobs/launch.py queued_command), so a benchmark never shares
+    the GPUs with a run. On CPU (each job its own cores) the command as it is."""
+    import os
+
+    from labkit import hardware
+
+    if not hardware.gpu_count():
+        return command
+    lock = results_root() / ".cuda.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, str(LAB_ROOT / "labkit" / "jobs" / "agent.py"), str(os.getpid()), str(lock),
+            str(out_dir / "started"), "--", *command]
+
+
 def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5) -> dict:
     import matplotlib.pyplot as plt
     import pandas as pd
@@ -25,11 +60,12 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
 
     from .costmodel import fit
 
+    check_ranks(nproc)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "collectives.json"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                    "-m", "labkit.measure.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
-                   cwd=LAB_ROOT, check=True)
+    subprocess.run(gpu_queued([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                               "-m", "labkit.measure.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
+                              out_dir), cwd=LAB_ROOT, check=True)
     bench = json.loads(path.read_text())
     bench["fits"] = fit(bench)
     path.write_text(json.dumps(bench, indent=1))
@@ -55,36 +91,55 @@ def collectives_table(bench: dict) -> str:
     return f"busbw (GB/s):\n{table.round(3).to_string()}\n\nalpha-beta fit (t = α + β·S):\n{fits}"
 
 
-def plain_ddp_throughput(nproc: int, steps: int, warmup: int) -> float:
+def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None = None,
+                         out_dir: Path | None = None) -> float:
+    """The plain script's img/s: the cpu profile's training, or with `gpu` ({"amp", "channels_last"})
+    the synthetic profile's (ResNet-50, batch 64 per GPU, random batches drawn on the GPU, NCCL)."""
     from labkit.datasets.tiny import make_tiny
 
-    data = make_tiny(LAB_ROOT / "data" / "tiny")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                           str(LAB_ROOT / "bench" / "plain_ddp.py"), str(data), str(steps), str(warmup)],
+    data = "synthetic" if gpu else str(make_tiny(LAB_ROOT / "data" / "tiny"))
+    extra = [gpu["amp"], str(gpu["channels_last"]).lower()] if gpu else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(LAB_ROOT / "bench" / "plain_ddp.py"), data, str(steps), str(warmup), *extra]
+    proc = subprocess.run(gpu_queued(command, out_dir or results_root() / "bench" / "harness"),
                           cwd=LAB_ROOT, capture_output=True, text=True, check=True)
     return float(proc.stdout.split("throughput_img_s")[-1].split()[0])
 
 
-def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path) -> float:
+def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: dict | None = None) -> float:
     from labkit import run
     from labkit.profiles import make_config
 
+    if gpu:  # the synthetic profile: one epoch of `steps` batches, as the plain script
+        cfg = make_config("synthetic", strategy="ddp", nproc=nproc, epochs=1, synthetic_steps=steps,
+                          max_steps=steps, warmup_steps=warmup, out_dir=str(out), **gpu)
+        return run(cfg, progress=False)["summary"]["throughput_img_s"]
     # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
     cfg = make_config("cpu", strategy="ddp", nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
                       out_dir=str(out))
     return run(cfg, progress=False)["summary"]["throughput_img_s"]
 
 
-def harness(nproc: int = 4, steps: int = 40, warmup: int = 5, repeats: int = 3, out_dir: Path | None = None) -> dict:
-    """Alternate plain and labkit runs; the ratio of their medians, with each repeat's ratio."""
+def harness(nproc: int | None = None, steps: int = 40, warmup: int = 5, repeats: int = 3, out_dir: Path | None = None,
+            amp: str = "off", channels_last: bool = False) -> dict:
+    """Alternate plain and labkit runs; the ratio of their medians, with each repeat's ratio.
+    On a GPU machine both train the synthetic profile on the GPUs (amp, channels_last as
+    given); without one, the cpu profile on gloo."""
+    from labkit import hardware
+
+    nproc = nproc or default_ranks()
+    check_ranks(nproc)
+    gpu = dict(amp=amp, channels_last=channels_last) if hardware.gpu_count() else None
     out_dir = out_dir or results_root() / "bench" / "harness"
     plain, lab = [], []
     for i in range(repeats):
-        plain.append(plain_ddp_throughput(nproc, steps, warmup))
-        lab.append(labkit_ddp_throughput(nproc, steps, warmup, out_dir / f"repeat-{i}-{int(__import__('time').time())}"))
+        plain.append(plain_ddp_throughput(nproc, steps, warmup, gpu, out_dir))
+        lab.append(labkit_ddp_throughput(nproc, steps, warmup, out_dir / f"repeat-{i}-{int(__import__('time').time())}",
+                                         gpu))
         print(f"repeat {i + 1}/{repeats}: plain {plain[-1]:.1f} img/s, labkit {lab[-1]:.1f} img/s", flush=True)
     ratios = [b / a for a, b in zip(plain, lab)]
-    return {"plain_img_s": plain, "labkit_img_s": lab, "ratios": ratios,
+    return {"profile": "synthetic" if gpu else "cpu", "nproc": nproc, "plain_img_s": plain, "labkit_img_s": lab,
+            "ratios": ratios,
             "ratio_of_medians": statistics.median(lab) / statistics.median(plain),
             "ratio_min": min(ratios), "ratio_max": max(ratios)}
 

@@ -23,33 +23,67 @@ PHASES = ("data_s", "compute_s", "sync_s", "optimizer_s")
 
 class StepTimer:
     """Steps are timed back to back: a step ends where the next begins, so the loop's own
-    bookkeeping between steps lands in the next step's data_s and no time goes unseen."""
+    bookkeeping between steps lands in the next step's data_s and no time goes unseen.
+
+    On CPU each mark reads perf_counter. On a GPU kernels run asynchronously, so each mark
+    records a CUDA event on the current stream instead: it completes when the work queued
+    before it on that stream has run, and waits for nothing else — not NCCL's own stream,
+    whose all-reduce overlapping backward then stays out of compute, as on gloo, and shows
+    where the loop really waits for it (a strategy's wait, DDP's end of backward). The
+    events are read once per step, after one synchronize on the last of them in stop()."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.phases, self.intervals, self.record_intervals, self.steps_done = {}, [], False, 0
         self.wall_offset = time.time() - time.perf_counter()  # perf_counter → wall clock, for timelines
+        self.events = []  # CUDA: (phase, event) marks of this step, the first one its start
 
     def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
         return time.perf_counter()
+
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()  # on the current stream
+        return event
 
     def start(self):
         """Begin the first step of an epoch."""
         self.begin = self.last = self._now()
         self.phases = dict.fromkeys(PHASES, 0.0)
+        self.events = [(None, self._event())] if self.cuda else []
 
     def mark(self, phase: str):
         """Close the current phase and add its time to `phase`."""
+        if self.cuda:  # read in stop()
+            self.events.append((phase, self._event()))
+            return
         now = self._now()
         self.phases[phase] += now - self.last
         if self.record_intervals:
             self.intervals.append((self.steps_done + 1, phase, self.last + self.wall_offset, now + self.wall_offset))
         self.last = now
 
+    def _read_events(self):
+        """CUDA: the phases from this step's events, after one synchronize on the last."""
+        last = self.events[-1][1]
+        last.synchronize()  # the one wait of the step: for the work queued before the last mark
+        self.last = self._now()  # the step's end on the host clock, to place the intervals
+        durations = [(phase, start.elapsed_time(end) / 1e3)  # ms → s, measured by the GPU
+                     for (_, start), (phase, end) in zip(self.events, self.events[1:])]
+        self.begin = self.last - sum(seconds for _, seconds in durations)
+        at = self.begin
+        for phase, seconds in durations:
+            self.phases[phase] += seconds
+            if self.record_intervals:
+                self.intervals.append((self.steps_done + 1, phase, at + self.wall_offset,
+                                       at + seconds + self.wall_offset))
+            at += seconds
+        self.events = [(None, last)]  # the next step begins where this one ended
+
     def stop(self) -> dict:
         """End this step (and begin the next at the same instant)."""
+        if self.cuda:
+            self._read_events()
         record = dict(self.phases, step_s=self.last - self.begin)
         self.steps_done += 1
         self.begin, self.phases = self.last, dict.fromkeys(PHASES, 0.0)
