@@ -230,3 +230,9 @@ def test_parameter_distance_to_the_reference_run_of_the_same_setup(tmp_path):
     assert relative_distance(tmp_path / "mine", tmp_path / "ref") == pytest.approx(1e-3 / 4, rel=1e-4)  # buffers left out
     assert "2.5e-04" in distance_sentence(runs[1], runs, "ddp") and "(ref)" in distance_sentence(runs[1], runs, "ddp")
     assert "No ring run" in distance_sentence(runs[1], runs, "ring")
+
+
+def test_short_demonstration_runs_draw_no_accuracy(kept):
+    for r in kept:
+        r["config"]["max_steps"] = 6
+    assert "validation_accuracy" not in plots.all_figures(kept)

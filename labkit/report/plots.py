@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .analysis import epochs_frame, method, runs_frame, scaling_frame, steps_frame
+from .analysis import epochs_frame, is_short, method, runs_frame, scaling_frame, steps_frame
 
 # seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
@@ -311,13 +311,15 @@ def bandwidth(bench: dict):
 
 
 def all_figures(results: list[dict]) -> dict:
-    """Every comparison figure for a set of results (pass the runs `select_runs` kept)."""
-    runs, epochs, steps = runs_frame(results), epochs_frame(results), steps_frame(results)
+    """Every comparison figure for a set of results (pass the runs `select_runs` kept).
+    Validation accuracy is drawn for full-length runs only (not `max_steps` demonstrations)."""
+    runs, steps = runs_frame(results), steps_frame(results)
     assign_colors(runs["method"])
     figures = {"throughput": throughput(runs), "time_breakdown": time_breakdown(results),
                "communication_volume": communication_volume(runs), "loss_vs_images": loss_vs_images(steps)}
-    if "val_top1" in epochs and epochs["val_top1"].notna().any():
-        figures["validation_accuracy"] = validation_accuracy(epochs)
+    trained = epochs_frame([r for r in results if not is_short(r)])  # a few steps say nothing about accuracy
+    if "val_top1" in trained and trained["val_top1"].notna().any():
+        figures["validation_accuracy"] = validation_accuracy(trained)
     if len(runs) and runs.groupby("method").world_size.nunique().max() > 1:
         figures["scaling"] = scaling(runs)
     latest = {}  # per method, its run at the largest world size (the last such one)
