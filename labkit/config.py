@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.strategies import BASELINE  # light: the registry imports no method until asked
+
 LAB_ROOT = Path(__file__).resolve().parent.parent  # the checkout: data/, results/, notebooks/
 
 
@@ -35,7 +37,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     # what to run
-    strategy: str = "ddp"
+    strategy: str = BASELINE  # a name (labkit strategies) or path/to/file.py:ClassName
     profile: str = "cpu"
     name: str = ""  # run folder name; default <strategy>-<profile>-<timestamp>
     # model and data
@@ -56,7 +58,12 @@ class RunConfig:
     synthetic_steps: int = 50  # steps per epoch on the synthetic dataset
     # optimisation (per-rank batch; the global batch is batch_size × data-parallel ranks)
     batch_size: int = 16
+    # the recipe's global batch (0 = batch_size × data ranks): when set and batch_size is not,
+    # each rank takes global_batch_size ÷ data ranks, so `single` (1 rank) trains on the same
+    # global batch, learning rate and number of steps per epoch as the distributed runs
+    global_batch_size: int = 0
     lr: float = 0.0  # 0 = the linear scaling rule: 0.1 × global batch / 256
+    lr_warmup_steps: int = 0  # linear warm-up: step k (1-based) of the first N uses lr × k/N (0 = none)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
@@ -118,6 +125,14 @@ class RunConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr > 0 else 0.1 * self.global_batch / 256
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (1-based): lr × step / lr_warmup_steps
+        during the warm-up, then lr. A function of the step number alone, so a resumed run
+        continues the schedule where it stopped and every rank agrees on it."""
+        if self.lr_warmup_steps > 0 and step < self.lr_warmup_steps:
+            return self.learning_rate * step / self.lr_warmup_steps
+        return self.learning_rate
 
 
 def field_types() -> dict[str, type]:

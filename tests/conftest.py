@@ -41,7 +41,7 @@ def labkit_cli_in_process(*args) -> subprocess.CompletedProcess:
     return proc
 
 
-def run_to(out, strategy, nproc, *sets, max_steps=3):
+def run_to(out, strategy, nproc, *sets, max_steps=3, strategy_name=None):
     """A short cpu-profile run through the real CLI → (result dict, checkpoint dict),
     after checking what every run must leave behind."""
     args = ["run", "--strategy", strategy, "--profile", "cpu", "--nproc", nproc, "--max-steps", max_steps, "--out", out]
@@ -52,7 +52,7 @@ def run_to(out, strategy, nproc, *sets, max_steps=3):
     proc = labkit_cli_in_process(*args)
     result = json.loads((out / "result.json").read_text())
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
-    check_run(proc, result, checkpoint, strategy, nproc, max_steps)
+    check_run(proc, result, checkpoint, strategy_name or strategy, nproc, max_steps)
     return result, checkpoint
 
 

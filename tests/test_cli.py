@@ -12,11 +12,18 @@ from labkit.cli import main
 
 
 BAD_INPUTS = [
-    (["--strategy", "nope"], "invalid choice: 'nope'"),
+    (["--strategy", "nope"], "unknown strategy 'nope'"),
     (["--strategy", "ddp", "--profile", "huge"], "unknown profile 'huge'"),
     (["--strategy", "ddp", "--set", "model=vgg"], "unknown model 'vgg'"),
     (["--strategy", "ddp", "--set", "dataset=mnist"], "unknown dataset 'mnist'"),
-    (["--strategy", "ddp", "--set", "colour=red"], "unknown --set key 'colour'"),
+    (["--strategy", "ddp", "--set", "colour=red"], "unknown config key(s) ['colour']"),
+    (["--strategy", "ddp", "--set", "bucket_mb=5"], "options of 'ddp': ddp_bucket_cap_mb"),  # bucketed's option
+    (["--strategy", "bucketed", "--set", "compress=int8"], "compress='int8' is not one of none, fp16, bf16"),
+    (["--strategy", "bucketed", "--set", "bucket_mb=lots"], "bucket_mb=lots: expected a float"),
+    (["--strategy", "ddp", "--set", "dtype=float16"], "dtype='float16' is not one of"),
+    (["--strategy", "ps_sharded", "--set", "amp=fp16"], "ps_sharded does not support amp=fp16"),
+    (["--strategy", "powersgd", "--set", "amp=fp16"], "powersgd does not support amp=fp16"),
+    (["--strategy", "powersgd", "--set", "channels_last=true"], "powersgd does not support channels_last"),
     (["--strategy", "ddp", "--set", "batch_size=big"], "expected a value of type int"),
     (["--strategy", "ddp", "--set", "lr"], "expected key=value"),
     (["--strategy", "ddp", "--nproc", "0"], "nproc must be at least 1"),
@@ -33,7 +40,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(SystemExit) if "invalid choice" in message else nullcontext():
+    with nullcontext():
         code = main(["run", "--profile", "cpu", *args, "--out", str(out)] if "--profile" not in args
                     else ["run", *args, "--out", str(out)])
         assert code == 2

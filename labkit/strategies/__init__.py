@@ -12,6 +12,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+BASELINE = "ddp"  # what every method is compared with, and the default
+
 # name → "module:Class", imported only when asked for (each file imports torch)
 REGISTRY = {
     "single": "single:Single",
@@ -97,4 +99,4 @@ def __getattr__(name):  # PEP 562: STRATEGIES (name → class) imports every met
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["REGISTRY", "STRATEGIES", "describe", "is_file_spec", "load_strategy"]
+__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "describe", "is_file_spec", "load_strategy"]
