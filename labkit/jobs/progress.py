@@ -1,50 +1,185 @@
-"""Progress of a running job: a tqdm bar in a terminal, plain lines everywhere else.
+"""Progress of a running job, shown the way the place it runs in can show it.
 
-In a notebook run headless by papermill (or a log file) a redrawn bar shows
-nothing useful, so we print a short line every few seconds instead: the executed
-notebook shows the progress, and papermill keeps saving because output arrives.
+- a notebook in JupyterLab (or Notebook, VS Code): a widget bar updated in place —
+  step / total, loss, img/s, ETA — then one summary line;
+- a terminal: tqdm's text bar, redrawn on one line;
+- everywhere else (papermill, a log file, a pipe): a plain line every few seconds, so
+  the executed notebook or the log shows progress, and papermill keeps saving.
+
+Telling JupyterLab from papermill: both run the cell in an ipykernel, so tqdm.auto
+picks widgets for both, and papermill would store a dead widget. What differs is the
+client. A person's frontend sends execute requests that allow input(); nbclient
+(papermill) never does. The header of the request being executed says which.
+`LABKIT_PROGRESS=widget|bar|lines` overrides the choice; `labkit lab` sets `lines`.
+
+progress.jsonl is read tolerantly: a line being written is skipped, and a NaN or inf
+loss written as bare `nan`/`inf` is read as that float rather than freezing the display.
 """
 
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
 import sys
 import time
+from pathlib import Path
 
-from tqdm import tqdm
+MODES = ("widget", "bar", "lines")
+
+
+# -- reading progress.jsonl -----------------------------------------------------------
+_BARE_FLOAT = re.compile(r"(?<=[:,\[\s])(-?)(nan|inf(?:inity)?)\b", re.IGNORECASE)
+
+
+def parse_progress_line(text: str) -> dict | None:
+    """One progress line as a dict; None when it is not (yet) a complete JSON object."""
+    def as_json(match):
+        return "NaN" if match[2].lower() == "nan" else match[1] + "Infinity"
+
+    for candidate in (text, _BARE_FLOAT.sub(as_json, text)):
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def last_progress(path: Path) -> dict:
+    """The last complete line of a progress.jsonl (empty before the first step)."""
+    if not path.exists():
+        return {}
+    for line in reversed(path.read_bytes().splitlines()):
+        value = parse_progress_line(line.decode(errors="replace"))
+        if value is not None:
+            return value
+    return {}
+
+
+# -- which display --------------------------------------------------------------------
+def choose_mode(env: dict, in_kernel: bool, allow_stdin: bool | None, widgets: bool, tty: bool) -> str:
+    """'widget', 'bar' or 'lines', from the facts of where we run.
+
+    in_kernel: running in an ipykernel; allow_stdin: whether the request being executed
+    allows input() (None: not known, e.g. outside the cell's thread); widgets: ipywidgets
+    importable and the frontend not a console without widgets (qtconsole, Spyder)."""
+    forced = env.get("LABKIT_PROGRESS", "").strip().lower()
+    if forced in MODES:
+        return "lines" if forced == "widget" and not widgets else forced
+    if in_kernel:
+        # A person's frontend allows input(); papermill does not. Where the request is not
+        # known, a kernel started by a Jupyter server (JPY_SESSION_NAME) has a frontend.
+        attached = allow_stdin if allow_stdin is not None else bool(env.get("JPY_SESSION_NAME"))
+        return "widget" if attached and widgets else "lines"
+    return "bar" if tty else "lines"
+
+
+def _kernel_allow_stdin() -> tuple[bool, bool | None]:
+    """(in an ipykernel, allow_stdin of the request being executed or None)."""
+    if "ipykernel" not in sys.modules:
+        return False, None
+    try:
+        kernel = sys.modules["IPython"].get_ipython().kernel
+    except AttributeError:  # plain IPython, or no shell
+        return False, None
+    try:
+        header = kernel.get_parent("shell")
+    except Exception:  # an ipykernel without get_parent(channel)
+        header = getattr(kernel, "_parent_header", {})
+    content = (header or {}).get("content") or {}
+    return True, content.get("allow_stdin") if "allow_stdin" in content else None
+
+
+def current_mode() -> str:
+    in_kernel, allow_stdin = _kernel_allow_stdin()
+    console = any(k == "QT_API" or k.startswith("SPYDER") for k in os.environ)
+    widgets = not console and importlib.util.find_spec("ipywidgets") is not None
+    return choose_mode(os.environ, in_kernel, allow_stdin, widgets, sys.stdout.isatty())
+
+
+# -- the display ----------------------------------------------------------------------
+def _loss(progress: dict) -> str:
+    loss = progress.get("loss")
+    if loss is None:
+        return "–"
+    return f"{loss:.3f}" if math.isfinite(loss) else str(loss)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class ProgressDisplay:
-    def __init__(self, name: str, every_s: float = 5.0):
+    """Job.wait's view of a run: update(progress) every half second, close() at the end."""
+
+    def __init__(self, name: str, every_s: float = 5.0, mode: str | None = None):
         self.name, self.every_s = name, every_s
+        self.mode = mode or current_mode()
         self.bar = None
         self.last_line = 0.0
-        self.interactive = sys.stdout.isatty()
         self.started = time.time()
+        self.first_seen = None  # (time, step) of the first progress line, for the ETA
+        if self.mode != "lines":
+            self._open_bar(None)
+
+    def _open_bar(self, total: int | None) -> None:
+        if self.mode == "widget":
+            from tqdm.notebook import tqdm
+        else:
+            from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=self.name, unit="step", dynamic_ncols=True)
+        self.bar.set_postfix_str("starting")
 
     def update(self, progress: dict) -> None:
-        if self.interactive:
-            self._update_bar(progress)
+        if progress and self.first_seen is None:
+            self.first_seen = (time.time(), progress.get("step", 0))
+            if self.bar is not None:  # the total is now known; the rate counts from here
+                self.bar.initial = progress.get("step", 0)  # a resumed run starts mid-way
+                self.bar.reset(total=progress.get("total_steps"))
+                self.bar.n = self.bar.initial
+        if self.bar is not None:
+            if progress:
+                self.bar.update(progress.get("step", 0) - self.bar.n)
+                self.bar.set_postfix_str(f"loss {_loss(progress)}, {progress.get('img_s', 0):.0f} img/s")
+            else:
+                self.bar.refresh()  # the elapsed time ticks while the ranks start
         elif time.time() - self.last_line >= self.every_s:
             self.last_line = time.time()
             print(self.line(progress), flush=True)
 
-    def _update_bar(self, progress: dict) -> None:
-        if not progress:
-            return
-        if self.bar is None:
-            self.bar = tqdm(total=progress["total_steps"], desc=self.name, unit="step", dynamic_ncols=True)
-        self.bar.update(progress["step"] - self.bar.n)
-        self.bar.set_postfix(epoch=progress["epoch"], loss=f"{progress['loss']:.3f}",
-                             img_s=f"{progress['img_s']:.0f}", refresh=False)
+    def eta_s(self, progress: dict) -> float | None:
+        """Seconds left at the rate seen since the first progress line (None: no rate yet)."""
+        if not progress or self.first_seen is None:
+            return None
+        t0, step0 = self.first_seen
+        done = progress.get("step", 0) - step0
+        if done <= 0:
+            return None
+        return (progress.get("total_steps", 0) - progress.get("step", 0)) * (time.time() - t0) / done
 
     def line(self, progress: dict) -> str:
-        elapsed = f"{time.time() - self.started:5.0f}s"
+        elapsed = _duration(time.time() - self.started)
         if not progress:
             return f"{self.name}: starting ({elapsed})"
-        return (f"{self.name}: step {progress['step']}/{progress['total_steps']} epoch {progress['epoch']} "
-                f"loss {progress['loss']:.3f} {progress['img_s']:.0f} img/s ({elapsed})")
+        eta = self.eta_s(progress)
+        return (f"{self.name}: step {progress.get('step')}/{progress.get('total_steps')} "
+                f"epoch {progress.get('epoch')} loss {_loss(progress)} {progress.get('img_s', 0):.0f} img/s "
+                f"({elapsed}, ETA {'?' if eta is None else _duration(eta)})")
+
+    def summary(self, progress: dict, status: str) -> str:
+        text = f"{self.name}: {status} after {_duration(time.time() - self.started)}"
+        if progress:
+            text += (f" — step {progress.get('step')}/{progress.get('total_steps')}, loss {_loss(progress)}, "
+                     f"{progress.get('img_s', 0):.0f} img/s")
+        return text
 
     def close(self, progress: dict, status: str) -> None:
         if self.bar is not None:
             if progress:
-                self.bar.update(progress["step"] - self.bar.n)
-            self.bar.close()
-        print(f"{self.name}: {status} after {time.time() - self.started:.0f} s", flush=True)
+                self.update(progress)
+            self.bar.close()  # a widget left short of its total turns red
+        print(self.summary(progress, status), flush=True)
