@@ -224,9 +224,17 @@ def communication_frame(results: list[dict], fits: dict | None) -> pd.DataFrame:
 
 
 def summary_frame(result: dict) -> pd.DataFrame:
-    """One run's summary figures as a two-column table, for a notebook."""
-    return pd.DataFrame([{"figure": k, "value": v} for k, v in (result.get("summary") or {}).items()
-                         if not isinstance(v, (list, dict))])
+    """One run's summary figures as a two-column table of text, for a notebook: numbers to
+    4 significant digits, a missing figure as —, a reason as written; no accuracy for a
+    short (`max_steps`) run."""
+    def text(value):
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+    hidden = ("best_val_top1", "best_val_top5") if is_short(result) else ()  # a few steps say nothing on accuracy
+    return pd.DataFrame([{"figure": k, "value": text(v)} for k, v in (result.get("summary") or {}).items()
+                         if not isinstance(v, (list, dict)) and k not in hidden])
 
 
 def _table_text(frame: pd.DataFrame) -> str:
