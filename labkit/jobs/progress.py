@@ -105,6 +105,8 @@ def _loss(progress: dict) -> str:
     loss = progress.get("loss")
     if loss is None:
         return "–"
+    if isinstance(loss, str):  # the worker writes "nan" / "inf" as text: strict JSON has no NaN
+        return loss
     return f"{loss:.3f}" if math.isfinite(loss) else str(loss)
 
 

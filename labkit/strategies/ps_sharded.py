@@ -63,6 +63,8 @@ class ShardedServer(Strategy):
         self.count(ring, ring, op="reduce_scatter", message_bytes=nbytes(grads))
 
     def update(self, optimizer, scaler=None):
+        for group in self.shard_optimizer.param_groups:  # follow the loop's lr schedule (warm-up)
+            group["lr"] = optimizer.param_groups[0]["lr"]
         super().update(self.shard_optimizer, scaler)
 
     def sync_parameters(self, model):  # all-gather: everyone gets every updated slice
