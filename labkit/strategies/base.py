@@ -18,6 +18,7 @@ outside its file (a student's file outside the package works the same way):
     check(cfg)   refuse a combination it cannot do, with one line (raise ConfigError)
     data_ranks   how many ranks compute gradients
     label(cfg)   its name in comparisons (options that change the wire included)
+    overlaps_backward   True if it communicates inside backward (what the timing can see)
     state_dict / load_state_dict   state it owns that a checkpoint must keep
 
 Byte counts for collectives follow the ring algorithm (what NCCL uses for large
@@ -78,6 +79,9 @@ class Strategy:
     options: tuple[Option, ...] = ()
     defaults: dict = {}  # config values this method prefers, unless the user sets them
     needs_process_group = True  # False: one plain process, no torchrun
+    # True: its communication runs inside backward (hooks), so the loop's blocking sync time
+    # does not hold it, and no bandwidth can be computed from that time
+    overlaps_backward = False
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -27,6 +27,7 @@ DDP_OPTIONS = (
 
 
 class TorchDDP(Strategy):
+    overlaps_backward = True  # all-reduces launched from autograd hooks
     options = DDP_OPTIONS + (Option("ddp_hook", "none", "compress buckets on the wire with a DDP comm hook",
                                     choices=("none", "fp16", "bf16")),)
 

@@ -21,6 +21,7 @@ from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
 class Overlap(Strategy):
+    overlaps_backward = True  # all-reduces launched from autograd hooks
     options = BUCKET_OPTIONS
     label = classmethod(compressed_label)
 
