@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import REPO, labkit_cli
@@ -60,10 +61,18 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and not (train.is_dir() and [p for p in train.iterdir() if p.name.startswith("n")]):
         time.sleep(0.01)
+    pool = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = [p.name for p in train.iterdir() if p.name.startswith("n")]
     assert 0 < len(finished) < 12, "the kill should land mid-way"
+    # Nothing left behind: the pool's worker died with it (children noted before the kill,
+    # and anything else whose command line names this test's folder).
+    assert len(pool) == 1, "the pool's one worker should have been running"
+    _, alive = psutil.wait_procs(pool, timeout=15)
+    assert not alive, f"left running: {[(p.pid, p.cmdline()[:6]) for p in alive]}"
+    strays = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not strays, f"left running: {[(p.pid, p.info['cmdline'][:6]) for p in strays]}"
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     assert tree_digest(tmp_path / "resumed") == tree_digest(tmp_path / "straight")
 

@@ -4,12 +4,14 @@
 Resumable by construction: every unit of work (one training class, the validation
 set) is written under a temporary name and renamed into place when complete, and a
 rename is atomic. A re-run skips what has its final name and redoes the rest, so an
-interruption at any point (Ctrl-C, SIGKILL) loses at most the unit in progress.
+interruption at any point (Ctrl-C, SIGKILL) loses at most the unit in progress. The
+pool's workers die with the preparation (PR_SET_PDEATHSIG): killed, it leaves nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import shutil
 import tarfile
@@ -20,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labkit.config import ConfigError
+from labkit.jobs.agent import die_with_parent
 
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 KAGGLE_ROOT = Path("ILSVRC") / "Data" / "CLS-LOC"
@@ -115,7 +118,10 @@ def prepare_official(src: Path, dst: Path, workers: int) -> None:
     except tarfile.TarError as error:
         raise ConfigError(f"{src / TRAIN_TAR} is not a readable tar ({one_line(error)}); download it again") from None
     todo = [m for m in members if not (train / m.name.split("/")[-1].removesuffix(".tar")).is_dir()]
-    with ProcessPoolExecutor(max_workers=workers) as pool, \
+    # Without die_with_parent a SIGKILLed preparation leaves each worker waiting forever for
+    # work. "fork" makes the workers our own children (a forkserver would be their parent).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(members), initial=len(members) - len(todo), desc="train classes", unit="class") as bar:
         futures = [pool.submit(extract_class, str(src / TRAIN_TAR), m.name, m.offset_data, m.size, str(train))
                    for m in todo]

@@ -1,0 +1,79 @@
+"""`python -m labkit.jobs.torchrun ARGS`: torchrun, with its stores listening only where they are told.
+
+torchrun's agent runs two key-value stores (torch's TCPStore): the rendezvous store and
+the store its ranks share. Neither has a password: whoever reaches the port can join the
+rendezvous or overwrite keys. And a TCPStore server listens on every interface (`::`),
+whatever host name it is given. TCPStore also accepts a socket that is already listening
+(`master_listen_fd`): so here, every store server gets one bound to the address it was
+given — 127.0.0.1 for a one-node job (`--rdzv-endpoint=127.0.0.1:0 --local-addr=127.0.0.1`),
+the chosen interface's address for a job on several nodes.
+
+When that address is loopback the ranks' own sockets stay there too: gloo and NCCL would
+otherwise pick the interface the host name resolves to.
+"""
+
+import ipaddress
+import os
+import socket
+import sys
+
+import torch.distributed as dist
+
+_TCPStore = dist.TCPStore
+
+
+class BoundTCPStore(_TCPStore):
+    """A TCPStore whose server listens on `host_name` only (clients are unchanged)."""
+
+    def __init__(self, host_name, port, world_size=None, is_master=False, *args, master_listen_fd=None, **kwargs):
+        if is_master and master_listen_fd is None:
+            family, kind, _, _, address = socket.getaddrinfo(host_name, port, type=socket.SOCK_STREAM)[0]
+            listener = socket.socket(family, kind)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(1024)
+            port = listener.getsockname()[1]   # the real port when asked for any (0)
+            master_listen_fd = listener.detach()  # the store owns the socket from now on
+        super().__init__(host_name, port, world_size, is_master, *args, master_listen_fd=master_listen_fd, **kwargs)
+
+
+def single_node_command(nproc: int, run_id: str = "labkit") -> list[str]:
+    """The start of a one-node torchrun command line with everything on loopback
+    (what `torchrun --standalone` does, minus listening on every interface)."""
+    return [sys.executable, "-m", "labkit.jobs.torchrun", "--nnodes=1", "--rdzv-backend=c10d",
+            "--rdzv-endpoint=127.0.0.1:0", "--local-addr=127.0.0.1", f"--rdzv-id={run_id}",
+            f"--nproc-per-node={nproc}"]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def local_addr(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith(("--local-addr=", "--local_addr=")):
+            return arg.split("=", 1)[1]
+        if arg in ("--local-addr", "--local_addr") and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def main() -> None:
+    # Before torch.distributed.run is imported: its rendezvous module keeps its own reference.
+    dist.TCPStore = BoundTCPStore
+    # The ranks use the agent's store (bound above) rather than hosting one of their own.
+    os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())  # ranks started by labkit.jobs.rank die with us
+    if is_loopback(local_addr(sys.argv[1:]) or ""):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the ranks
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    from torch.distributed.run import main as torchrun
+
+    torchrun()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""A job exposes nothing and leaves nothing behind: a single-node job listens on loopback
+only, and a Jupyter kernel restarted or shut down mid-run takes the whole job with it
+(real torchrun, a real ipykernel)."""
+
+import ipaddress
+import time
+
+import psutil
+import pytest
+
+import labkit
+from conftest import REPO
+
+FAST = dict(model="simple_cnn", workers=0, augment=False, batch_size=16, calibration_steps=0)
+
+
+def processes_of(folder) -> list:
+    """Every live process whose command line names this run's folder (agent, torchrun, ranks)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(folder) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def assert_nothing_left(folder, timeout=20.0):
+    deadline = time.time() + timeout
+    while processes_of(folder) and time.time() < deadline:
+        time.sleep(0.5)
+    left = processes_of(folder)
+    assert not left, f"left running: {[(p.pid, p.cmdline()[:6]) for p in left]}"
+
+
+def wait_for_first_step(run_dir, timeout=180.0):
+    deadline = time.time() + timeout
+    progress = run_dir / "progress.jsonl"
+    while not (progress.exists() and progress.read_bytes().strip()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert progress.exists() and progress.read_bytes().strip(), "the run made no step"
+
+
+def listening_sockets(pids: set[int]) -> list:
+    return [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+
+
+def test_a_single_node_job_listens_on_loopback_only(tmp_path):
+    run_dir = tmp_path / "run"
+    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, epochs=1, out_dir=str(run_dir), **FAST)
+    try:
+        wait_for_first_step(run_dir)  # rendezvous done, gloo connected: every socket is open now
+        family = psutil.Process(job.proc.pid).children(recursive=True) + [psutil.Process(job.proc.pid)]
+        sockets = listening_sockets({p.pid for p in family})
+    finally:
+        job.cancel()
+    # The agent's rendezvous store and the ranks' gloo pairs listen: an empty list would mean we looked wrong.
+    assert sockets, "found no listening socket at all"
+    exposed = [(c.pid, c.laddr) for c in sockets if not ipaddress.ip_address(c.laddr.ip).is_loopback]
+    assert not exposed, f"listening beyond loopback: {exposed} (all: {[(c.pid, c.laddr) for c in sockets]})"
+    assert_nothing_left(run_dir)
+
+
+def start_kernel():
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(REPO))
+    client = km.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=120)
+    return km, client
+
+
+@pytest.mark.parametrize("how", ["restart", "shutdown"])
+def test_a_kernel_restart_or_shutdown_mid_run_leaves_no_process(tmp_path, how):
+    run_dir = tmp_path / "run"
+    km, client = start_kernel()
+    try:
+        client.execute(f"import labkit; job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=1, "
+                       f"out_dir={str(run_dir)!r}, **{FAST!r})")
+        wait_for_first_step(run_dir)
+        assert len(processes_of(run_dir)) >= 3  # agent (torchrun) and two ranks
+        if how == "restart":
+            km.restart_kernel(now=True)  # what JupyterLab's "Restart kernel" does
+        else:
+            km.shutdown_kernel(now=False)  # a polite shutdown: the kernel exits by itself
+    finally:
+        client.stop_channels()
+        if km.is_alive():
+            km.shutdown_kernel(now=True)
+    assert_nothing_left(run_dir)
+
+
+def test_sigkill_of_torchrun_takes_its_ranks_with_it(tmp_path):
+    run_dir = tmp_path / "run"
+    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, epochs=1, out_dir=str(run_dir), **FAST)
+    wait_for_first_step(run_dir)
+    ranks = [p for p in psutil.Process(job.proc.pid).children(recursive=True) if "labkit.training.worker" in p.cmdline()]
+    assert len(ranks) == 2
+    psutil.Process(job.proc.pid).kill()  # the agent, which became torchrun: no chance to stop its ranks
+    job.proc.wait(timeout=10)
+    assert_nothing_left(run_dir)  # checked before the Job's own teardown (poll) could kill stragglers
+    assert job.poll() == "failed"
+
+
+def test_papermills_execution_timeout_leaves_no_process(tmp_path):
+    import nbformat
+    import papermill
+
+    run_dir = tmp_path / "run"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(  # a run far longer than the timeout
+        f"import labkit\njob = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=50, "
+        f"out_dir={str(run_dir)!r}, **{FAST!r})\njob.wait()")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    with pytest.raises(Exception, match="(?i)timeout|timed out"):
+        papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), cwd=str(REPO),
+                                   execution_timeout=60, progress_bar=False, kernel_name="python3")
+    # Cut mid-run: torchrun had started its ranks (each has a log folder by then).
+    assert (run_dir / "started").exists() and list((run_dir / "logs").glob("*/attempt_0/1")), "the run had not started"
+    assert_nothing_left(run_dir)
