@@ -3,19 +3,26 @@
 #   make test  — create .venv if missing, install, run the test suite
 #   make gpu-check — on a GPU machine, the short NCCL checks of every method, as a table
 #   make assignments — the students' release of the exercises (nbgrader) in assignments/release/
+#   make browser-check — a method notebook run in JupyterLab in headless Chromium (live bar, figures)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: lab test install clean-results gpu-check assignments
+.PHONY: lock lab test install clean-results gpu-check assignments browser-deps browser-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python requirements.txt requirements-test.txt requirements-assignments.txt pyproject.toml
-	$(BIN)/pip install -r requirements-test.txt -r requirements-assignments.txt
+$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install -r requirements.lock   # exact versions: every install gets the same stack
 	$(BIN)/pip install --no-deps -e .
 	touch $@
+
+# Refresh requirements.lock from the requirements files (pip-tools' pip-compile), then commit it.
+lock: $(BIN)/python
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o requirements.lock requirements-test.txt requirements-assignments.txt
 
 install: $(VENV)/.installed
 
@@ -30,6 +37,14 @@ gpu-check: install   # the short NCCL checks of the GPU path (one line and exit 
 
 assignments: install   # nbgrader generate_assignment for every exercise in assignments/source/
 	cd assignments && PATH="$(CURDIR)/$(BIN):$$PATH" nbgrader generate_assignment "*" --force
+
+browser-deps: install   # Debian's chromium (apt, as root or with sudo) and Playwright for Python
+	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	$(BIN)/pip install -r requirements-browser.txt
+
+browser-check: browser-deps
+	$(BIN)/python tests/browser/check_notebook.py
 
 clean-results:
 	rm -rf results/runs results/plots results/notebooks results/performance_report.txt

@@ -18,9 +18,11 @@ def cmd_check(args) -> int:
 
         return gpu_check(["--steps", str(args.steps)])
     from labkit.hardware import check_lines
+    from labkit.lockfile import summary
 
-    width = max(len(name) for name, _ in check_lines())
-    for name, value in check_lines():
+    lines = [*check_lines(), ("lock", summary())]  # installed versions against requirements.lock
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
         print(f"{name:<{width}}  {value}")
     return 0
 
