@@ -106,8 +106,9 @@ def time_breakdown(results: list[dict]):
     """Per method, the median step (less data wait) as a stacked bar:
     compute-only (the calibration step, no synchronization) | exposed communication that
     is not blocking (overlapped communication that still lengthened the step) | blocking
-    sync. The whisker at the end is ± the noise floor of exposed communication. A run
-    without a calibration shows its blocking sync only, and says so."""
+    sync. The whisker at the end is ± the noise floor of exposed communication. A step
+    shorter than the compute-only step (exposed below 0, noise) is drawn at its own length
+    and labelled so. A run without a calibration shows its blocking sync only, and says so."""
     rows = []
     for r in results:
         s = r.get("summary") or {}
@@ -119,16 +120,20 @@ def time_breakdown(results: list[dict]):
     table = frame.groupby(["method", "world_size"], as_index=False).mean()
     table["label"] = [_label(r) for r in table.itertuples()]
     table = table.sort_values("label", ascending=False, ignore_index=True)
-    fig, ax = plt.subplots(figsize=(8.5, 1.1 + 0.45 * len(table)))
+    fig, ax = plt.subplots(figsize=(8.5, 1.8 + 0.45 * len(table)))
     ms = 1e3
-    compute = (table["compute_only"] * ms).fillna(0)
+    # A step shorter than the compute-only step (exposed < 0: noise) is drawn at its own length.
+    compute = (table["compute_only"] * ms + (table["exposed"] * ms).clip(upper=0).fillna(0)).fillna(0)
     blocking = (table["blocking"] * ms).fillna(0)
     hidden = ((table["exposed"] - table["blocking"].fillna(0)) * ms).clip(lower=0).fillna(0)
     y = np.arange(len(table))
     colors = [color_of(m) for m in table["method"]]
-    ax.barh(y, compute, color=colors, alpha=0.35, label="compute-only (calibration)")
-    ax.barh(y, hidden, left=compute, color=colors, alpha=0.7, hatch="//", label="exposed, not blocking")
-    ax.barh(y, blocking, left=compute + hidden, color=colors, label="blocking sync")
+    ax.barh(y, compute, color=colors, alpha=0.35)
+    ax.barh(y, hidden, left=compute, color=colors, alpha=0.7, hatch="//")
+    ax.barh(y, blocking, left=compute + hidden, color=colors)
+    for alpha, hatch, label in ((0.35, None, "compute-only (calibration)"), (0.7, "//", "exposed, not blocking"),
+                                (1.0, None, "blocking sync")):  # legend in grey: the colour is the method's
+        ax.barh([0], [0], color="0.45", alpha=alpha, hatch=hatch, label=label)
     ends = compute + hidden + blocking
     floor = (table["floor"] * ms)
     has_floor = floor.notna() & table["compute_only"].notna()
@@ -139,6 +144,8 @@ def time_breakdown(results: list[dict]):
     for row, c, h, b in zip(table.itertuples(), compute, hidden, blocking):
         if pd.isna(row.compute_only):
             texts.append(f"sync {b:.1f} ms (no calibration: exposed unknown)")
+        elif row.exposed < 0:
+            texts.append(f"{c:.0f} | exposed {row.exposed * ms:.1f} (below 0: noise) | {b:.1f} ms")
         else:
             texts.append(f"{c:.0f} | {h:.1f} | {b:.1f} ms")
     _label_points(ax, ends + floor.fillna(0), y, texts)
@@ -146,7 +153,7 @@ def time_breakdown(results: list[dict]):
     ax.set_xlim(0, 1.45 * float(ends.max() or 1))
     ax.set(title="Where a step's time goes: compute-only | exposed communication | blocking sync",
            xlabel="ms per step (median, data wait excluded)", ylabel="method")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
     fig.tight_layout()
     return fig
 
