@@ -62,7 +62,8 @@ class CheckReport:
                              for o in self.outcomes for rank, counts in o.counts.items()])
 
     def __str__(self) -> str:
-        head = f"{self.spec}: " + ("all checks passed" if self.ok else "FAILED")
+        name = Path(self.spec.rsplit(":", 1)[0]).name + ":" + self.spec.rsplit(":", 1)[1] if ":" in self.spec else self.spec
+        head = f"{name}: " + ("all checks passed" if self.ok else "FAILED")
         return "\n".join([head] + [("✓ " if o.ok else "✗ ") + o.message for o in self.outcomes])
 
     __repr__ = __str__
@@ -105,7 +106,7 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
     with tempfile.TemporaryDirectory(prefix="labkit-check-") as tmp:
         out = Path(tmp)
         job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
-                   lr=0.1, out=str(out))
+                   lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
                    "--monitor-interval=0.1", "-m", "labkit.assignments.check_worker", str(out / "job.json")]
@@ -264,7 +265,7 @@ def describe_error(errors, file) -> str:
     rank = min(errors, key=lambda r: (not own(errors[r]), r))  # the rank whose error is in the student's code
     e = errors[rank]
     lines = [f"exception on rank {rank} in {e['where']}: {e['type']}: {e['message'].strip().splitlines()[0] if e['message'].strip() else ''}"]
-    frames = own(e) or e["frames"][-1:]
+    frames = own(e) or ([] if e["where"] == "loading your file" else e["frames"][-1:])
     lines += [f"    {short(f['file'], file)} line {f['line']} in {f['function']}: {f['code']}" for f in frames]
     return "\n".join(lines)
 

@@ -10,7 +10,8 @@ check-RANK.jsonl, flushed at once: the checker reads it even after a deadlock.
 
 A deadlock is the checker's to detect (no line from any rank for a while): it then
 sends SIGUSR1, and faulthandler writes where this rank's Python is waiting to
-stack-RANK.txt. A last-resort timer ends the rank if the checker itself is gone.
+stack-RANK.txt. If the checker itself is gone, a thread watching its pid ends the
+rank, and a last-resort faulthandler timer does so even if that thread cannot run.
 """
 
 import copy
@@ -20,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
@@ -70,6 +72,7 @@ def main(job_path):
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)
     faulthandler.dump_traceback_later(job["timeout_s"] * 6 + 60, exit=True, file=stack)  # the checker is gone
     say(event="start", pid=os.getpid())
+    watch_parent(job["checker_pid"])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=job["timeout_s"] * 6 + 60))
     reference_group = dist.new_group(backend="gloo")
@@ -131,6 +134,20 @@ def main(job_path):
     say(event="done")
     faulthandler.cancel_dump_traceback_later()
     dist.destroy_process_group()
+
+
+def watch_parent(pid: int) -> None:
+    """End this rank when the checker is gone (its kernel killed, say): nothing is left behind."""
+    import threading
+
+    import psutil
+
+    def loop():
+        while psutil.pid_exists(pid):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def compare(ref, mine, initial, step):

@@ -1,0 +1,184 @@
+"""The course assignments, graded the way an instructor grades them: nbgrader's own
+commands on a copy of the course folder, the instant check underneath (real torchrun).
+
+One module-scoped course does the expensive part once: generate the release from the
+sources, submit the solutions, the untouched release and three planted bugs, and
+autograde everything; the tests then read nbgrader's gradebook and the graded notebooks.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from conftest import REPO
+
+COURSE = REPO / "assignments"
+EXERCISES = sorted(p.name for p in (COURSE / "source").iterdir() if (p / f"{p.name}.ipynb").exists())
+# student → (exercise, text of the solution to replace, the bug, what the check must say:
+# the first message is the bug's signature, which no other bug's report may contain)
+BUGS = {
+    "bug_average": ("ex1_allreduce", "            grad /= self.world\n", "",
+                    ["summed, not averaged", "parameters differ from DDP after step 1"]),
+    "bug_ring": ("ex4_ring", "chunks[(rank - step + 1) % world], chunks[(rank - step) % world]",
+                 "chunks[(rank - step) % world], chunks[(rank - step - 1) % world]",
+                 ["parameters differ from DDP after step 1", "in layer"]),
+    "bug_ps": ("ex5_ps", "for dst in range(1, self.world)]", "for dst in range(1, self.world - 1)]",
+               ["deadlock: no rank made progress for 10 s", "is stuck in step 1, sync_parameters",
+                "dist.recv(flat, src=SERVER)"]),
+}
+
+
+def nbgrader(root: Path, env: dict, *args, timeout=1500) -> str:
+    proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"nbgrader {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def submit(root: Path, student: str, exercise: str, nb) -> None:
+    folder = root / "submitted" / student / exercise
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{exercise}.ipynb")
+
+
+def solution_cell(nb):
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+
+
+def leftovers(root: Path) -> list[str]:
+    """Processes whose command line names this course's temporary folder (the check's ranks)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if str(root) in cmdline:
+            found.append(f"{p.pid}: {cmdline[:120]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    shutil.copytree(COURSE / "source", root / "source")
+    shutil.copy(COURSE / "nbgrader_config.py", root)
+    (root / "tmp").mkdir()
+    # nbgrader calls `alembic` from its own bin folder; TMPDIR puts the check's ranks where leftovers() looks
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TMPDIR": str(root / "tmp")}
+    started = time.perf_counter()
+    nbgrader(root, env, "generate_assignment", "*", "--force")
+    for exercise in EXERCISES:
+        submit(root, "solution", exercise, nbformat.read(root / "source" / exercise / f"{exercise}.ipynb", 4))
+        submit(root, "untouched", exercise, nbformat.read(root / "release" / exercise / f"{exercise}.ipynb", 4))
+    for student, (exercise, old, new, _) in BUGS.items():
+        nb = nbformat.read(root / "source" / exercise / f"{exercise}.ipynb", 4)
+        cell = solution_cell(nb)
+        assert old in cell.source, f"the planted bug for {student} no longer matches the solution of {exercise}"
+        cell.source = cell.source.replace(old, new)
+        submit(root, student, exercise, nb)
+    nbgrader(root, env, "autograde", "*", "--create")
+    print(f"generate + autograde of {len(EXERCISES)} exercises × {2 + len(BUGS)} students: "
+          f"{time.perf_counter() - started:.0f} s")
+    return root
+
+
+def scores(root: Path, student: str) -> dict:
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
+        return {s.assignment.name: (s.score, s.max_score) for s in gradebook.student_submissions(student)}
+
+
+def graded_errors(root: Path, student: str, exercise: str) -> str:
+    nb = json.loads((root / "autograded" / student / exercise / f"{exercise}.ipynb").read_text())
+    return "\n".join("\n".join(o.get("traceback", [])) + o.get("evalue", "")
+                     for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+                     if o["output_type"] == "error")
+
+
+def test_there_are_six_exercises_with_points():
+    assert EXERCISES == ["ex1_allreduce", "ex2_bucketed", "ex3_overlap", "ex4_ring", "ex5_ps", "ex6_ps_sharded"]
+    for exercise in EXERCISES:
+        nb = nbformat.read(COURSE / "source" / exercise / f"{exercise}.ipynb", 4)
+        cells = [c.metadata.get("nbgrader", {}) for c in nb.cells]
+        assert sum(c.get("points", 0) for c in cells if c.get("grade")) == 10, exercise
+        assert any("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells), exercise
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{exercise}: commit it stripped"
+
+
+def test_release_never_contains_a_solution(course):
+    for exercise in EXERCISES:
+        source = nbformat.read(course / "source" / exercise / f"{exercise}.ipynb", 4)
+        release = (course / "release" / exercise / f"{exercise}.ipynb").read_text()
+        assert "BEGIN SOLUTION" not in release and "HIDDEN TESTS" not in release, exercise
+        assert "raise NotImplementedError()" in release, exercise
+        parts = solution_cell(source).source.split("### BEGIN SOLUTION")
+        regions = [part.split("### END SOLUTION") for part in parts[1:]]
+        given = parts[0] + "".join(rest for _, rest in regions)  # the starter code around the regions
+        written = {line.strip() for region, _ in regions for line in region.splitlines()} - {""}
+        written = {line for line in written if line not in given}
+        hidden = next(c.source for c in source.cells if "BEGIN HIDDEN TESTS" in c.source).splitlines()[2]
+        for line in [line for line in written if len(line) > 12] + [hidden]:
+            assert json.dumps(line)[1:-1] not in release, f"{exercise}: the release contains `{line}`"
+
+
+def test_solutions_get_full_marks(course):
+    got = scores(course, "solution")
+    assert got == {e: (10.0, 10.0) for e in EXERCISES}, got
+
+
+def test_untouched_release_scores_zero(course):
+    got = scores(course, "untouched")
+    assert got == {e: (0.0, 10.0) for e in EXERCISES}, got
+    # the check shows the student's own line of the unwritten method
+    assert "NotImplementedError" in graded_errors(course, "untouched", "ex4_ring")
+    assert "my_ring.py line" in graded_errors(course, "untouched", "ex4_ring")
+
+
+@pytest.mark.parametrize("student", sorted(BUGS))
+def test_planted_bug_fails_with_its_own_message(course, student):
+    exercise, _, _, messages = BUGS[student]
+    assert scores(course, student) == {exercise: (0.0, 10.0)}
+    errors = graded_errors(course, student, exercise)
+    for message in messages:
+        assert message in errors, f"{student}: `{message}` not in the check's report:\n{errors[-3000:]}"
+    for other, (_, _, _, (signature, *_)) in BUGS.items():
+        if other != student and not any(signature in m for m in messages):
+            assert signature not in errors, f"{student}: the report says `{signature}`, which is {other}'s"
+
+
+def test_nothing_left_running_after_grading(course):
+    assert leftovers(course) == []
+
+
+def test_a_killed_checker_leaves_no_rank_behind(tmp_path):
+    """SIGKILL the process running a check mid-run: its ranks notice and end."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", "import labkit; labkit.check('allreduce', worlds=(2,), steps=100000)"],
+                            env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while not any("check_worker" in line for line in leftovers(tmp_path)):
+        assert time.time() < deadline and proc.poll() is None, "the check's ranks never started"
+        time.sleep(0.2)
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while leftovers(tmp_path) and time.time() < deadline:
+        time.sleep(0.5)
+    assert leftovers(tmp_path) == []
+
+
+def test_check_strategy_cli_passes_the_package_ring(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "labkit.cli", "check-strategy", "ring", "--method", "ring",
+                           "--nproc", "3", "--model", "odd"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "✓ 3 ranks: parameters match DDP after 3 steps" in proc.stdout and "as the analytic ring" in proc.stdout
