@@ -53,18 +53,21 @@ def gpu_queued(command: list[str], out_dir: Path) -> list[str]:
             str(out_dir / "started"), "--", *command]
 
 
-def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5) -> dict:
+def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5, ops: tuple | None = None,
+                    min_kb: float = 1) -> dict:
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
+    from .collectives import OPS
     from .costmodel import fit
 
     check_ranks(nproc)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "collectives.json"
     subprocess.run(gpu_queued([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                               "-m", "labkit.measure.collectives", str(path), str(max_mb), "1", "2", str(repeats)],
+                               "-m", "labkit.measure.collectives", str(path), str(max_mb), str(min_kb), "2",
+                               str(repeats), ",".join(ops or OPS)],
                               out_dir), cwd=LAB_ROOT, check=True)
     bench = json.loads(path.read_text())
     bench["fits"] = fit(bench)
@@ -72,7 +75,7 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     frame = pd.DataFrame(bench["rows"])
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=frame, x="size_bytes", y="busbw_gb_s", hue="op", marker="o", ax=ax)
-    ax.set(xscale="log", title=f"Bus bandwidth, {bench['world_size']} ranks, {bench['backend']}",
+    ax.set(xscale="log", yscale="log", title=f"Bus bandwidth, {bench['world_size']} ranks, {bench['backend']}",
            xlabel="message size (bytes)", ylabel="busbw (GB/s)")
     fig.tight_layout()
     fig.savefig(out_dir / "collectives.png", dpi=120)
@@ -109,14 +112,16 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None =
 def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: dict | None = None) -> float:
     from labkit import run
     from labkit.profiles import make_config
+    from labkit.strategies import BASELINE
 
     if gpu:  # the synthetic profile: one epoch of `steps` batches, as the plain script
-        cfg = make_config("synthetic", strategy="ddp", nproc=nproc, epochs=1, synthetic_steps=steps,
+        cfg = make_config("synthetic", strategy=BASELINE, nproc=nproc, epochs=1, synthetic_steps=steps,
                           max_steps=steps, warmup_steps=warmup, out_dir=str(out), **gpu)
         return run(cfg, progress=False)["summary"]["throughput_img_s"]
     # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
-    cfg = make_config("cpu", strategy="ddp", nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
-                      out_dir=str(out))
+    # batch_size=16 per rank, as the plain script (the profile's recipe would divide its global batch)
+    cfg = make_config("cpu", strategy=BASELINE, nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
+                      batch_size=16, out_dir=str(out))
     return run(cfg, progress=False)["summary"]["throughput_img_s"]
 
 

@@ -4,7 +4,10 @@
 For each operation and message size: warm-up calls, then timed repeats (the device is
 synchronized and the ranks meet at a barrier around the timed block). S is the
 buffer size as nccl-tests defines it (all_gather: the gathered output; reduce_scatter:
-the input), t the mean time per call:
+the input), t the time per call: the median over `BLOCKS` timed blocks of back-to-back
+calls (each block's mean, the slowest rank's), so one burst of load from another process
+on a shared machine does not set the figure. Small messages get more calls per block:
+their time is mostly latency, which a few calls measure poorly.
 
     algbw = S / t            busbw = algbw × factor(op, n)
 
@@ -52,7 +55,12 @@ def make_call(op: str, numel: int, rank: int, n: int, device):
     }[op], numel * 4
 
 
-def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2, repeats: int = 5) -> None:
+OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "send_recv")
+BLOCKS = 3
+
+
+def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2, repeats: int = 5,
+         ops: str = ",".join(OPS)) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
@@ -67,27 +75,31 @@ def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2,
     if sizes[-1] < int(max_mb * 1024 * 1024):
         sizes.append(int(max_mb * 1024 * 1024))  # always end at the largest size asked for
     rows = []
-    for op in ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "send_recv"):
+    for op in ops.split(","):
         for size in sizes:
             call, nbytes = make_call(op, max(n, size // 4), rank, n, device)
             for _ in range(warmup):
                 call()
-            sync()
-            dist.barrier()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                call()
-            sync()
-            seconds = (time.perf_counter() - start) / repeats
-            seconds = max_over_ranks(seconds, device)  # the slowest rank sets the pace
+            calls = repeats if size >= 1 << 20 else 4 * repeats
+            blocks = []
+            for _ in range(BLOCKS):
+                sync()
+                dist.barrier()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                sync()
+                blocks.append(max_over_ranks((time.perf_counter() - start) / calls, device))  # the slowest rank
+            seconds = sorted(blocks)[len(blocks) // 2]
             algbw, busbw = bandwidths(op, nbytes, seconds, n)
-            rows.append({"op": op, "size_bytes": nbytes, "time_s": seconds, "algbw_gb_s": algbw, "busbw_gb_s": busbw})
+            rows.append({"op": op, "size_bytes": nbytes, "time_s": seconds, "algbw_gb_s": algbw, "busbw_gb_s": busbw,
+                         "block_times_s": blocks})
         if rank == 0:
             print(f"{op}: done ({len(sizes)} sizes)", flush=True)
     if rank == 0:
         with open(out_path, "w") as handle:
-            json.dump({"world_size": n, "backend": dist.get_backend(), "device": device.type,
-                       "warmup": warmup, "repeats": repeats, "rows": rows}, handle, indent=1)
+            json.dump({"world_size": n, "backend": dist.get_backend(), "device": device.type, "warmup": warmup,
+                       "repeats": repeats, "blocks": BLOCKS, "rows": rows}, handle, indent=1)
     dist.destroy_process_group()
 
 
@@ -99,5 +111,6 @@ def max_over_ranks(value: float, device) -> float:
 
 if __name__ == "__main__":
     out, *numbers = sys.argv[1:]
-    keys = ("max_mb", "min_kb", "warmup", "repeats")
-    main(out, **{k: float(v) if k.endswith(("mb", "kb")) else int(v) for k, v in zip(keys, numbers)})
+    keys = ("max_mb", "min_kb", "warmup", "repeats", "ops")
+    main(out, **{k: v if k == "ops" else float(v) if k.endswith(("mb", "kb")) else int(v)
+                 for k, v in zip(keys, numbers)})

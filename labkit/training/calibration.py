@@ -2,7 +2,14 @@
 
 Measured before training on a copy of the model (forward, backward, optimizer) with a
 random batch of the run's shape, so neither the real model, the data order nor the
-global RNG is touched. The exposed-communication figure compares against it."""
+global RNG is touched. The exposed-communication figure compares against it.
+
+One measurement says nothing about its own noise, and on a shared machine (4 ranks on
+2 cores, other jobs beside them) the same work took 0.39 s in one job and 0.68 s in
+another. So the calibration is repeated: `CALIBRATION_ROUNDS` rounds of
+`calibration_steps` steps each, every round preceded by its own warm-up step. The
+median over all steps is t_compute_only; the spread of the rounds' medians (max − min)
+is the noise floor of every figure derived from it (`exposed_comm_noise_s`)."""
 
 import copy
 
@@ -12,9 +19,12 @@ import torch.nn.functional as F
 from labkit.training.evaluate import autocast
 from labkit.training.timing import StepTimer
 
+CALIBRATION_ROUNDS = 3
 
-def calibrate(model, cfg, device) -> float | None:
-    """The median compute-only step time in seconds (None when calibration_steps is 0)."""
+
+def calibrate(model, cfg, device, rounds: int = CALIBRATION_ROUNDS) -> dict | None:
+    """{"median_s", "round_medians_s", "spread_s", "steps_s"} of the compute-only step
+    (None when calibration_steps is 0). timing.summarize reads it."""
     if cfg.calibration_steps < 1:
         return None
     twin = copy.deepcopy(model)
@@ -25,15 +35,21 @@ def calibrate(model, cfg, device) -> float | None:
     labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator).to(device)
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    timer, times = StepTimer(device), []
-    for _ in range(cfg.calibration_steps + 1):  # the first is warm-up
-        timer.start()
-        with autocast(cfg, device):
-            loss = F.cross_entropy(twin(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        timer.mark("compute_s")
-        times.append(timer.stop()["step_s"])
+    timer, rounds_s = StepTimer(device), []
+    for _ in range(rounds):
+        times = []
+        for _ in range(cfg.calibration_steps + 1):  # the first of each round is warm-up
+            timer.start()
+            with autocast(cfg, device):
+                loss = F.cross_entropy(twin(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            timer.mark("compute_s")
+            times.append(timer.stop()["step_s"])
+        rounds_s.append(times[1:])
     del twin, optimizer
-    return sorted(times[1:])[len(times[1:]) // 2]
+    every = sorted(t for times in rounds_s for t in times)
+    medians = [sorted(times)[len(times) // 2] for times in rounds_s]
+    return {"median_s": every[len(every) // 2], "round_medians_s": medians,
+            "spread_s": max(medians) - min(medians), "steps_s": [t for times in rounds_s for t in times]}

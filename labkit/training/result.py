@@ -30,7 +30,9 @@ def gather_step_medians(steps, warmup) -> list[float]:
 
 def build_result(cfg, method, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
                  timeline) -> dict:
-    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s)
+    from labkit.strategies import load_strategy  # the method says whether it communicates inside backward
+    overlaps = getattr(load_strategy(cfg.strategy), "overlaps_backward", None)
+    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s, overlaps_backward=overlaps)
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
     val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,

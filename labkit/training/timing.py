@@ -95,26 +95,37 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def summarize(steps: list[dict], warmup: int, global_batch: int, compute_only_s: float | None = None) -> dict:
-    """Summary figures over the measured (post-warm-up) steps of rank 0.
+def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: dict | float | None = None,
+              overlaps_backward: bool | None = None) -> dict:
+    """Summary figures over the measured (post-warm-up) steps of rank 0, each defined so
+    that it cannot come out physically impossible (docs/EXPERIMENT_GUIDE.md, "What every
+    figure means"):
 
-    exposed_comm_pct = 1 − t_compute_only / t_step, with t_step the median step time less
-    its data wait and t_compute_only the median step of the calibration phase (same model,
-    batch and device, no synchronization): the share of the step that communication added,
-    whether or not the method overlaps it with backward."""
+    - t_step = median(step − data wait). t_compute_only = the compute-only step, the smaller
+      of the calibration's median (calibration.py: same work, no synchronization) and the
+      median of the step's own compute + optimizer phases: those phases hold no blocking
+      sync, so a calibration slower than them (the machine was busier then) cannot be right.
+    - exposed_comm_s = t_step − t_compute_only: what communication added to the step,
+      overlapped or not. With the bound above it is never below the blocking sync (up to
+      the median of sums vs sum of medians) and never negative beyond the noise floor.
+    - exposed_comm_noise_s: the spread (max − min) of the calibration rounds' medians plus
+      the drift of t_step between the first and second half of the run; a difference from
+      zero (or from the blocking sync) smaller than it is noise.
+    - achieved_busbw_gb_s = bytes sent per step ÷ median blocking sync time: only for a
+      method whose communication all happens inside that sync. A method that communicates
+      inside backward (`overlaps_backward`: DDP, PowerSGD, overlap) has no time of its own
+      to divide by: null, with `achieved_busbw_reason`.
+    `calibration` is calibrate()'s dict (or a bare compute-only time in seconds)."""
     measured = steps[warmup:] if len(steps) > warmup else steps
     if not measured:
         return {}
     step_s = [s["step_s"] for s in measured]
     total = sum(step_s)
-    step_no_data = statistics.median(s["step_s"] - s["data_s"] for s in measured)
+    no_data = [s["step_s"] - s["data_s"] for s in measured]
+    step_no_data = statistics.median(no_data)
     sync = statistics.median(s["sync_s"] for s in measured)
     sent = statistics.median(s["bytes_sent"] for s in measured)
-    return {
-        "compute_only_step_s": compute_only_s,
-        "exposed_comm_s": step_no_data - compute_only_s if compute_only_s else None,
-        "exposed_comm_pct": 100 * (1 - compute_only_s / step_no_data) if compute_only_s else None,
-        "achieved_busbw_gb_s": sent / sync / 1e9 if sync > 1e-6 and sent else None,
+    summary = {
         "measured_steps": len(measured),
         "warmup_steps": len(steps) - len(measured),
         "throughput_img_s": global_batch * len(measured) / total,
@@ -122,8 +133,58 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, compute_only_s:
         "step_time_p90_s": percentile(step_s, 90),
         "data_time_median_s": statistics.median(s["data_s"] for s in measured),
         "compute_time_median_s": statistics.median(s["compute_s"] for s in measured),
-        "sync_time_median_s": statistics.median(s["sync_s"] for s in measured),
+        "sync_time_median_s": sync,
         "sync_share_pct": 100 * sum(s["sync_s"] for s in measured) / total,
-        "bytes_sent_per_step": statistics.median(s["bytes_sent"] for s in measured),
+        "bytes_sent_per_step": sent,
         "collectives_per_step": statistics.median(s["collectives"] for s in measured),
     }
+    summary.update(exposed_figures(measured, step_no_data, calibration))
+    summary.update(busbw_figures(sent, sync, overlaps_backward))
+    return summary
+
+
+def exposed_figures(measured: list[dict], step_no_data: float, calibration) -> dict:
+    """compute_only_step_s, exposed_comm_s/_pct and their noise floor (see summarize)."""
+    if isinstance(calibration, (int, float)):
+        calibration = {"median_s": float(calibration), "round_medians_s": [float(calibration)], "spread_s": None}
+    if not calibration or not calibration.get("median_s"):
+        return {"compute_only_step_s": None, "exposed_comm_s": None, "exposed_comm_pct": None,
+                "exposed_comm_noise_s": None, "exposed_comm_noise_pct": None,
+                "exposed_comm_reason": "no compute-only calibration in this run (calibration_steps=0, or a rank "
+                                       "without data): the exposed communication is not known"}
+    calibrated = calibration["median_s"]
+    step_compute = statistics.median(s["compute_s"] + s["optimizer_s"] for s in measured)
+    compute_only = min(calibrated, step_compute)
+    half = len(measured) // 2
+    drift = abs(statistics.median(s["step_s"] - s["data_s"] for s in measured[:half]) -
+                statistics.median(s["step_s"] - s["data_s"] for s in measured[half:])) if half else 0.0
+    spread = calibration.get("spread_s")
+    floor = (spread or 0.0) + drift if spread is not None else None
+    exposed = step_no_data - compute_only
+    return {
+        "compute_only_step_s": compute_only,
+        "compute_only_source": "calibration" if calibrated <= step_compute else
+        "the step's own compute + optimizer phases (the calibration was slower: the machine was busier then)",
+        "compute_only_calibrated_s": calibrated,
+        "compute_only_rounds_s": calibration.get("round_medians_s"),
+        "compute_only_spread_s": spread,
+        "exposed_comm_s": exposed,
+        "exposed_comm_pct": 100 * exposed / step_no_data,
+        "exposed_comm_noise_s": floor,
+        "exposed_comm_noise_pct": 100 * floor / step_no_data if floor is not None else None,
+    }
+
+
+def busbw_figures(sent: float, sync: float, overlaps_backward: bool | None) -> dict:
+    """achieved_busbw_gb_s where the communication time is measured, else null with the reason."""
+    reason = None
+    if not sent:
+        reason = "nothing sent"
+    elif overlaps_backward is None:
+        reason = "the method does not say whether it communicates inside backward (Strategy.overlaps_backward)"
+    elif overlaps_backward:
+        reason = ("its communication runs inside backward (hooked into autograd), so no blocking sync time "
+                  "holds it; see exposed_comm_s")
+    elif sync <= 1e-6:
+        reason = "no measurable blocking sync time"
+    return {"achieved_busbw_gb_s": None if reason else sent / sync / 1e9, "achieved_busbw_reason": reason}

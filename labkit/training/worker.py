@@ -98,6 +98,8 @@ def main(config_path: str):
                 inject_fault(cfg.fault, rank, step)
             heartbeat.beat(step)
             timer.record_intervals = cfg.warmup_steps < step <= cfg.warmup_steps + cfg.timeline_steps
+            for group in optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
+                group["lr"] = cfg.lr_at(step)   # number alone, so every rank agrees and a resume continues it
             strategy.reset_counters()
             loss = train_step(model, batch, strategy, optimizer, scaler, timer, cfg, device)
             times = timer.stop()
