@@ -3,6 +3,10 @@ only, and a Jupyter kernel restarted or shut down mid-run takes the whole job wi
 (real torchrun, a real ipykernel)."""
 
 import ipaddress
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import psutil
@@ -121,3 +125,39 @@ def test_papermills_execution_timeout_leaves_no_process(tmp_path):
     # Cut mid-run: torchrun had started its ranks (each has a log folder by then).
     assert (run_dir / "started").exists() and list((run_dir / "logs").glob("*/attempt_0/1")), "the run had not started"
     assert_nothing_left(run_dir)
+
+
+def test_on_a_chosen_interface_every_store_binds_to_its_address_only(tmp_path):
+    """What a job on several nodes does (docs/EXPERIMENT_GUIDE.md), on one: torchrun with the
+    rendezvous on this machine's own address; nothing may listen on every interface."""
+    chosen = [(name, a.address) for name, addrs in psutil.net_if_addrs().items() for a in addrs
+              if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback]
+    if not chosen:
+        pytest.skip("this machine has no network interface besides loopback")
+    interface, address = chosen[0]
+    probe = tmp_path / "probe.py"  # a rank that joins the process group, says so, and waits to be told to go
+    probe.write_text("import os, pathlib, time, torch.distributed as dist\n"
+                     "dist.init_process_group('gloo'); dist.barrier()\n"
+                     f"pathlib.Path({str(tmp_path)!r}, 'ready-' + os.environ['RANK']).touch()\n"
+                     f"while not pathlib.Path({str(tmp_path)!r}, 'stop').exists(): time.sleep(0.2)\n"
+                     "dist.barrier(); dist.destroy_process_group()\n")
+    command = [sys.executable, "-m", "labkit.jobs.torchrun", "--nnodes=1", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint={address}:0", "--rdzv-conf=is_host=1", f"--local-addr={address}", "--rdzv-id=probe",
+               "--nproc-per-node=2",
+               str(probe)]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": interface}
+    agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("ready-*"))) < 2 and agent.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(list(tmp_path.glob("ready-*"))) == 2, "the ranks never joined"
+        family = psutil.Process(agent.pid).children(recursive=True) + [psutil.Process(agent.pid)]
+        sockets = listening_sockets({p.pid for p in family})
+        (tmp_path / "stop").touch()
+        assert agent.wait(timeout=60) == 0, agent.stderr.read()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert len({c.pid for c in sockets}) == 3  # the agent's stores and each rank's gloo
+    assert {c.laddr.ip for c in sockets} == {address}, [(c.pid, c.laddr) for c in sockets]
