@@ -198,29 +198,39 @@ def test_synthetic_batches_differ_by_rank_and_step_and_repeat_exactly():
     assert len(resumed) == 1 and torch.equal(resumed[0][0], rank1.batch(5)[0])
 
 
+def by_hand(cfg, batch_of) -> dict:
+    """The parameters after a by-hand 2-rank data-parallel update, rank r's batch at step t
+    being batch_of(r, t): the worker's seed, model, optimizer and schedule; DDP's average."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.num_classes).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    for step in range(cfg.synthetic_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step + 1)
+        optimizer.zero_grad()
+        for rank in range(2):
+            images, labels = batch_of(rank, step)
+            (F.cross_entropy(model(images.double()), labels) / 2).backward()
+        optimizer.step()
+    return {"model": model.state_dict()}
+
+
 def test_synthetic_run_trains_each_rank_on_its_own_batch(tmp_path):
     """A real 2-rank DDP run on the synthetic profile (on the CPU) ends where a by-hand
-    data-parallel update on each rank's own batch ends: were the batches the same on
-    both ranks, or the same at every step, the parameters would differ."""
+    update on each rank's own batch ends — and far from where it would with one batch for
+    both ranks (the old loader), or one batch for every step."""
     out = tmp_path / "synthetic"
     labkit_cli_in_process("run", "--strategy", "ddp", "--profile", "synthetic", "--nproc", 2, "--out", out,
                           *[f"--set={s}" for s in ("device=cpu", "backend=gloo", "model=simple_cnn", "image_size=16",
                                                    "num_classes=10", "batch_size=4", "dtype=float64", "synthetic_steps=2",
                                                    "calibration_steps=0")])
     cfg = RunConfig.load(out / "config.json")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.num_classes).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
     loaders = [SyntheticLoader(cfg, torch.device("cpu"), r) for r in range(2)]
-    for step in range(2):
-        optimizer.zero_grad()
-        for loader in loaders:  # DDP averages the ranks' gradients
-            images, labels = loader.batch(step)
-            (F.cross_entropy(model(images.double()), labels) / 2).backward()
-        optimizer.step()
     trained = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert max_param_diff(trained, {"model": model.state_dict()}) < TIGHT
+    assert max_param_diff(trained, by_hand(cfg, lambda r, t: loaders[r].batch(t))) < TIGHT
+    assert max_param_diff(trained, by_hand(cfg, lambda r, t: loaders[0].batch(t))) > 1e-6
+    assert max_param_diff(trained, by_hand(cfg, lambda r, t: loaders[r].batch(0))) > 1e-6
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # none are started here
