@@ -176,7 +176,7 @@ def communication_volume(runs: pd.DataFrame):
                 bar.set_x(low), bar.set_width(0)
         _label_bars(ax, bars, [f"{v:,.3g} {unit}" if v else f"0 {unit} (none)" for v in values])
         ax.set_xscale("log")
-        ax.set_xlim(low, (positive.max() if len(positive) else 1) * 30)
+        ax.set_xlim(low, (positive.max() if len(positive) else 1) * 10)
         ax.set(title=title, xlabel=f"{unit} (log scale)")
     axes[0].set_ylabel("method")
     fig.tight_layout()
