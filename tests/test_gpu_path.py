@@ -308,3 +308,37 @@ def test_gpu_check_skips_with_the_reason_and_tabulates(one_gpu, tmp_path, monkey
     assert gpu_check.hold_to_target(good, "NVIDIA H100 80GB HBM3").result == "FAIL"
     text = gpu_check.table(skipped + [good])
     assert text.count("\n") == 5 and "| 2,500 | 25.6 |" in text and "skip: strategy 'ps' needs" in text
+
+
+def test_gpu_check_main_flow_with_stand_in_runs(one_gpu, tmp_path, monkeypatch, capsys):
+    """The whole `make gpu-check` on a pretend H100, each run replaced by a result of the
+    shape result.json has: every method line, the harness and the resume are tabulated,
+    a line below its target fails, the table lands in results/bench/gpu_check.md."""
+    import labkit
+    import labkit.profiles
+    from labkit.measure import bench, gpu_check
+
+    monkeypatch.setattr(hardware, "gpu_names", lambda: ["NVIDIA H100 80GB HBM3"])
+    monkeypatch.setattr(hardware, "nccl_version", lambda: "2.27.7")
+    monkeypatch.setattr(labkit.profiles, "bf16_native", lambda: True)
+    ran = []
+
+    def fake_run(cfg, progress=True):
+        ran.append(cfg)
+        img_s = 3000.0 if cfg.amp == "bf16" else 1000.0
+        steps = [{"loss": 2.0}] * cfg.synthetic_steps
+        return {"status": "ok", "config": cfg.to_dict(), "steps": steps,
+                "summary": {"throughput_img_s": img_s, "step_time_median_s": 64 / img_s, "sync_share_pct": 0.0,
+                            "exposed_comm_pct": None, "bytes_sent_per_step": 0, "collectives_per_step": 0}}
+
+    monkeypatch.setattr(labkit, "run", fake_run)
+    monkeypatch.setattr(bench, "harness", lambda *a, **k: {"ratio_of_medians": 0.9, "labkit_img_s": [2900.0],
+                                                           "plain_img_s": [3200.0]})
+    assert gpu_check.main(["--steps", "4", "--strategies", "single,ps,powersgd"]) == 1  # the harness line fails
+    table = (tmp_path / "bench" / "gpu_check.md").read_text()
+    assert table.startswith("1 × NVIDIA H100 80GB HBM3") and table.count("| pass") == 4  # single ×2, powersgd fp32, resume
+    assert table.count("| skip") == 3 and "| FAIL: ratio 0.900" in table and "| kill-and-resume ddp | 1 |" in table
+    resume = ran[-1]
+    assert (resume.fault, resume.max_restarts, resume.checkpoint_every) == ("0:3:kill", 1, 2)
+    assert all(cfg.synthetic_steps == 4 and cfg.device == "cuda" for cfg in ran) and len(ran) == 4
+    assert "1 failed" in capsys.readouterr().out.splitlines()[-1]

@@ -115,15 +115,15 @@ def harness_line(ranks: int) -> Line:
 
 def table(lines: list[Line]) -> str:
     """The markdown table docs/BENCHMARKS.md takes as it is."""
-    def number(value, fmt):
-        return "—" if value is None else format(value, fmt)
+    def number(value, fmt, unit=""):
+        return "—" if value is None else format(value, fmt) + unit
 
     rows = ["| check | ranks | img/s | step ms | sync share | exposed comm | MB sent/step | collectives/step | result |",
             "|---|---|---|---|---|---|---|---|---|"]
     for line in lines:
         f = line.figures
         rows.append(f"| {line.check} | {line.ranks} | {number(f.get('img_s'), ',.0f')} | {number(f.get('step_ms'), '.1f')} "
-                    f"| {number(f.get('sync_pct'), '.1f')} % | {number(f.get('exposed_pct'), '.1f')} % "
+                    f"| {number(f.get('sync_pct'), '.1f', ' %')} | {number(f.get('exposed_pct'), '.1f', ' %')} "
                     f"| {number(f.get('mb_sent'), '.1f')} | {number(f.get('collectives'), '.0f')} "
                     f"| {line.result}{': ' + line.note if line.note else ''} |")
     return "\n".join(rows)
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     text = f"{header}\n\n{table(lines)}\n"
     print("\n" + text)
     bench = results_root() / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
     (bench / "gpu_check.md").write_text(text)
     (bench / "gpu_check.json").write_text(json.dumps({"header": header, "lines": [asdict(x) for x in lines]}, indent=1))
     failed = sum(line.result == "FAIL" for line in lines)
