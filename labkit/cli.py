@@ -115,7 +115,8 @@ def cmd_compare(args) -> int:
     from labkit.report.plots import all_figures, save_all
 
     chosen = select_runs(load_results(args.runs or None), profile=args.profile)
-    print("\n".join(chosen.lines()))
+    for line in chosen.lines():  # every run left out, with the reason
+        print(line)
     if not chosen.kept:
         raise ConfigError("no finished run to compare; run one first (labkit run --strategy ddp)")
     plots = save_all(all_figures(chosen.kept), results_root() / "plots")
@@ -202,7 +203,8 @@ def cmd_sweep(args) -> int:
 
     sizes = [int(n) for n in args.nproc.split(",")]
     chosen = select_runs(sweep(args.strategy, sizes, args.profile, parse_overrides(args.set)))
-    print("\n".join(chosen.lines()))
+    for line in chosen.lines():  # every run left out, with the reason
+        print(line)
     table = scaling_frame(runs_frame(chosen.kept))  # the one definition of scaling efficiency
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—"))
     return 0
