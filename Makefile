@@ -41,7 +41,7 @@ assignments: install   # nbgrader generate_assignment for every exercise in assi
 browser-deps: install   # Debian's chromium (apt, as root or with sudo) and Playwright for Python
 	command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
-	$(BIN)/pip install -r requirements-browser.txt
+	$(BIN)/pip install -c requirements.lock -r requirements-browser.txt   # shared packages stay at the lock's versions
 
 browser-check: browser-deps
 	$(BIN)/python tests/browser/check_notebook.py
