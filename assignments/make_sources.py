@@ -196,7 +196,7 @@ class MyOverlap(Strategy):
         self.in_flight = []
         ### END SOLUTION
 ''',
-        hidden=dict(worlds=(4,), model="odd", options={"bucket_mb": 0.0002}),
+        hidden=dict(worlds=(4,), model="odd", options={"bucket_mb": 0.0001}),  # 2 buckets
         questions=["Compare the counts with exercise 2's: what changed, what did not?",
                    "What happens in step 2 if you forget to reset the arrival counts? (Try it.)",
                    "Why must every rank build its buckets in the same order?"],
@@ -485,6 +485,8 @@ def notebook(ex: dict) -> nbformat.NotebookNode:
                       "assert hidden.ok, hidden\n"
                       "### END HIDDEN TESTS", metadata=grader("tests", f"{n}_hidden", hidden)),
     ]
+    for i, cell in enumerate(cells):
+        cell.id = f"{n}-{i:02d}"  # stable ids: regenerating changes only what was edited
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
                                                             "name": "python3"}, "language_info": {"name": "python"}})
     return nb
