@@ -82,6 +82,19 @@ def test_plain_lines_say_step_loss_speed_and_eta(capsys, monkeypatch):
     assert lines[3] == "ddp-cpu: ok after 30s — step 10/10, loss 2.100, 160 img/s"
 
 
+def test_the_bar_learns_its_total_from_the_first_line_and_counts_a_resumed_run_from_there(capsys):
+    display = ProgressDisplay("ddp-cpu", mode="bar")
+    display.update({})
+    assert display.bar.total is None  # still starting
+    display.update({"epoch": 2, "step": 50, "total_steps": 100, "loss": 2.0, "img_s": 90.0})
+    display.update({"epoch": 2, "step": 52, "total_steps": 100, "loss": 1.9, "img_s": 95.0})
+    assert (display.bar.total, display.bar.initial, display.bar.n) == (100, 50, 52)
+    display.close({"epoch": 2, "step": 52, "total_steps": 100, "loss": 1.9, "img_s": 95.0}, "failed")
+    captured = capsys.readouterr()
+    assert "52/100" in captured.err and "loss 1.900, 95 img/s" in captured.err
+    assert captured.out.startswith("ddp-cpu: failed after") and "step 52/100" in captured.out
+
+
 def test_a_nan_loss_does_not_freeze_the_display(tmp_path, capsys):
     path = tmp_path / "progress.jsonl"
     path.write_text('{"epoch": 0, "step": 1, "total_steps": 4, "loss": 2.3, "img_s": 10.0}\n'

@@ -140,9 +140,9 @@ class ProgressDisplay:
         if progress and self.first_seen is None:
             self.first_seen = (time.time(), progress.get("step", 0))
             if self.bar is not None:  # the total is now known; the rate counts from here
-                self.bar.initial = progress.get("step", 0)  # a resumed run starts mid-way
                 self.bar.reset(total=progress.get("total_steps"))
-                self.bar.n = self.bar.initial
+                # a resumed run starts mid-way: its earlier steps do not count in the rate
+                self.bar.initial = self.bar.n = self.bar.last_print_n = progress.get("step", 0)
         if self.bar is not None:
             if progress:
                 self.bar.update(progress.get("step", 0) - self.bar.n)
