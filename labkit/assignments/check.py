@@ -81,6 +81,12 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
     spec = resolve(spec)
     options = {"bucket_mb": 0.001, **(options or {})}
     outcomes = []
+    problem = syntax_problem(spec)
+    if problem:  # no need to start torchrun to find this
+        outcomes.append(WorldOutcome(worlds[0], False, f"{worlds[0]} ranks: {problem}", 0.0))
+        if verbose:
+            print("✗ " + outcomes[0].message, flush=True)
+        return CheckReport(spec, outcomes)
     for world in worlds:
         outcome = run_world(spec, world, method, model, steps, options, timeout_s, seed)
         outcomes.append(outcome)
@@ -99,6 +105,17 @@ def resolve(spec: str) -> str:
     if not file.is_file():
         raise FileNotFoundError(f"{path} not found (from {Path.cwd()}); did its %%writefile cell run?")
     return f"{file}:{name}"
+
+
+def syntax_problem(spec: str) -> str | None:
+    if ":" not in spec:
+        return None
+    path = Path(spec.rsplit(":", 1)[0])
+    try:
+        compile(path.read_text(), str(path), "exec")
+    except SyntaxError as error:
+        return f"{path.name} line {error.lineno}: SyntaxError: {error.msg}: {(error.text or '').strip()}"
+    return None
 
 
 def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> WorldOutcome:
