@@ -3,7 +3,9 @@ reader of progress.jsonl, and `labkit lab`'s cell status with the kernel's notic
 
 import json
 import math
+import re
 import sys
+import time
 import types
 
 import pytest
@@ -160,3 +162,15 @@ def test_kernel_log_echo_filters_known_notices_only(tmp_path, capsys):
         f.write("ne\n")
     reporter._echo_kernel_log()
     assert capsys.readouterr().out == "    kernel: half a line\n"
+
+
+def test_a_quiet_cell_gets_a_still_running_line(tmp_path, capsys):
+    cell = types.SimpleNamespace(source="# the run\njob.wait()\n")
+    with lab.CellReporter("02_ddp", 12, tmp_path / "none.log", quiet_s=0.2, out=sys.stdout) as reporter:
+        reporter.cell_execute(cell=cell, cell_index=7)
+        time.sleep(1.6)  # the watcher looks once a second
+        reporter.cell_started -= 75  # as if the cell had started 75 s earlier
+        assert re.fullmatch(r"\[02_ddp\] cell 1/12 `job.wait\(\)` running for 1m1\ds", reporter.status())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[02_ddp] cell 1/12 `job.wait()`"  # the first line that is not a comment
+    assert re.fullmatch(r"\[02_ddp\] cell 1/12 `job.wait\(\)` running for \ds", lines[1])
