@@ -83,7 +83,7 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
     outcomes = []
     problem = syntax_problem(spec)
     if problem:  # no need to start torchrun to find this
-        outcomes.append(WorldOutcome(worlds[0], False, f"{worlds[0]} ranks: {problem}", 0.0))
+        outcomes.append(WorldOutcome(worlds[0], False, problem, 0.0))
         if verbose:
             print("✗ " + outcomes[0].message, flush=True)
         return CheckReport(spec, outcomes)
@@ -108,13 +108,23 @@ def resolve(spec: str) -> str:
 
 
 def syntax_problem(spec: str) -> str | None:
+    """What is wrong with the file before any rank starts: a syntax error, or a part still
+    left as the starter's `raise NotImplementedError()`."""
     if ":" not in spec:
         return None
     path = Path(spec.rsplit(":", 1)[0])
+    source = path.read_text()
     try:
-        compile(path.read_text(), str(path), "exec")
+        compile(source, str(path), "exec")
     except SyntaxError as error:
         return f"{path.name} line {error.lineno}: SyntaxError: {error.msg}: {(error.text or '').strip()}"
+    lines = source.splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.strip().startswith("raise NotImplementedError"):
+            function = next((l.split("def ", 1)[1].split("(")[0] for l in reversed(lines[:number])
+                             if l.strip().startswith("def ")), "the file")
+            return (f"{path.name} line {number} in {function}: NotImplementedError — the part to write is still "
+                    f"the starter's `raise NotImplementedError()`; write your code there")
     return None
 
 
