@@ -6,11 +6,18 @@ The fixtures are result.json files written by hand: these tests check what is dr
 import json
 
 import matplotlib
+import matplotlib.pyplot
 import pytest
 
 matplotlib.use("Agg")
 
 from labkit.report import analysis, diagrams, plots  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    matplotlib.pyplot.close("all")
 
 
 def fake_result(name, method, world_size, throughput, *, strategy=None, steps=6, fault=None, status="ok",
