@@ -237,7 +237,7 @@ STRATEGY_HELP = "a method by name (labkit strategies lists them) or a file of yo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from labkit.strategies import REGISTRY
+    from labkit.strategies import BASELINE, REGISTRY
 
     parser = argparse.ArgumentParser(prog="labkit", description="Data-parallel training lab.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="plots and report from result files (default: results/runs)")
     compare.add_argument("runs", nargs="*", help="run folders (default: every run under results/runs)")
     compare.add_argument("--profile", help="compare only runs of this profile (e.g. cpu)")
-    compare.add_argument("--baseline", metavar="METHOD", help="add throughput relative to this method (e.g. ddp)")
+    compare.add_argument("--baseline", metavar="METHOD", default=BASELINE,
+                         help=f"throughput relative to this method (default {BASELINE}, the reference experiment's)")
     compare.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
