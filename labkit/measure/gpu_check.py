@@ -77,12 +77,15 @@ def run_line(check: str, strategy: str, ranks: int, overrides: dict, base: dict,
         folder = out / f"{check.replace(' ', '-').replace('+', '_')}-x{ranks}"
         cfg = make_config("synthetic", strategy=strategy, nproc=ranks, out_dir=str(folder), **base, **overrides)
     except ConfigError as error:  # a combination the method refuses, or too few GPUs
-        line.note = str(error)
+        line.note = first_line(error)
         return line
     try:
         result = run(cfg, progress=False)
-    except RunFailed as error:
-        line.result, line.note = "FAIL", str(error).splitlines()[0]
+    except RunFailed as error:  # the failing rank and its last words
+        line.result, line.note = "FAIL", first_line(error)
+        return line
+    except Exception as error:  # e.g. a run that never ended: the line says so, the table goes on
+        line.result, line.note = "FAIL", f"{type(error).__name__}: {first_line(error)}"
         return line
     line.figures, problem = figures(result), judge(result)
     line.result, line.note = ("FAIL", problem) if problem else ("pass", "")
@@ -103,14 +106,22 @@ def harness_line(ranks: int) -> Line:
     line = Line("harness: labkit ddp / plain DDP (bf16+cl)", ranks)
     try:
         outcome = harness(ranks, steps=40, warmup=10, repeats=2, amp="bf16", channels_last=True)
+    except ConfigError as error:  # e.g. no native bf16 on this GPU
+        line.note = first_line(error)
+        return line
     except Exception as error:  # a failed subprocess or run: the line says so, the table goes on
-        line.result, line.note = "FAIL", f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        line.result, line.note = "FAIL", f"{type(error).__name__}: {first_line(error)}"
         return line
     ratio = outcome["ratio_of_medians"]
     line.figures = {"img_s": statistics.median(outcome["labkit_img_s"])}
     line.result = "pass" if ratio >= HARNESS_TARGET else "FAIL"
     line.note = f"ratio {ratio:.3f} (plain {statistics.median(outcome['plain_img_s']):.0f} img/s; target ≥ {HARNESS_TARGET})"
     return line
+
+
+def first_line(error: Exception) -> str:
+    """An error's first line, fit for a table cell."""
+    return (str(error).strip().splitlines() or [""])[0].replace("|", "/")
 
 
 def table(lines: list[Line]) -> str:
