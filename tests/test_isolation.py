@@ -15,7 +15,9 @@ import pytest
 import labkit
 from conftest import REPO
 
-FAST = dict(model="simple_cnn", workers=0, augment=False, batch_size=16, calibration_steps=0)
+# A run far longer than any test waits (an epoch of the tiny set takes seconds): whatever is
+# gone afterwards was stopped, not finished.
+FAST = dict(model="simple_cnn", workers=0, augment=False, batch_size=16, calibration_steps=0, epochs=100)
 
 
 def processes_of(folder) -> list:
@@ -52,7 +54,7 @@ def listening_sockets(pids: set[int]) -> list:
 
 def test_a_single_node_job_listens_on_loopback_only(tmp_path):
     run_dir = tmp_path / "run"
-    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, epochs=1, out_dir=str(run_dir), **FAST)
+    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, out_dir=str(run_dir), **FAST)
     try:
         wait_for_first_step(run_dir)  # rendezvous done, gloo connected: every socket is open now
         family = psutil.Process(job.proc.pid).children(recursive=True) + [psutil.Process(job.proc.pid)]
@@ -82,7 +84,7 @@ def test_a_kernel_restart_or_shutdown_mid_run_leaves_no_process(tmp_path, how):
     run_dir = tmp_path / "run"
     km, client = start_kernel()
     try:
-        client.execute(f"import labkit; job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=1, "
+        client.execute(f"import labkit; job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, "
                        f"out_dir={str(run_dir)!r}, **{FAST!r})")
         wait_for_first_step(run_dir)
         assert len(processes_of(run_dir)) >= 3  # agent (torchrun) and two ranks
@@ -99,7 +101,7 @@ def test_a_kernel_restart_or_shutdown_mid_run_leaves_no_process(tmp_path, how):
 
 def test_sigkill_of_torchrun_takes_its_ranks_with_it(tmp_path):
     run_dir = tmp_path / "run"
-    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, epochs=1, out_dir=str(run_dir), **FAST)
+    job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, out_dir=str(run_dir), **FAST)
     wait_for_first_step(run_dir)
     ranks = [p for p in psutil.Process(job.proc.pid).children(recursive=True) if "labkit.training.worker" in p.cmdline()]
     assert len(ranks) == 2
@@ -115,7 +117,7 @@ def test_papermills_execution_timeout_leaves_no_process(tmp_path):
 
     run_dir = tmp_path / "run"
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(  # a run far longer than the timeout
-        f"import labkit\njob = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=50, "
+        f"import labkit\njob = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, "
         f"out_dir={str(run_dir)!r}, **{FAST!r})\njob.wait()")])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(notebook, tmp_path / "in.ipynb")
