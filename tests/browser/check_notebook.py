@@ -1,6 +1,6 @@
 """What a student sees: a method notebook run in JupyterLab in a real (headless) Chromium.
 
-    python tests/browser/check_notebook.py [--notebook notebooks/01_single_gpu.ipynb] [-p max_steps=10]
+    python tests/browser/check_notebook.py [--notebook notebooks/01_single_gpu.ipynb] [-p max_steps=6]
 
 Starts JupyterLab on 127.0.0.1 with a random token in a scratch folder (its own
 settings, results under it), opens a copy of the notebook with the parameters injected
@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DEFAULT_PARAMETERS = {"profile": "cpu", "epochs": 1, "max_steps": 6}
+DEFAULT_PARAMETERS = {"profile": "cpu", "epochs": 1, "max_steps": 4}
 # Every cell attached to the page (Lab's default skips rendering cells out of view, and
 # "run all" scrolls to the end while the job's cell is still running); no news pop-up.
 LAB_SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
