@@ -209,8 +209,9 @@ def test_bus_bandwidth_only_where_communication_time_is_measured(profile_runs, b
 
 def test_cost_model_predicts_the_blocking_methods(profile_runs, bench, numbers_dir):
     """Predicted (α–β per op, from the strategy's own op counts) vs measured blocking sync,
-    within costmodel.TOLERANCE, or a documented exception (costmodel.EXCEPTIONS, docs/BENCHMARKS.md)."""
-    from labkit.measure.costmodel import EXCEPTIONS, TOLERANCE, prediction_table, prediction_text
+    within costmodel.TOLERANCE — alone, or once the measured wait for the last rank to arrive
+    (4 ranks on 2 cores) is added — or a documented exception (costmodel.EXCEPTIONS, docs/BENCHMARKS.md)."""
+    from labkit.measure.costmodel import EXCEPTIONS, TOLERANCE, arrival_wait_s, prediction_table, prediction_text
 
     fits = fit(bench)
     table = prediction_text(prediction_table([r for r, _ in profile_runs.values()], fits))
@@ -218,10 +219,12 @@ def test_cost_model_predicts_the_blocking_methods(profile_runs, bench, numbers_d
     (numbers_dir / "predictions.txt").write_text(table + "\n")
     misses = {}
     for strategy in BLOCKING:
-        s = profile_runs[strategy][0]["summary"]
-        ratio = predict_sync_s(profile_runs[strategy][0], fits) / s["sync_time_median_s"]
-        if abs(ratio - 1) > TOLERANCE and strategy not in EXCEPTIONS:
-            misses[strategy] = ratio
+        result = profile_runs[strategy][0]
+        measured, predicted = result["summary"]["sync_time_median_s"], predict_sync_s(result, fits)
+        wait = arrival_wait_s(result) or 0.0  # the wait for the last rank: measured, in sync, not in the model
+        ratios = (predicted / measured, (predicted + wait) / measured)
+        if min(abs(r - 1) for r in ratios) > TOLERANCE and strategy not in EXCEPTIONS:
+            misses[strategy] = ratios
     assert not misses, misses
 
 
