@@ -5,7 +5,7 @@
 Starts JupyterLab on 127.0.0.1 with a random token in a scratch folder (its own
 settings, results under it), opens a copy of the notebook with the parameters injected
 the way papermill does, runs every cell from JupyterLab's own "run all" command, and
-while it runs reads the progress widget's text. It passes when the bar moved (two or
+records every text the progress widget shows. It passes when the bar moved (two or
 more step counts seen, the last one the total), a figure rendered (a loaded <img> in an
 output) and no cell raised. Playwright drives the system's Chromium (Debian's
 `chromium`; `make browser-deps`); no browser is downloaded.
@@ -146,6 +146,18 @@ STATE_JS = """() => {
   return {status: kernel.status, pending, errors, bars};
 }"""
 
+# Every text the progress widgets show, recorded on each change of the page (a poll could
+# miss the steps of a fast machine): window.labkitBars.
+RECORD_BARS_JS = """() => {
+  window.labkitBars = [];
+  const read = () => [...document.querySelectorAll('.jp-OutputArea-output .widget-hbox')].map(
+    bar => [...bar.querySelectorAll('.widget-html-content')].map(e => e.textContent.trim()).join(' ')).join(' | ');
+  new MutationObserver(() => {
+    const text = read();
+    if (text && window.labkitBars[window.labkitBars.length - 1] !== text) window.labkitBars.push(text);
+  }).observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
 
 def run_in_browser(url: str, timeout_s: float, shot: Path) -> dict:
     """Open the notebook, run all cells, watch the bar; → what was seen."""
@@ -166,10 +178,11 @@ def _run_in_browser(pw, url, timeout_s, shot) -> dict:
         page.goto(url)
         page.wait_for_function(f"(() => {{ const s = ({STATE_JS})(); return s && s.status === 'idle'; }})",
                                timeout=180_000)
+        page.evaluate(RECORD_BARS_JS)
         started = time.time()
         # Lab's own "Run All"; not awaited: its promise resolves only when every cell has run.
         page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        bars, idle_polls, last = [], 0, None
+        idle_polls, last = 0, None
         while time.time() - started < timeout_s:
             state = page.evaluate(STATE_JS) or {"status": "no kernel", "pending": -1, "errors": 0, "bars": []}
             steps = re.findall(r"\d+/[\d?]+", " ".join(state["bars"]))
@@ -177,9 +190,6 @@ def _run_in_browser(pw, url, timeout_s, shot) -> dict:
                 print(f"  {time.time() - started:5.1f}s kernel {state['status']}, {state['pending']} cell(s) "
                       f"to run, {state['errors']} error(s), bar {state['bars'][-1:]}", file=sys.stderr)
                 last = (state["pending"], state["errors"], steps)
-            for text in state["bars"]:
-                if not bars or bars[-1] != text:
-                    bars.append(text)
             # The kernel reads idle between widget messages while a cell runs: wait for no cell left.
             finished = state["pending"] == 0 or state["errors"] > 0
             idle_polls = idle_polls + 1 if finished and state["status"] == "idle" else 0
@@ -188,7 +198,8 @@ def _run_in_browser(pw, url, timeout_s, shot) -> dict:
             time.sleep(0.25)
         else:
             raise CheckFailed(f"cells still running after {timeout_s:.0f} s (kernel {state['status']}, "
-                              f"{state['pending']} cell(s) not run, last bar: {bars[-1:]})")
+                              f"{state['pending']} cell(s) not run, bar: {state['bars'][-1:]})")
+        bars = page.evaluate("window.labkitBars")
         notebook = page.evaluate("window.jupyterapp.shell.currentWidget.content.model.toJSON()")
         images = page.eval_on_selector_all(".jp-OutputArea-output img",
                                            "els => els.filter(e => e.complete && e.naturalWidth > 0).length")
