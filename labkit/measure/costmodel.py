@@ -166,7 +166,7 @@ def prediction_text(rows: list[dict]) -> str:
         note = r["reason"] or ("within tolerance" if r["within_tolerance"] else
                                f"within tolerance with the wait ({r['ratio_with_wait']:.2f})"
                                if r.get("within_tolerance_with_wait") else
-                               EXCEPTIONS.get(r["method"], "outside the tolerance"))
+                               EXCEPTIONS.get(r["method"], "outside the tolerance (docs/BENCHMARKS.md)"))
         lines.append(f"{r['method']:<24}{r['world_size']:>6}{ms(r['predicted_s']):>14}{ms(r['measured_sync_s']):>13}"
                      f"{ratio:>8}{ms(r['arrival_wait_s']):>9}  {note}")
     return "\n".join(lines)
