@@ -14,8 +14,9 @@ from conftest import max_param_diff, run_to
 
 TIGHT = 1e-9  # float64: rounding is ~1e-15, a wrong update ≥ 1e-4
 # No augmentation: random crops would draw per-rank random numbers.
-COMMON = ("augment=false", "batch_size=4", "workers=0", "dtype=float64")
-F32 = ("augment=false", "batch_size=4", "workers=0")
+# No lr warm-up: the weights must really move in these few steps.
+COMMON = ("augment=false", "batch_size=4", "workers=0", "dtype=float64", "lr_warmup_steps=0")
+F32 = ("augment=false", "batch_size=4", "workers=0", "lr_warmup_steps=0")
 
 
 def test_allreduce_and_ps_match_ddp_with_batchnorm(train):
@@ -55,7 +56,7 @@ def test_dedicated_server_matches_ddp_on_its_workers(train):
 def test_without_batchnorm_data_parallel_equals_single_on_the_global_batch(train):
     _, ddp = train("ddp", 4, *COMMON, "model=simple_cnn", max_steps=4)
     _, single = train("single", 1, "augment=false", "batch_size=16", "workers=0", "dtype=float64", "model=simple_cnn",
-                      max_steps=4)
+                      "lr_warmup_steps=0", max_steps=4)
     assert max_param_diff(ddp, single) < TIGHT
 
 
@@ -93,7 +94,7 @@ def test_ring_matches_ddp_on_three_ranks(ddp_simple, train):
 # (strategy, option, tolerance on any parameter after 20 steps at lr 0.2)
 COMPRESSED = [("bucketed", "compress=fp16", 0.1), ("overlap", "compress=bf16", 0.1), ("ddp", "ddp_hook=fp16", 0.1),
               ("ddp", "ddp_hook=bf16", 0.1), ("powersgd", "powersgd_start_iter=2", 0.6)]
-LEARNING = ("augment=false", "workers=0", "model=simple_cnn", "lr=0.2", "batch_size=16")
+LEARNING = ("augment=false", "workers=0", "model=simple_cnn", "lr=0.2", "batch_size=16", "lr_warmup_steps=0")
 
 
 @pytest.fixture(scope="module")

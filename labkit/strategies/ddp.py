@@ -48,7 +48,7 @@ class TorchDDP(Strategy):
         self.register_hook(ddp)
         # Bytes DDP puts on the wire per step: every gradient once, at wire precision.
         self.grad_bytes = sum(nbytes(p) for p in model.parameters() if p.requires_grad)
-        if self.opt.ddp_hook in COMPRESSION_HOOKS:
+        if getattr(self.opt, "ddp_hook", "none") in COMPRESSION_HOOKS:  # powersgd has no ddp_hook option
             self.grad_bytes //= 2
         return ddp
 
