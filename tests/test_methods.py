@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO, labkit_cli, max_param_diff, run_to
 
-F64 = ("augment=false", "batch_size=4", "workers=0", "dtype=float64", "model=simple_cnn")
+F64 = ("augment=false", "batch_size=4", "workers=0", "dtype=float64", "model=simple_cnn", "lr_warmup_steps=0")
 
 MY_AVERAGE = '''
 """A student's method: average every gradient with one all-reduce per tensor."""
@@ -86,7 +86,7 @@ def test_a_strategy_from_any_file_runs_through_launch(student_file, ddp_f64, tmp
 
     job = labkit.launch(profile="cpu", strategy=f"{student_file}:MyAverage", nproc=4, max_steps=3,
                         out_dir=str(tmp_path / "launched"), calibration_steps=0,
-                        augment=False, batch_size=4, workers=0, dtype="float64", model="simple_cnn")
+                        augment=False, batch_size=4, workers=0, dtype="float64", model="simple_cnn", lr_warmup_steps=0)
     assert job.result()["status"] == "ok"
     state = torch.load(tmp_path / "launched" / "checkpoint.pt", weights_only=True)
     assert max_param_diff(ddp_f64[1], state) < 1e-9
