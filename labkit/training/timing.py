@@ -2,8 +2,10 @@
 
 A step is split into phases: data (waiting for the batch), compute (forward +
 backward), sync (the strategy's blocking communication) and optimizer. On a GPU
-kernels run asynchronously, so the timer synchronizes the device at each boundary:
-a phase's time then includes the kernels it launched.
+kernels run asynchronously, so the timer records a CUDA event on the current stream at
+each boundary and reads them once per step: a phase holds the work queued in it on that
+stream, and NCCL's own stream counts only where the loop waits for it — the same split
+as on gloo, where a blocking call simply takes its time on the CPU.
 
 Definitions (also in docs/EXPERIMENT_GUIDE.md):
 - step_s: wall time of one step, all phases; warm-up steps are left out of summaries.
