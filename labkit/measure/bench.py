@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from labkit.config import LAB_ROOT, results_root
+from labkit.jobs.torchrun import single_node_command
 
 
 def default_ranks() -> int:
@@ -65,8 +66,8 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     check_ranks(nproc)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "collectives.json"
-    subprocess.run(gpu_queued([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                               "-m", "labkit.measure.collectives", str(path), str(max_mb), str(min_kb), "2",
+    subprocess.run(gpu_queued([*single_node_command(nproc, "collectives"),  # stores on loopback only
+                               "-m", "labkit.jobs.rank", "labkit.measure.collectives", str(path), str(max_mb), str(min_kb), "2",
                                str(repeats), ",".join(ops or OPS)],
                               out_dir), cwd=LAB_ROOT, check=True)
     bench = json.loads(path.read_text())
@@ -102,7 +103,7 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None =
 
     data = "synthetic" if gpu else str(make_tiny(LAB_ROOT / "data" / "tiny"))
     extra = [gpu["amp"], str(gpu["channels_last"]).lower()] if gpu else []
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = [*single_node_command(nproc, "plain-ddp"),  # the same launcher as labkit's runs: a fair ratio
                str(LAB_ROOT / "bench" / "plain_ddp.py"), data, str(steps), str(warmup), *extra]
     proc = subprocess.run(gpu_queued(command, out_dir or results_root() / "bench" / "harness"),
                           cwd=LAB_ROOT, capture_output=True, text=True, check=True)
