@@ -31,13 +31,8 @@ import numpy as np
 
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather", "send_recv", "broadcast", "reduce")
 TOLERANCE = 0.25  # predicted within ±25 % of measured: the stated tolerance (docs/BENCHMARKS.md)
-# Methods the model is known to miss on the cpu profile, with the measurement that explains
-# it (docs/BENCHMARKS.md, "Predicted vs measured"): {strategy: reason}.
-EXCEPTIONS: dict[str, str] = {
-    "ring": "its sync also holds its own work on the whole flat buffer (flatten, ÷n, n−1 additions of a "
-            "chunk, unflatten) and 2(n−1) lock-step exchanges, each waiting for both neighbours to be "
-            "scheduled on the shared cores; the microbenchmark times exchanges back to back",
-}
+# A method the model is known to miss says why in its own file (Strategy.cost_model_note),
+# and the worker copies that into result.json: docs/BENCHMARKS.md, "Predicted vs measured".
 
 
 def fit(bench: dict, min_bytes: float = 0, max_bytes: float = float("inf")) -> dict:
@@ -137,7 +132,7 @@ def prediction_table(results: list[dict], fits: dict | None, tolerance: float = 
         row = {"method": r.get("method") or r.get("strategy"), "world_size": r.get("world_size"),
                "ops": {op: [c, b] for op, (c, b) in ops_per_step(r).items()},
                "predicted_s": predicted, "measured_sync_s": measured, "exposed_comm_s": s.get("exposed_comm_s"),
-               "blocking": blocking, "ratio": None, "within_tolerance": None, "arrival_wait_s": arrival_wait_s(r),
+               "cost_model_note": r.get("cost_model_note"), "blocking": blocking, "ratio": None, "within_tolerance": None, "arrival_wait_s": arrival_wait_s(r),
                "reason": None if blocking else (s.get("achieved_busbw_reason") or "not a blocking method")}
         if blocking and predicted and measured:
             row["ratio"] = predicted / measured
@@ -166,7 +161,7 @@ def prediction_text(rows: list[dict]) -> str:
         note = r["reason"] or ("within tolerance" if r["within_tolerance"] else
                                f"within tolerance with the wait ({r['ratio_with_wait']:.2f})"
                                if r.get("within_tolerance_with_wait") else
-                               EXCEPTIONS.get(r["method"], "outside the tolerance (docs/BENCHMARKS.md)"))
+                               r.get("cost_model_note") or "outside the tolerance (docs/BENCHMARKS.md)")
         lines.append(f"{r['method']:<24}{r['world_size']:>6}{ms(r['predicted_s']):>14}{ms(r['measured_sync_s']):>13}"
                      f"{ratio:>8}{ms(r['arrival_wait_s']):>9}  {note}")
     return "\n".join(lines)

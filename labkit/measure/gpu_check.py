@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from labkit.config import ConfigError, results_root
+from labkit.strategies import BASELINE
 
 H100_TARGET_IMG_S = 2800  # 1 GPU, ResNet-50, amp + channels_last (published PyTorch: ~2,600–2,800)
 HARNESS_TARGET = 0.97  # labkit's DDP / plain DDP, as `labkit bench harness` states
@@ -94,7 +95,7 @@ def run_line(check: str, strategy: str, ranks: int, overrides: dict, base: dict,
 
 def resume_line(ranks: int, base: dict, out) -> Line:
     """Kill rank 0 at step 3; torchrun restarts the job, which resumes from step 2's checkpoint."""
-    line = run_line("kill-and-resume ddp", "ddp", ranks, {"fault": "0:3:kill", "max_restarts": 1,
+    line = run_line(f"kill-and-resume {BASELINE}", BASELINE, ranks, {"fault": "0:3:kill", "max_restarts": 1,
                                                           "checkpoint_every": 2}, base, out)
     line.note = line.note or "killed at step 3, resumed from step 2"
     return line

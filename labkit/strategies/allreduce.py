@@ -1,9 +1,11 @@
 """allreduce — average gradients by hand with one all-reduce per parameter.
 
 Idea (PyTorch's "Writing Distributed Applications" tutorial): after backward, every
-rank holds gradients of its own shard of the batch. Summing them across ranks and
-dividing by the world size gives the gradient of the whole global batch, so every
-rank then takes the identical optimizer step.
+rank holds the gradient of the loss on its own slice of the batch. Summing them and
+dividing by the world size gives the gradient of the loss averaged over the global
+batch — for layers that treat each image on its own; BatchNorm normalises each slice
+with that slice's statistics. Every rank then takes the same step: DDP's, up to
+float32 rounding (each method sums in its own order; in float64 they agree to ~1e-12).
 
 Communication: one blocking all-reduce per parameter tensor (161 for ResNet-50),
 issued only after the whole backward pass: nothing overlaps with compute, and

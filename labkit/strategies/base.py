@@ -82,6 +82,7 @@ class Strategy:
     # True: its communication runs inside backward (hooks), so the loop's blocking sync time
     # does not hold it, and no bandwidth can be computed from that time
     overlaps_backward = False
+    cost_model_note = ""  # why the alpha-beta model misses this method, where it is known to
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -4,7 +4,11 @@ Idea: DDP hooks into autograd. Gradients are grouped into buckets (~25 MB) in
 reverse order of use; as soon as a bucket's gradients are all computed during
 backward, DDP starts an asynchronous all-reduce on it, so communication overlaps
 with the rest of the backward pass. By the time `backward()` returns the gradients
-are already averaged, so `sync_gradients` has nothing left to do but count.
+are already averaged, so `sync_gradients` has nothing left to do.
+
+In step 1 DDP does not yet know the order in which gradients arrive: it reduces them
+in one bucket when backward ends, then rebuilds its buckets in arrival order (the
+all-reduce count per step goes from 1 to several; `after_step` reads it from DDP).
 
 Options: `ddp_bucket_cap_mb`, `ddp_gradient_as_bucket_view` (no gradient copy into
 buckets), `ddp_static_graph`, and `ddp_hook` = fp16 / bf16 to compress buckets on

@@ -7,8 +7,10 @@ its all-reduce is launched asynchronously, and backward carries on computing the
 earlier layers while the network moves the bytes. Before the optimizer step we
 only wait for the handles still in flight.
 
-Communication: the bytes of `bucketed`, but mostly hidden behind backward: the
-blocking sync time shrinks, the exposed communication with it. Every rank runs the
+Communication: the bytes of `bucketed`, started during backward: the blocking sync
+time shrinks; whether the exposed communication shrinks too depends on spare
+resources — on CPU ranks sharing cores the all-reduce competes with backward (compare
+its `exposed_comm_s` with `bucketed`'s). Every rank runs the
 same graph, so the hooks fire and the collectives start in the same order everywhere.
 """
 

@@ -3,8 +3,8 @@
 `resnet50` / `resnet18` are torchvision's, unchanged, from random init (the original
 experiment trains from scratch). `resnet18_small` swaps the 7×7 stride-2 stem for a
 3×3 stride-1 conv so 32 px images keep enough resolution. `simple_cnn` has no
-BatchNorm: with it, data-parallel training is exactly single-process training on
-the global batch, which the equivalence tests use.
+BatchNorm: without BatchNorm, data-parallel training makes the update single-process
+training makes on the global batch, which the equivalence tests use.
 """
 
 import torch.nn as nn

@@ -30,8 +30,10 @@ def gather_step_medians(steps, warmup) -> list[float]:
 
 def build_result(cfg, method, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
                  timeline) -> dict:
-    from labkit.strategies import load_strategy  # the method says whether it communicates inside backward
-    overlaps = getattr(load_strategy(cfg.strategy), "overlaps_backward", None)
+    from labkit.strategies import load_strategy  # the method describes itself: overlap, cost-model notes
+
+    strategy = load_strategy(cfg.strategy)
+    overlaps = getattr(strategy, "overlaps_backward", None)
     summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s, overlaps_backward=overlaps)
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
     val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
@@ -43,5 +45,5 @@ def build_result(cfg, method, world, device, steps, epochs, total_time, rank_med
         "config": cfg.to_dict(), "env": hardware.environment(), "world_size": world,
         "backend": cfg.backend if world > 1 else None, "device": str(device),
         "global_batch": cfg.global_batch, "summary": summary, "epochs": epochs, "steps": steps,
-        "timeline": timeline,
+        "timeline": timeline, "cost_model_note": getattr(strategy, "cost_model_note", "") or None,
     }

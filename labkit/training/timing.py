@@ -140,12 +140,12 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
         "bytes_sent_per_step": sent,
         "collectives_per_step": statistics.median(s["collectives"] for s in measured),
     }
-    summary.update(exposed_figures(measured, step_no_data, calibration))
+    summary.update(exposed_figures(measured, step_no_data, calibration, overlaps_backward))
     summary.update(busbw_figures(sent, sync, overlaps_backward))
     return summary
 
 
-def exposed_figures(measured: list[dict], step_no_data: float, calibration) -> dict:
+def exposed_figures(measured: list[dict], step_no_data: float, calibration, overlaps_backward=None) -> dict:
     """compute_only_step_s, exposed_comm_s/_pct and their noise floor (see summarize)."""
     if isinstance(calibration, (int, float)):
         calibration = {"median_s": float(calibration), "round_medians_s": [float(calibration)], "spread_s": None}
@@ -156,7 +156,9 @@ def exposed_figures(measured: list[dict], step_no_data: float, calibration) -> d
                                        "without data): the exposed communication is not known"}
     calibrated = calibration["median_s"]
     step_compute = statistics.median(s["compute_s"] + s["optimizer_s"] for s in measured)
-    compute_only = min(calibrated, step_compute)
+    # A blocking method's compute phases hold no communication, so they bound the compute-only
+    # time too; a method that communicates inside backward has its communication in them.
+    compute_only = calibrated if overlaps_backward else min(calibrated, step_compute)
     half = len(measured) // 2
     drift = abs(statistics.median(s["step_s"] - s["data_s"] for s in measured[:half]) -
                 statistics.median(s["step_s"] - s["data_s"] for s in measured[half:])) if half else 0.0
@@ -165,7 +167,7 @@ def exposed_figures(measured: list[dict], step_no_data: float, calibration) -> d
     exposed = step_no_data - compute_only
     return {
         "compute_only_step_s": compute_only,
-        "compute_only_source": "calibration" if calibrated <= step_compute else
+        "compute_only_source": "calibration" if overlaps_backward or calibrated <= step_compute else
         "the step's own compute + optimizer phases (the calibration was slower: the machine was busier then)",
         "compute_only_calibrated_s": calibrated,
         "compute_only_rounds_s": calibration.get("round_medians_s"),
