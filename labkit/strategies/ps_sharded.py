@@ -19,6 +19,10 @@ from .base import Strategy, _config_error, flatten, nbytes, unflatten_into
 
 
 class ShardedServer(Strategy):
+    cost_model_note = ("its sync also holds its own passes over the whole flat buffer (flatten, pad, ÷n before "
+                       "the reduce-scatter; unflatten after the all-gather), which the microbenchmark's bare "
+                       "collectives do not")
+
     @classmethod
     def check(cls, cfg):
         # Each rank's GradScaler would see only its shard's gradients: ranks could skip
