@@ -60,7 +60,7 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     cfg = RunConfig(**values, options=options)
     cfg.data_ranks, cfg.torchrun = method.data_ranks(cfg), method.needs_process_group
     if cfg.global_batch_size and "batch_size" not in overrides:  # the recipe's global batch, whatever
-        cfg.batch_size = max(1, cfg.global_batch_size // cfg.data_ranks)  # the rank count (single: all of it)
+        cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks))  # the rank count (single: all)
     resolve(cfg)
     validate(cfg)
     method.check(cfg)
