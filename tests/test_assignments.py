@@ -25,6 +25,8 @@ from conftest import REPO
 
 COURSE = REPO / "assignments"
 EXERCISES = sorted(p.name for p in (COURSE / "source").iterdir() if (p / f"{p.name}.ipynb").exists())
+# `make test` (CI) autogrades the exercises that have a planted bug; `make test-all` all six.
+GRADED = EXERCISES if os.environ.get("LABKIT_TEST_ALL") else ["ex1_allreduce", "ex4_ring", "ex5_ps"]
 # student → (exercise, text of the solution to replace, the bug, what the check must say:
 # the first message is the bug's signature, which no other bug's report may contain)
 BUGS = {
@@ -85,7 +87,8 @@ def course(tmp_path_factory):
     started = time.perf_counter()
     nbgrader(root, env, "generate_assignment", "*", "--force")
     for exercise in EXERCISES:
-        submit(root, "solution", exercise, nbformat.read(root / "source" / exercise / f"{exercise}.ipynb", 4))
+        if exercise in GRADED:  # a solution's autograde runs real checks: the longest part
+            submit(root, "solution", exercise, nbformat.read(root / "source" / exercise / f"{exercise}.ipynb", 4))
         submit(root, "untouched", exercise, nbformat.read(root / "release" / exercise / f"{exercise}.ipynb", 4))
     for student, (exercise, old, new, _) in BUGS.items():
         nb = nbformat.read(root / "source" / exercise / f"{exercise}.ipynb", 4)
@@ -141,7 +144,7 @@ def test_release_never_contains_a_solution(course):
 
 def test_solutions_get_full_marks(course):
     got = scores(course, "solution")
-    assert got == {e: (10.0, 10.0) for e in EXERCISES}, got
+    assert got == {e: (10.0, 10.0) for e in GRADED}, got
 
 
 def test_untouched_release_scores_zero(course):

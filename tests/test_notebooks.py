@@ -26,6 +26,7 @@ def test_committed_notebook_is_stripped_and_parameterised(path):
     assert "parameters" in code[0]["metadata"].get("tags", []), "first code cell must be tagged parameters"
 
 
+@pytest.mark.slow  # the whole lab; in CI the primer (papermill) and 01 in a real browser run
 def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     from labkit.lab import run_notebooks
 

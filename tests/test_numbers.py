@@ -174,6 +174,7 @@ def bench(numbers_dir):
                            ops=("all_reduce", "reduce_scatter", "all_gather", "send_recv"))
 
 
+@pytest.mark.slow
 def test_exposed_communication_is_possible_for_every_method(profile_runs):
     """exposed ≥ blocking sync − noise floor; no figure negative beyond the floor; the floor
     is measured (three calibration rounds) and shown."""
@@ -192,6 +193,7 @@ def test_exposed_communication_is_possible_for_every_method(profile_runs):
     assert allreduce["exposed_comm_pct"] > 20 and allreduce["sync_share_pct"] > 20
 
 
+@pytest.mark.slow
 def test_bus_bandwidth_only_where_communication_time_is_measured(profile_runs, bench):
     best = {}
     for row in bench["rows"]:
@@ -207,6 +209,7 @@ def test_bus_bandwidth_only_where_communication_time_is_measured(profile_runs, b
         assert s["achieved_busbw_gb_s"] <= 1.5 * fastest, (strategy, s["achieved_busbw_gb_s"], fastest)
 
 
+@pytest.mark.slow
 def test_cost_model_predicts_the_blocking_methods(profile_runs, bench, numbers_dir):
     """Predicted (α–β per op, from the strategy's own op counts) vs measured blocking sync.
     The model holds the bytes on the wire and nothing else, so it may fall short of the
@@ -234,6 +237,7 @@ def relative_distance(a, b) -> float:
     return diff / max(b["model"][k].double().abs().max().item() for k in keys)
 
 
+@pytest.mark.slow
 def test_recipe_keeps_the_exact_methods_with_ddp_in_float32(profile_runs):
     """The cpu profile's own configuration (its lr warm-up included), 6 steps, float32:
     allreduce and ps end within 1e-3 (relative) of DDP's parameters."""
@@ -242,6 +246,7 @@ def test_recipe_keeps_the_exact_methods_with_ddp_in_float32(profile_runs):
         assert relative_distance(profile_runs[strategy][1], ddp) < 1e-3, strategy
 
 
+@pytest.mark.slow
 def test_recipe_in_float64_agrees_to_rounding(tmp_path_factory):
     base = tmp_path_factory.mktemp("float64")
     runs = {s: run_to(base / s, s, 4, "dtype=float64", max_steps=STEPS)[1] for s in ("ddp", "allreduce", "ps")}
