@@ -80,7 +80,13 @@ def ddp_simple(tmp_path_factory):
     return {n: run_to(base / f"ddp{n}", "ddp", n, *COMMON, "model=simple_cnn", max_steps=4) for n in (3, 4)}
 
 
-@pytest.mark.parametrize("strategy,option", EXACT_VARIANTS, ids=[f"{s}-{o}" for s, o in EXACT_VARIANTS])
+def in_ci(strategy, *rest):
+    """DDP's own options (DDP against DDP) run in `make test-all` only: CI's time goes to the methods."""
+    slow = strategy in ("ddp", "powersgd")
+    return pytest.param(strategy, *rest, id=f"{strategy}-{rest[0]}", marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("strategy,option", [in_ci(*v) for v in EXACT_VARIANTS])
 def test_variant_matches_ddp(strategy, option, ddp_simple, train):
     _, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
     assert max_param_diff(ddp_simple[4][1], state) < TIGHT
@@ -102,7 +108,8 @@ def ddp_learning(tmp_path_factory):
     return run_to(tmp_path_factory.mktemp("ddp") / "ddp20", "ddp", 4, *LEARNING, max_steps=20)
 
 
-@pytest.mark.parametrize("strategy,option,tolerance", COMPRESSED, ids=[f"{s}-{o}" for s, o, _ in COMPRESSED])
+@pytest.mark.parametrize("strategy,option,tolerance", [in_ci(*c) if c[0] == "ddp" else
+                                                        pytest.param(*c, id=f"{c[0]}-{c[1]}") for c in COMPRESSED])
 def test_compressed_variant_stays_close_and_learns(strategy, option, tolerance, ddp_learning, train):
     """Compression changes the update, so the stated tolerances are looser: fp16/bf16 round
     every gradient (bf16 keeps 8 bits of mantissa): every parameter within 0.1 of DDP's after

@@ -79,7 +79,7 @@ def start_kernel():
     return km, client
 
 
-@pytest.mark.parametrize("how", ["restart", "shutdown"])
+@pytest.mark.parametrize("how", ["restart", pytest.param("shutdown", marks=pytest.mark.slow)])
 def test_a_kernel_restart_or_shutdown_mid_run_leaves_no_process(tmp_path, how):
     run_dir = tmp_path / "run"
     km, client = start_kernel()
@@ -111,6 +111,7 @@ def test_sigkill_of_torchrun_takes_its_ranks_with_it(tmp_path):
     assert job.poll() == "failed"
 
 
+@pytest.mark.slow  # the same cancel path as Ctrl-C during wait (tests/test_launch.py)
 def test_papermills_execution_timeout_leaves_no_process(tmp_path):
     import nbformat
     import papermill

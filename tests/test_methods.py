@@ -81,6 +81,7 @@ def test_a_strategy_from_any_file_runs_through_the_cli(student_file, ddp_f64, tm
     assert max_param_diff(ddp_f64[1], wrong) > 1e-4
 
 
+@pytest.mark.slow  # the CLI test runs the same file; test_launch covers labkit.launch
 def test_a_strategy_from_any_file_runs_through_launch(student_file, ddp_f64, tmp_path):
     import labkit
 

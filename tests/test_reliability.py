@@ -37,7 +37,7 @@ def run(out, *args, check=False, timeout=240):
 
 
 @pytest.mark.parametrize("kind,cause", [("raise", "injected fault on rank 2 at step 5"),
-                                        ("exit", "exit code 3"), ("kill", "SIGKILL")])
+                                        pytest.param("exit", "exit code 3", marks=pytest.mark.slow), ("kill", "SIGKILL")])
 def test_a_failing_rank_is_named_and_nothing_is_left(kind, cause, tmp_path):
     out = tmp_path / "run"
     proc, elapsed = run(out, "--strategy", "allreduce", "--max-steps", 40, "--set", f"fault=2:5:{kind}")
