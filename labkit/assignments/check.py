@@ -192,18 +192,9 @@ def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
 
 def stop_tree(proc) -> None:
     """Kill torchrun and every process under it (its workers run in sessions of their own)."""
-    import psutil
+    from labkit.jobs.launch import kill_process_tree
 
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
-    except psutil.NoSuchProcess:
-        family = []
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=10)
+    kill_process_tree(proc.pid)
     proc.wait()
 
 

@@ -71,19 +71,10 @@ class Ranks:
             time.sleep(0.02)
 
     def close(self):
-        import psutil
-
         if self.proc.poll() is None:
-            try:
-                family = psutil.Process(self.proc.pid).children(recursive=True) + [psutil.Process(self.proc.pid)]
-            except psutil.NoSuchProcess:
-                family = []
-            for p in family:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(family, timeout=10)
+            from labkit.jobs.launch import kill_process_tree
+
+            kill_process_tree(self.proc.pid)
         self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)

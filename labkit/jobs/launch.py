@@ -226,3 +226,17 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant at once (no grace: nothing there to save), then reap them."""
+    try:
+        family = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=10)
