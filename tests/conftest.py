@@ -6,10 +6,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def processes_of(folder) -> list:
+    """Every live process whose command line names this run's folder (agent, torchrun, ranks)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(folder) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def labkit_cli(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess:

@@ -13,23 +13,11 @@ import psutil
 import pytest
 
 import labkit
-from conftest import REPO
+from conftest import REPO, processes_of
 
 # A run far longer than any test waits (an epoch of the tiny set takes seconds): whatever is
 # gone afterwards was stopped, not finished.
 FAST = dict(model="simple_cnn", workers=0, augment=False, batch_size=16, calibration_steps=0, epochs=100)
-
-
-def processes_of(folder) -> list:
-    """Every live process whose command line names this run's folder (agent, torchrun, ranks)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(folder) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def assert_nothing_left(folder, timeout=20.0):

@@ -116,3 +116,40 @@ def test_the_cause_is_the_rank_that_failed_by_itself_not_a_casualty(tmp_path):
     failure = read_failure(tmp_path)
     assert failure["rank"] == 0
     assert failure["exception"] == "killed by signal 6 (SIGABRT): what():  Received data size doesn't match expected size."
+
+
+# Forked ranks (--start-method=fork): torchrun reports the first rank it saw end, here one
+# that only lost its peer; every rank that raised left an error file.
+FORKED_REPORT = """Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-25_18:05:07
+  host      : localhost
+  rank      : 5 (local_rank: 1)
+  exitcode  : 1 (pid: 17810)
+  error_file: {error_file}
+  traceback : Traceback (most recent call last):
+============================================================
+"""
+
+
+@pytest.mark.parametrize("cause_rank_raised", [True, False])
+def test_forked_ranks_name_the_rank_that_failed_not_the_first_reported(tmp_path, cause_rank_raised):
+    from labkit.jobs.failures import read_failure
+
+    attempt = tmp_path / "run-id" / "attempt_0"
+    lost = '{"message": {"message": "RuntimeError: [pair.cc:561] Connection closed by peer [127.0.0.1]:51416"}}'
+    for local_rank in (0, 1, 2, 3):  # rank 2 (global 6 on this node of 4) failed; the others lost it
+        (attempt / str(local_rank)).mkdir(parents=True)
+        (attempt / str(local_rank) / "stderr.log").write_text("")
+        if local_rank != 2:
+            (attempt / str(local_rank) / "error.json").write_text(lost)
+        elif cause_rank_raised:
+            (attempt / "2" / "error.json").write_text('{"message": {"message": "RuntimeError: injected fault"}}')
+    (tmp_path / "launcher.log").write_text(FORKED_REPORT.format(error_file=attempt / "1" / "error.json"))
+    failure = read_failure(tmp_path)
+    assert failure["rank"] == 6
+    assert failure["exception"] == ("RuntimeError: injected fault" if cause_rank_raised
+                                    else "died without raising (an exit or a signal)")

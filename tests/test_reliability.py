@@ -8,26 +8,13 @@ import sys
 import threading
 import time
 
-import psutil
 import pytest
 import torch
 
-from conftest import REPO, labkit_cli, max_param_diff
+from conftest import REPO, labkit_cli, max_param_diff, processes_of
 
 FAST = ("--set", "model=simple_cnn", "--set", "workers=0", "--set", "augment=false", "--set", "batch_size=16",
         "--set", "calibration_steps=0")
-
-
-def processes_of(folder) -> list:
-    """Every process whose command line names this run's folder (agent, torchrun, workers)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(folder) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def run(out, *args, check=False, timeout=240):
@@ -87,7 +74,7 @@ RESUME_TOLERANCE = [("allreduce", 1e-6)]
 
 @pytest.mark.parametrize("strategy,tolerance", RESUME_TOLERANCE)
 def test_kill_and_resume_equals_an_uninterrupted_run(strategy, tolerance, tmp_path):
-    common = ("--strategy", strategy, "--epochs", 2, "--set", "checkpoint_every=5")
+    common = ("--strategy", strategy, "--epochs", 3, "--set", "checkpoint_every=5")  # 30 steps
     _, _ = run(tmp_path / "straight", *common, check=True)
     killed, _ = run(tmp_path / "resumed", *common, "--set", "fault=1:22:kill")
     assert killed.returncode == 1

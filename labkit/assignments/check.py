@@ -135,8 +135,11 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
                    lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
-                   "--monitor-interval=0.1", "-m", "labkit.assignments.check_worker", str(out / "job.json")]
+        from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
+
+        # One node, every store and socket on loopback; each rank dies with its torchrun.
+        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1",
+                   "-m", "labkit.jobs.rank", "labkit.assignments.check_worker", str(out / "job.json")]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root()}
         with open(out / "torchrun.log", "w") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

@@ -30,9 +30,10 @@ class Ranks:
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.log = open(self.dir / "torchrun.log", "w")
+        from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-             "--monitor-interval=0.1", "-m", "labkit.assignments.primer", str(self.dir), str(os.getpid())],
+            [*single_node_command(n, "primer"), "--monitor-interval=0.1",  # loopback only
+             "-m", "labkit.jobs.rank", "labkit.assignments.primer", str(self.dir), str(os.getpid())],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         atexit.register(self.close)
         self._wait([self.dir / f"ready-{r}" for r in range(n)], start_timeout_s, "start")

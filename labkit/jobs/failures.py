@@ -30,7 +30,11 @@ def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
         causes = [e for e in entries if e["code"] != -signal.SIGTERM] or [root]
         entry = next((e for e in causes if e["rank"] == root["rank"]), causes[0])
         if entry["error_file"].is_file():
-            return error_record(entry["error_file"], entry["rank"])
+            record = error_record(entry["error_file"], entry["rank"])
+            # Forked ranks (--start-method=fork) are reported one only: the first torchrun
+            # observed, often a rank that lost its peer. Then the cause is in another file.
+            return own_failure(entry["error_file"].parent.parent, entry) if LOST_PEER.search(record["exception"]) \
+                else record
         code = entry["code"]
         cause = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
                  else f"exited with exit code {code} without raising")
@@ -41,6 +45,31 @@ def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
     if single.is_file() and single.stat().st_mtime >= since:
         return error_record(single, 0)
     return None
+
+
+# What a rank raises when another rank died first (gloo, NCCL): a casualty, not a cause.
+LOST_PEER = re.compile(r"[Cc]onnection (closed|reset) by peer|Broken pipe|[Cc]ommunicator was aborted")
+
+
+def own_failure(attempt_dir: Path, reported: dict) -> dict:
+    """The rank that failed on its own in this attempt: the earliest error file that is not a
+    lost peer, else a rank that left no error file (it died without raising: exit or
+    signal), else the earliest lost peer. Folders are local ranks; the global rank keeps the
+    reported entry's offset (the node's first rank)."""
+    offset = reported["rank"] - reported["local_rank"]
+    ranks = sorted((int(p.name), p) for p in attempt_dir.iterdir() if p.name.isdigit())
+    written = sorted(((p / "error.json").stat().st_mtime_ns, rank, p / "error.json") for rank, p in ranks
+                     if (p / "error.json").is_file())
+    for _, rank, path in written:
+        record = error_record(path, offset + rank)
+        if not LOST_PEER.search(record["exception"]):
+            return record
+    for rank, p in ranks:
+        if not (p / "error.json").is_file():
+            last_words = stderr_tail(attempt_dir.parent.parent, rank)
+            return {"rank": offset + rank, "exception": "died without raising (an exit or a signal)"
+                    + (f": {last_words[-1]}" if last_words else ""), "traceback": "\n".join(last_words)}
+    return error_record(written[0][2], offset + written[0][1])
 
 
 def parse_entry(block: str) -> dict:

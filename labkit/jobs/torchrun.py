@@ -12,6 +12,7 @@ When that address is loopback the ranks' own sockets stay there too: gloo and NC
 otherwise pick the interface the host name resolves to.
 """
 
+import importlib
 import ipaddress
 import os
 import socket
@@ -72,7 +73,22 @@ def main() -> None:
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     from torch.distributed.run import main as torchrun
 
+    preload(sys.argv[1:])
     torchrun()
+
+
+def preload(argv: list[str]) -> None:
+    """Ranks forked from here (`--run-path .../rank.py MODULE` with `--start-method=fork`)
+    start with whatever this process has imported: import MODULE (and with it torch and
+    torchvision) once, before the fork, rather than once in every rank. Nothing else runs
+    here before the fork: no CUDA, no threads of torch's own, so forking is safe."""
+    from torch.distributed.run import parse_args
+
+    args = parse_args(argv)
+    if args.run_path and args.start_method == "fork" and os.path.basename(args.training_script) == "rank.py":
+        module = args.training_script_args[0]
+        importlib.import_module(module)
+        del sys.modules[module]  # its imports stay; the rank runs MODULE itself afresh, as __main__
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ global RNG is touched. The exposed-communication figure compares against it.
 
 One measurement says nothing about its own noise, and on a shared machine (4 ranks on
 2 cores, other jobs beside them) the same work took 0.39 s in one job and 0.68 s in
-another. So the calibration is repeated: `CALIBRATION_ROUNDS` rounds of
-`calibration_steps` steps each, every round preceded by its own warm-up step. The
-median over all steps is t_compute_only; the spread of the rounds' medians (max − min)
-is the noise floor of every figure derived from it (`exposed_comm_noise_s`)."""
+another. So the calibration is repeated: one warm-up step (first-call allocations),
+then `CALIBRATION_ROUNDS` rounds of `calibration_steps` steps each. The median over all
+steps is t_compute_only; the spread of the rounds' medians (max − min) is the noise floor
+of every figure derived from it (`exposed_comm_noise_s`). Every step here is a step the
+run does not train, so the cpu profile takes 1 step a round: 4 steps in all."""
 
 import copy
 
@@ -35,19 +36,20 @@ def calibrate(model, cfg, device, rounds: int = CALIBRATION_ROUNDS) -> dict | No
     labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator).to(device)
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    timer, rounds_s = StepTimer(device), []
-    for _ in range(rounds):
-        times = []
-        for _ in range(cfg.calibration_steps + 1):  # the first of each round is warm-up
-            timer.start()
-            with autocast(cfg, device):
-                loss = F.cross_entropy(twin(images), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            timer.mark("compute_s")
-            times.append(timer.stop()["step_s"])
-        rounds_s.append(times[1:])
+    timer = StepTimer(device)
+
+    def step_s() -> float:
+        timer.start()
+        with autocast(cfg, device):
+            loss = F.cross_entropy(twin(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.mark("compute_s")
+        return timer.stop()["step_s"]
+
+    step_s()  # warm-up: the first step allocates (and, on a GPU, picks its kernels)
+    rounds_s = [[step_s() for _ in range(cfg.calibration_steps)] for _ in range(rounds)]
     del twin, optimizer
     every = sorted(t for times in rounds_s for t in times)
     medians = [sorted(times)[len(times) // 2] for times in rounds_s]
