@@ -137,9 +137,10 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         (out / "job.json").write_text(json.dumps(job))
         from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
 
-        # One node, every store and socket on loopback; each rank dies with its torchrun.
-        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1",
-                   "-m", "labkit.jobs.rank", "labkit.assignments.check_worker", str(out / "job.json")]
+        # One node, every store and socket on loopback; each rank dies with its torchrun, and
+        # is forked from it after one import of torch (as labkit's runs: jobs/launch.py).
+        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1", "--start-method=fork",
+                   "--run-path", str(RANK_SCRIPT), "labkit.assignments.check_worker", str(out / "job.json")]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root()}
         with open(out / "torchrun.log", "w") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
@@ -151,6 +152,9 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
     return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
+
+
+RANK_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "rank.py"
 
 
 def package_root() -> str:
