@@ -123,7 +123,7 @@ def cmd_compare(args) -> int:
     world = max(r["world_size"] for r in chosen.kept)
     fits = load_fits(results_root() / "bench" / "collectives.json", world)
     report = results_root() / "performance_report.txt"
-    report.write_text(report_text(chosen, communication_frame(chosen.kept, fits), baseline=args.baseline))
+    report.write_text(report_text(chosen, communication_frame(chosen.kept, fits), baseline=args.baseline, fits=fits))
     print(report.read_text())
     print(f"plots: {', '.join(p.name for p in plots)} in {plots[0].parent}")
     return 0

@@ -283,10 +283,11 @@ def verdicts(table: pd.DataFrame) -> list[str]:
 
 
 def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | None = None,
-                baseline: str | None = None) -> str:
+                baseline: str | None = None, fits: dict | None = None) -> str:
     """The performance report: what was compared and left out, the comparison table, the
     noise in it, scaling where several world sizes ran, and communication measured vs
-    predicted. Every sentence about a result is built from the numbers."""
+    predicted (with `fits`: each blocking method's ratio, the measured wait for the last
+    rank, and why a method misses). Every sentence about a result is built from the numbers."""
     runs = chosen if isinstance(chosen, pd.DataFrame) else runs_frame(chosen.kept)
     table = comparison_table(runs, baseline)
     lines = ["labkit performance report", "=" * 25, "",
@@ -310,7 +311,20 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
         lines += ["", "Communication per step: measured (blocking sync), exposed (step − compute-only step),",
                   "and predicted by the alpha-beta model fitted from `labkit bench collectives`:", "",
                   _table_text(communication)]
+    if fits and isinstance(chosen, Selection):
+        lines += ["", prediction_report(chosen.kept, fits)]
     return "\n".join(lines) + "\n"
+
+
+def prediction_report(results: list[dict], fits: dict) -> str:
+    """Predicted vs measured blocking sync per run, with the reason beside each miss."""
+    from labkit.measure.costmodel import TOLERANCE, prediction_table, prediction_text
+
+    return "\n".join([
+        f"Predicted vs measured blocking sync (ratio = predicted ÷ measured; the target is within {TOLERANCE:.0%}).",
+        "wait = how long rank 0 waited for the last rank to arrive (median per step, measured from the",
+        "timelines): inside the measured sync, outside the model. The note says why a method misses.", "",
+        prediction_text(prediction_table(results, fits))])
 
 
 def is_short(result: dict) -> bool:

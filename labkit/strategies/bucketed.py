@@ -19,6 +19,9 @@ from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 class Bucketed(Strategy):
     options = BUCKET_OPTIONS
     label = classmethod(compressed_label)
+    cost_model_note = ("its sync also holds its own passes over the buckets (copy in, ÷n, copy out; with compress "
+                       "the casts), which the microbenchmark's bare collectives do not: for resnet18_small ~70 ms "
+                       "a step on one core alone (docs/BENCHMARKS.md), more with 4 ranks on 2 cores")
 
     def prepare(self, model, optimizer):
         self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
