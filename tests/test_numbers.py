@@ -52,7 +52,8 @@ def test_relative_fit_lets_small_and_large_messages_both_count():
 def test_summary_definitions_cannot_produce_impossible_numbers():
     """Synthetic steps: a calibration slower than the step's own compute is not believed
     (exposed is then at least the blocking sync), the noise floor is the calibration's
-    spread plus the step's drift, and a method that communicates inside backward gets no
+    spread plus the step's drift (plus, for a blocking method, how much slower its own compute
+    ran than the calibration: exposed then stays within sync + floor), and a method that communicates inside backward gets no
     bus bandwidth, with the reason."""
     from labkit.training.timing import summarize
 
@@ -65,6 +66,11 @@ def test_summary_definitions_cannot_produce_impossible_numbers():
     assert s["exposed_comm_s"] >= s["sync_time_median_s"] - s["exposed_comm_noise_s"]
     assert s["exposed_comm_noise_s"] == pytest.approx(0.1) and s["exposed_comm_noise_pct"] == pytest.approx(100 / 9)
     assert s["achieved_busbw_gb_s"] == pytest.approx(1.0) and s["achieved_busbw_reason"] is None
+    # A calibration faster than the run's own compute (0.4 < 0.6): the gap joins the floor, so
+    # a blocking method's exposed time (0.5) stays within its sync (0.3) plus the floor.
+    quick = summarize(steps, 2, 64, {"median_s": 0.4, "round_medians_s": [0.38, 0.4, 0.43], "spread_s": 0.05}, False)
+    assert quick["exposed_comm_s"] == pytest.approx(0.5) and quick["exposed_comm_noise_s"] == pytest.approx(0.25)
+    assert quick["exposed_comm_s"] <= quick["sync_time_median_s"] + quick["exposed_comm_noise_s"]
     fast = summarize(steps, 2, 64, {"median_s": 0.5, "round_medians_s": [0.5] * 3, "spread_s": 0.0}, True)
     assert fast["exposed_comm_s"] == pytest.approx(0.4) and fast["compute_only_source"] == "calibration"
     assert fast["achieved_busbw_gb_s"] is None and "backward" in fast["achieved_busbw_reason"]

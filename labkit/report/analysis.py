@@ -261,13 +261,18 @@ def report_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
-    """Sentences on the fastest methods, built from the table: the leader at each world
-    size, and whether its lead over the next is larger than the spread over repeats."""
+    """Sentences on the fastest methods, built from the table: the leader among the runs of
+    the same world size and length (a short run's few steps are not compared with a long
+    run's), and whether its lead over the next is larger than the spread over repeats."""
     lines = []
-    for world, group in table.groupby("world_size", sort=True):
+    keys = ["world_size", "steps"] if "steps" in table else ["world_size"]
+    for key, group in table.groupby(keys, sort=True):
+        world, steps = (key, None) if len(keys) == 1 else key
         group = group.sort_values("throughput_img_s", ascending=False)
         best = group.iloc[0]
-        line = f"On {world} rank(s) the fastest is {best.method} at {best.throughput_img_s:.1f} img/s"
+        where = f"On {world} rank(s)" + (f" over {steps:.0f} steps" if steps is not None else "")
+        line = (f"{where} the fastest is {best.method} at {best.throughput_img_s:.1f} img/s" if len(group) > 1
+                else f"{where} only {best.method} ran, at {best.throughput_img_s:.1f} img/s")
         if len(group) > 1:
             second = group.iloc[1]
             gap = best.throughput_img_s - second.throughput_img_s
@@ -293,8 +298,8 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
     lines = ["labkit performance report", "=" * 25, "",
              "Every figure is defined in docs/EXPERIMENT_GUIDE.md. sync % is the share of each step spent",
              "blocked in the method's own communication; methods that communicate inside backward hide",
-             "theirs there, so exposed % (1 − compute-only step / step) is the figure comparable across",
-             "overlapped and blocking methods. ± sd is the standard deviation of throughput over",
+             "theirs there, so exposed % = (step − data wait − compute-only step) ÷ (step − data wait) is",
+             "the figure comparable across overlapped and blocking methods. ± sd is the standard deviation of throughput over",
              "`repeats` runs: a difference smaller than it is noise. Total time and accuracy depend on",
              "how long a method trained: compare them at equal `steps`."
              + (f" vs base: throughput ÷ {baseline}'s." if baseline else ""), ""]

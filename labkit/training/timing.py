@@ -163,7 +163,11 @@ def exposed_figures(measured: list[dict], step_no_data: float, calibration, over
     drift = abs(statistics.median(s["step_s"] - s["data_s"] for s in measured[:half]) -
                 statistics.median(s["step_s"] - s["data_s"] for s in measured[half:])) if half else 0.0
     spread = calibration.get("spread_s")
-    floor = (spread or 0.0) + drift if spread is not None else None
+    # A blocking method also times its compute in the run itself: where that ran slower than
+    # the calibration, the calibration no longer describes the run, and the difference would
+    # otherwise pass for communication (exposed above the blocking sync): it is noise too.
+    disagreement = 0.0 if overlaps_backward else max(0.0, step_compute - calibrated)
+    floor = (spread or 0.0) + drift + disagreement if spread is not None else None
     exposed = step_no_data - compute_only
     return {
         "compute_only_step_s": compute_only,
