@@ -65,7 +65,7 @@ def leftovers(root: Path) -> list[str]:
     for p in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(p.info["cmdline"] or [])
         if str(root) in cmdline:
-            found.append(f"{p.pid}: {cmdline[:120]}")
+            found.append(f"{p.pid}: {cmdline}")  # whole: a forked rank shows torchrun's long command line
     return found
 
 
