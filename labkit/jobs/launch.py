@@ -43,13 +43,17 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
         return [sys.executable, "-m", "labkit.training.worker", str(config_path)]
     from .torchrun import single_node_command  # one node: every store and socket on loopback only
 
+    command = [*single_node_command(cfg.nproc, cfg.name), f"--max-restarts={cfg.max_restarts}",
+               f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3"]
+    if cfg.max_restarts:
+        # A restart forks from a torchrun whose threads have handled a failure: a rank forked
+        # while one of them held a lock hung (seen once in CI). Fresh interpreters, then.
+        return [*command, "-m", "labkit.jobs.rank", "labkit.training.worker", str(config_path)]
     # The ranks are forked from torchrun (`--run-path` + `--start-method=fork`), which has
     # imported torch, torchvision and the worker once (labkit.jobs.torchrun.preload): four
     # fresh interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores.
-    return [*single_node_command(cfg.nproc, cfg.name), f"--max-restarts={cfg.max_restarts}",
-            f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3", "--start-method=fork",
-            "--run-path", str(Path(__file__).with_name("rank.py")),  # ranks die with torchrun
-            "labkit.training.worker", str(config_path)]
+    return [*command, "--start-method=fork", "--run-path", str(Path(__file__).with_name("rank.py")),
+            "labkit.training.worker", str(config_path)]  # ranks die with torchrun (rank.py)
 
 
 def queued_command(cfg: RunConfig, config_path: Path) -> list[str]:
