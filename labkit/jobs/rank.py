@@ -8,7 +8,8 @@ becomes MODULE, exactly as `python -m MODULE ARGS` would.
 
 labkit's runs give torchrun this file's path with `--run-path` and `--start-method=fork`:
 the ranks are then forked from torchrun, which has imported MODULE already
-(labkit.jobs.torchrun.preload), so MODULE's imports cost nothing here.
+(labkit.jobs.torchrun.preload), so MODULE's imports cost nothing here. A job that may
+restart (`--max-restarts`) runs `python -m labkit.jobs.rank` instead: fresh interpreters.
 """
 
 import os

@@ -81,7 +81,10 @@ def preload(argv: list[str]) -> None:
     """Ranks forked from here (`--run-path .../rank.py MODULE` with `--start-method=fork`)
     start with whatever this process has imported: import MODULE (and with it torch and
     torchvision) once, before the fork, rather than once in every rank. Nothing else runs
-    here before the fork: no CUDA, no threads of torch's own, so forking is safe."""
+    here before the fork: no CUDA, no tensor work. The agent's own threads (its store server,
+    the rendezvous keep-alive) are not copied into a forked rank; after a failure more of them
+    have run, and a restarted rank forked then hung once, so a job that may restart is not
+    forked (jobs/launch.py)."""
     from torch.distributed.run import parse_args
 
     args = parse_args(argv)
