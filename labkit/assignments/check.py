@@ -135,6 +135,7 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
                    lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
+        from labkit.jobs.launch import RANK_SCRIPT
         from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
 
         # One node, every store and socket on loopback; each rank dies with its torchrun, and
@@ -152,9 +153,6 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
     return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
-
-
-RANK_SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "rank.py"
 
 
 def package_root() -> str:

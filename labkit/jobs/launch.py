@@ -35,6 +35,7 @@ class RunFailed(RuntimeError):
     """The run did not end ok; the message names the failing rank and its traceback."""
 
 
+RANK_SCRIPT = Path(__file__).resolve().with_name("rank.py")  # torchrun's --run-path for forked ranks
 STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this long more
 
 
@@ -52,7 +53,7 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     # The ranks are forked from torchrun (`--run-path` + `--start-method=fork`), which has
     # imported torch, torchvision and the worker once (labkit.jobs.torchrun.preload): four
     # fresh interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores.
-    return [*command, "--start-method=fork", "--run-path", str(Path(__file__).with_name("rank.py")),
+    return [*command, "--start-method=fork", "--run-path", str(RANK_SCRIPT),
             "labkit.training.worker", str(config_path)]  # ranks die with torchrun (rank.py)
 
 
@@ -228,12 +229,7 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(family, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    kill_all(alive, timeout_s=5)
 
 
 def kill_process_tree(pid: int) -> None:
@@ -242,9 +238,14 @@ def kill_process_tree(pid: int) -> None:
         family = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
     except psutil.NoSuchProcess:
         return
-    for proc in family:
+    kill_all(family, timeout_s=10)
+
+
+def kill_all(procs: list, timeout_s: float) -> None:
+    """SIGKILL each process (one already gone is fine), then reap them."""
+    for proc in procs:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(family, timeout=10)
+    psutil.wait_procs(procs, timeout=timeout_s)
