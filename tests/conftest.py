@@ -10,19 +10,9 @@ import psutil
 import pytest
 import torch
 
+from labkit.jobs.launch import processes_of  # noqa: F401  (the tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def processes_of(folder) -> list:
-    """Every live process whose command line names this run's folder (agent, torchrun, ranks)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if str(folder) in " ".join(proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def labkit_cli(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess:

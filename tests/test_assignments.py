@@ -21,7 +21,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import REPO
+from conftest import REPO, processes_of
 
 COURSE = REPO / "assignments"
 EXERCISES = sorted(p.name for p in (COURSE / "source").iterdir() if (p / f"{p.name}.ipynb").exists())
@@ -60,12 +60,13 @@ def solution_cell(nb):
 
 
 def leftovers(root: Path) -> list[str]:
-    """Processes whose command line names this course's temporary folder (the check's ranks)."""
+    """Processes of this course's temporary folder (the check's torchrun and ranks)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if str(root) in cmdline:
-            found.append(f"{p.pid}: {cmdline}")  # whole: a forked rank shows torchrun's long command line
+    for proc in processes_of(root):
+        try:
+            found.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+        except psutil.NoSuchProcess:
+            pass
     return found
 
 
@@ -178,7 +179,7 @@ def test_a_killed_checker_leaves_no_rank_behind(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import labkit; labkit.check('allreduce', worlds=(2,), steps=100000)"],
                             env=env, start_new_session=True)
     deadline = time.time() + 240
-    while not any("check_worker" in line for line in leftovers(tmp_path)):
+    while len(list(tmp_path.glob("labkit-check-*/check-*.jsonl"))) < 2:  # both ranks are stepping
         assert time.time() < deadline and proc.poll() is None, "the check's ranks never started"
         time.sleep(0.2)
     time.sleep(2)

@@ -138,18 +138,19 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         from labkit.jobs.launch import RANK_SCRIPT
         from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
 
-        # One node, every store and socket on loopback; each rank dies with its torchrun, and
-        # is forked from it after one import of torch (as labkit's runs: jobs/launch.py).
-        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1", "--start-method=fork",
+        # One node, every store and socket on loopback; each rank dies with its torchrun, and is
+        # forked from its forkserver after one import of torch (as labkit's runs: jobs/launch.py).
+        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1", "--start-method=forkserver",
                    "--run-path", str(RANK_SCRIPT), "labkit.assignments.check_worker", str(out / "job.json")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root()}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root(),
+               "LABKIT_RUN_DIR": str(out)}  # how processes_of finds the forked ranks
         with open(out / "torchrun.log", "w") as log:
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None)
         try:
             stalled = watch(proc, out, world, timeout_s)
         finally:
-            stop_tree(proc)
+            stop_tree(proc, out)
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
     return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
@@ -195,12 +196,14 @@ def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
     return False
 
 
-def stop_tree(proc) -> None:
-    """Kill torchrun and every process under it (its workers run in sessions of their own)."""
-    from labkit.jobs.launch import kill_process_tree
+def stop_tree(proc, out: Path) -> None:
+    """Kill torchrun and every process under it (its workers run in sessions of their own),
+    then what outlived it (the forkserver ends just after the last rank)."""
+    from labkit.jobs.launch import kill_process_tree, stop_stragglers
 
     kill_process_tree(proc.pid)
     proc.wait()
+    stop_stragglers(out)
 
 
 def read_events(path: Path) -> list[dict]:

@@ -35,7 +35,7 @@ class RunFailed(RuntimeError):
     """The run did not end ok; the message names the failing rank and its traceback."""
 
 
-RANK_SCRIPT = Path(__file__).resolve().with_name("rank.py")  # torchrun's --run-path for forked ranks
+RANK_SCRIPT = Path(__file__).resolve().with_name("rank.py")  # torchrun's --run-path for its ranks
 STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this long more
 
 
@@ -46,14 +46,10 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
 
     command = [*single_node_command(cfg.nproc, cfg.name), f"--max-restarts={cfg.max_restarts}",
                f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3"]
-    if cfg.max_restarts:
-        # A restart forks from a torchrun whose threads have handled a failure: a rank forked
-        # while one of them held a lock hung (seen once in CI). Fresh interpreters, then.
-        return [*command, "-m", "labkit.jobs.rank", "labkit.training.worker", str(config_path)]
-    # The ranks are forked from torchrun (`--run-path` + `--start-method=fork`), which has
-    # imported torch, torchvision and the worker once (labkit.jobs.torchrun.preload): four
-    # fresh interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores.
-    return [*command, "--start-method=fork", "--run-path", str(RANK_SCRIPT),
+    # The ranks are forked from torchrun's forkserver (`--run-path` + `--start-method=forkserver`),
+    # which has imported torch, torchvision and the worker once (labkit.jobs.torchrun.preload):
+    # four fresh interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores.
+    return [*command, "--start-method=forkserver", "--run-path", str(RANK_SCRIPT),
             "labkit.training.worker", str(config_path)]  # ranks die with torchrun (rank.py)
 
 
@@ -80,7 +76,7 @@ class Job:
             stale.unlink(missing_ok=True)
         config_path = self.out / "config.json"
         self.cfg.save(config_path)
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
+        env = dict(os.environ, PYTHONUNBUFFERED="1", LABKIT_RUN_DIR=str(self.out),  # see processes_of
                    OMP_NUM_THREADS=str(hardware.cpu_threads_per_rank(self.cfg.nproc)))
         if not self.cfg.torchrun:  # torchrun sets this for its workers; a plain process needs it set
             (self.out / "logs" / "0").mkdir(exist_ok=True)
@@ -203,7 +199,7 @@ class Job:
     def _finish(self, status: str | None = None, failure: dict | None = None) -> None:
         """Called once the agent has exited: make sure result.json says how it ended."""
         self.log.close()
-        stop_process_tree(self.proc.pid)  # stragglers of a failed job (workers in their own sessions)
+        stop_stragglers(self.out)  # of a failed job: ranks in their own sessions, the forkserver
         path = self.out / "result.json"
         if status is None and self._ended_status():
             self._status = self._ended_status()
@@ -213,6 +209,33 @@ class Job:
                           "status": self._status, "config": self.cfg.to_dict(),
                           "exit_code": self.proc.returncode,
                           "failure": failure or read_failure(self.out / "logs", self.started)})
+
+
+def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
+    """Every live process of the runs in `folder` (a run's folder or one above it). Every
+    process a job starts carries its folder in LABKIT_RUN_DIR; ranks forked from torchrun's
+    forkserver show only that (their command line is the forkserver's). `by_command_line`:
+    also a process whose command line names the folder (the agent, a check's torchrun)."""
+    folder = str(folder)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            run_dir = proc.environ().get("LABKIT_RUN_DIR", "")
+            if run_dir == folder or run_dir.startswith(folder.rstrip(os.sep) + os.sep) or \
+                    (by_command_line and folder in " ".join(proc.info["cmdline"] or [])):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def stop_stragglers(folder, grace_s: float = 5.0) -> None:
+    """After torchrun has exited: give what is left of the run (its forkserver and resource
+    tracker end once the last rank has) `grace_s` to end, then SIGKILL it."""
+    _, alive = psutil.wait_procs(processes_of(folder, by_command_line=False), timeout=grace_s)
+    kill_all(alive, timeout_s=5)
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:

@@ -12,7 +12,6 @@ When that address is loopback the ranks' own sockets stay there too: gloo and NC
 otherwise pick the interface the host name resolves to.
 """
 
-import importlib
 import ipaddress
 import os
 import socket
@@ -78,21 +77,22 @@ def main() -> None:
 
 
 def preload(argv: list[str]) -> None:
-    """Ranks forked from here (`--run-path .../rank.py MODULE` with `--start-method=fork`)
-    start with whatever this process has imported: import MODULE (and with it torch and
-    torchvision) once, before the fork, rather than once in every rank. Nothing else runs
-    here before the fork: no CUDA, no tensor work. The agent's own threads (its store server,
-    the rendezvous keep-alive) are not copied into a forked rank; after a failure more of them
-    have run, and a restarted rank forked then hung once, so a job that may restart is not
-    forked (jobs/launch.py)."""
+    """Ranks started by torchrun's forkserver (`--run-path .../rank.py MODULE` with
+    `--start-method=forkserver`) are forked from one clean process that has imported MODULE
+    (and with it torch and torchvision) once, rather than each rank importing them again.
+
+    Why a forkserver and not a fork of torchrun itself: torchrun has threads (its store
+    server, the rendezvous keep-alive, its log readers). A fork copies only the forking
+    thread, so a lock one of the others held at that instant stays held in the child forever:
+    a rank forked from torchrun hung before joining its process group, once in a CI run.
+    The forkserver is a fresh single-threaded interpreter that only imports and forks."""
+    from multiprocessing import forkserver
+
     from torch.distributed.run import parse_args
 
     args = parse_args(argv)
-    if args.run_path and args.start_method == "fork" and os.path.basename(args.training_script) == "rank.py":
-        module = args.training_script_args[0]
-        importlib.import_module(module)
-        del sys.modules[module]  # its imports stay; the rank runs MODULE itself afresh, as __main__
-
+    if args.run_path and args.start_method == "forkserver" and os.path.basename(args.training_script) == "rank.py":
+        forkserver.set_forkserver_preload([args.training_script_args[0]])  # rank.py runs it afresh, as __main__
 
 if __name__ == "__main__":
     main()
