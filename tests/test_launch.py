@@ -118,7 +118,7 @@ def test_the_cause_is_the_rank_that_failed_by_itself_not_a_casualty(tmp_path):
     assert failure["exception"] == "killed by signal 6 (SIGABRT): what():  Received data size doesn't match expected size."
 
 
-# Forked ranks (--start-method=fork): torchrun reports the first rank it saw end, here one
+# Forked ranks (--start-method=forkserver): torchrun reports the first rank it saw end, here one
 # that only lost its peer; every rank that raised left an error file.
 FORKED_REPORT = """Failures:
   <NO_OTHER_FAILURES>

@@ -31,7 +31,7 @@ def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
         entry = next((e for e in causes if e["rank"] == root["rank"]), causes[0])
         if entry["error_file"].is_file():
             record = error_record(entry["error_file"], entry["rank"])
-            # Forked ranks (--start-method=fork) are reported one only: the first torchrun
+            # Forked ranks (--start-method=forkserver) are reported one only: the first torchrun
             # observed, often a rank that lost its peer. Then the cause is in another file.
             return own_failure(entry["error_file"].parent.parent, entry) if LOST_PEER.search(record["exception"]) \
                 else record
