@@ -136,7 +136,7 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
                    lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
         from labkit.jobs.launch import RANK_SCRIPT
-        from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
+        from labkit.jobs.torchrun import single_node_command
 
         # One node, every store and socket on loopback; each rank dies with its torchrun, and is
         # forked from its forkserver after one import of torch (as labkit's runs: jobs/launch.py).

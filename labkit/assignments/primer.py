@@ -30,7 +30,7 @@ class Ranks:
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.log = open(self.dir / "torchrun.log", "w")
-        from labkit.jobs.torchrun import single_node_command  # late: it imports torch.distributed
+        from labkit.jobs.torchrun import single_node_command
         self.proc = subprocess.Popen(
             [*single_node_command(n, "primer"), "--monitor-interval=0.1",  # loopback only
              "-m", "labkit.jobs.rank", "labkit.assignments.primer", str(self.dir), str(os.getpid())],

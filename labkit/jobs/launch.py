@@ -47,7 +47,7 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     command = [*single_node_command(cfg.nproc, cfg.name), f"--max-restarts={cfg.max_restarts}",
                f"--log-dir={Path(cfg.out_dir) / 'logs'}", "--redirects=3"]
     # The ranks are forked from torchrun's forkserver (`--run-path` + `--start-method=forkserver`),
-    # which has imported torch, torchvision and the worker once (labkit.jobs.torchrun.preload):
+    # which has imported torch, torchvision and the worker once (labkit.jobs.torchrun.start_forkserver):
     # four fresh interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores.
     return [*command, "--start-method=forkserver", "--run-path", str(RANK_SCRIPT),
             "labkit.training.worker", str(config_path)]  # ranks die with torchrun (rank.py)
@@ -231,11 +231,11 @@ def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
     return found
 
 
-def stop_stragglers(folder, grace_s: float = 5.0) -> None:
-    """After torchrun has exited: give what is left of the run (its forkserver and resource
-    tracker end once the last rank has) `grace_s` to end, then SIGKILL it."""
-    _, alive = psutil.wait_procs(processes_of(folder, by_command_line=False), timeout=grace_s)
-    kill_all(alive, timeout_s=5)
+def stop_stragglers(folder) -> None:
+    """After torchrun has exited, SIGKILL what is left of the run: a rank that outlived it, and
+    its forkserver (which would spend ~2 s tearing down its imports). Nothing there has anything
+    to save: checkpoints and result.json are written atomically, by the ranks."""
+    kill_all(processes_of(folder, by_command_line=False), timeout_s=5)
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
@@ -251,12 +251,11 @@ def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(family, timeout=grace_s)
-    kill_all(alive, timeout_s=5)
+    kill_all(wait_ended(family, grace_s), timeout_s=5)
 
 
 def kill_process_tree(pid: int) -> None:
-    """SIGKILL `pid` and every descendant at once (no grace: nothing there to save), then reap them."""
+    """SIGKILL `pid` and every descendant at once (no grace: nothing there to save), then wait for them to end."""
     try:
         family = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
     except psutil.NoSuchProcess:
@@ -265,10 +264,27 @@ def kill_process_tree(pid: int) -> None:
 
 
 def kill_all(procs: list, timeout_s: float) -> None:
-    """SIGKILL each process (one already gone is fine), then reap them."""
+    """SIGKILL each process (one already gone is fine), then wait until each has ended. A
+    zombie has ended: an orphan's is reaped by init in its own time (here up to ~2 s later),
+    and our own child (the agent) by its Popen."""
     for proc in procs:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=timeout_s)
+    wait_ended(procs, timeout_s)
+
+
+def wait_ended(procs: list, timeout_s: float) -> list:
+    """Wait up to `timeout_s` for the processes to end; return those still running."""
+    deadline = time.time() + timeout_s
+    while (alive := [p for p in procs if still_running(p)]) and time.time() < deadline:
+        time.sleep(0.02)
+    return alive
+
+
+def still_running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

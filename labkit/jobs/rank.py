@@ -8,7 +8,7 @@ and then SIGKILLs the rank, then becomes MODULE, exactly as `python -m MODULE AR
 
 labkit's runs give torchrun this file's path with `--run-path` and
 `--start-method=forkserver`: the ranks are then forked from torchrun's forkserver, which has
-imported MODULE already (labkit.jobs.torchrun.preload), so MODULE's imports cost nothing
+imported MODULE already (labkit.jobs.torchrun.start_forkserver), so MODULE's imports cost nothing
 here. That forkserver is our parent, not torchrun, and it lives as long as any rank does
 (each rank holds its "alive" pipe): dying with our parent (PR_SET_PDEATHSIG) would never
 happen. `python -m labkit.jobs.rank MODULE ARGS` works as well, as a fresh interpreter.

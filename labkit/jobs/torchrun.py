@@ -10,6 +10,10 @@ the chosen interface's address for a job on several nodes.
 
 When that address is loopback the ranks' own sockets stay there too: gloo and NCCL would
 otherwise pick the interface the host name resolves to.
+
+This module imports only the standard library at the top: the command line helpers are
+used by processes that have no other need for torch, and `main` starts the ranks'
+forkserver before importing torch itself, so the two imports run side by side.
 """
 
 import ipaddress
@@ -17,24 +21,24 @@ import os
 import socket
 import sys
 
-import torch.distributed as dist
 
-_TCPStore = dist.TCPStore
+def bind_stores() -> None:
+    """From now on every TCPStore server listens on the host name it is given, only."""
+    import torch.distributed as dist
 
+    class BoundTCPStore(dist.TCPStore):
+        def __init__(self, host_name, port, world_size=None, is_master=False, *args, master_listen_fd=None, **kwargs):
+            if is_master and master_listen_fd is None:
+                family, kind, _, _, address = socket.getaddrinfo(host_name, port, type=socket.SOCK_STREAM)[0]
+                listener = socket.socket(family, kind)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind(address)
+                listener.listen(1024)
+                port = listener.getsockname()[1]   # the real port when asked for any (0)
+                master_listen_fd = listener.detach()  # the store owns the socket from now on
+            super().__init__(host_name, port, world_size, is_master, *args, master_listen_fd=master_listen_fd, **kwargs)
 
-class BoundTCPStore(_TCPStore):
-    """A TCPStore whose server listens on `host_name` only (clients are unchanged)."""
-
-    def __init__(self, host_name, port, world_size=None, is_master=False, *args, master_listen_fd=None, **kwargs):
-        if is_master and master_listen_fd is None:
-            family, kind, _, _, address = socket.getaddrinfo(host_name, port, type=socket.SOCK_STREAM)[0]
-            listener = socket.socket(family, kind)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address)
-            listener.listen(1024)
-            port = listener.getsockname()[1]   # the real port when asked for any (0)
-            master_listen_fd = listener.detach()  # the store owns the socket from now on
-        super().__init__(host_name, port, world_size, is_master, *args, master_listen_fd=master_listen_fd, **kwargs)
+    dist.TCPStore = BoundTCPStore  # clients are unchanged: only a server (is_master) binds
 
 
 def single_node_command(nproc: int, run_id: str = "labkit") -> list[str]:
@@ -62,37 +66,40 @@ def local_addr(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    # Before torch.distributed.run is imported: its rendezvous module keeps its own reference.
-    dist.TCPStore = BoundTCPStore
-    # The ranks use the agent's store (bound above) rather than hosting one of their own.
+    # The ranks use the agent's store (bound below) rather than hosting one of their own.
     os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
     os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())  # ranks started by labkit.jobs.rank die with us
     if is_loopback(local_addr(sys.argv[1:]) or ""):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the ranks
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    start_forkserver(sys.argv[1:])  # after the environment above, which the ranks inherit from it
+    # Before torch.distributed.run is imported: its rendezvous module keeps its own reference.
+    bind_stores()
     from torch.distributed.run import main as torchrun
 
-    preload(sys.argv[1:])
     torchrun()
 
 
-def preload(argv: list[str]) -> None:
-    """Ranks started by torchrun's forkserver (`--run-path .../rank.py MODULE` with
-    `--start-method=forkserver`) are forked from one clean process that has imported MODULE
-    (and with it torch and torchvision) once, rather than each rank importing them again.
+def start_forkserver(argv: list[str]) -> None:
+    """Ranks started by torchrun's forkserver (`--start-method=forkserver --run-path
+    .../rank.py MODULE`) are forked from one clean process that has imported MODULE (and with
+    it torch and torchvision) once, rather than each rank importing them again. Started now,
+    its imports overlap torchrun's own start and rendezvous.
 
     Why a forkserver and not a fork of torchrun itself: torchrun has threads (its store
     server, the rendezvous keep-alive, its log readers). A fork copies only the forking
     thread, so a lock one of the others held at that instant stays held in the child forever:
     a rank forked from torchrun hung before joining its process group, once in a CI run.
     The forkserver is a fresh single-threaded interpreter that only imports and forks."""
-    from multiprocessing import forkserver
+    if "--start-method=forkserver" not in argv or "--run-path" not in argv:
+        return
+    script, module = argv[argv.index("--run-path") + 1:][:2]
+    if os.path.basename(script) == "rank.py":
+        from multiprocessing import forkserver
 
-    from torch.distributed.run import parse_args
+        forkserver.set_forkserver_preload([module])  # rank.py runs it afresh, as __main__
+        forkserver.ensure_running()
 
-    args = parse_args(argv)
-    if args.run_path and args.start_method == "forkserver" and os.path.basename(args.training_script) == "rank.py":
-        forkserver.set_forkserver_preload([args.training_script_args[0]])  # rank.py runs it afresh, as __main__
 
 if __name__ == "__main__":
     main()
