@@ -10,7 +10,23 @@ import psutil
 import pytest
 import torch
 
-from labkit.jobs.launch import processes_of  # noqa: F401  (the tests import it from here)
+from labkit.jobs.launch import processes_of
+
+
+def ranks_of(folder) -> list:
+    """The live ranks of the run in `folder`: the children of the forkserver its torchrun started."""
+    ranks = []
+    for torchrun in [p for p in processes_of(folder) if "labkit.jobs.torchrun" in " ".join(p.cmdline())]:
+        for child in torchrun.children():
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                ranks += child.children()
+    return ranks
+
+
+def stragglers_killed(folder) -> list[str]:
+    """What the Job had to kill after torchrun exited (launcher.log): ranks should die with it."""
+    log = Path(folder) / "logs" / "launcher.log"
+    return [line for line in log.read_text(errors="replace").splitlines() if "killed after torchrun" in line]
 
 REPO = Path(__file__).resolve().parent.parent
 

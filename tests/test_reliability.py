@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, labkit_cli, max_param_diff, processes_of
+from conftest import REPO, labkit_cli, max_param_diff, processes_of, stragglers_killed
 
 FAST = ("--set", "model=simple_cnn", "--set", "workers=0", "--set", "augment=false", "--set", "batch_size=16",
         "--set", "calibration_steps=0")
@@ -33,7 +33,7 @@ def test_a_failing_rank_is_named_and_nothing_is_left(kind, cause, tmp_path):
     assert result["status"] == "failed" and result["failure"]["rank"] == 2
     assert cause in result["failure"]["exception"]
     assert "rank 2" in proc.stderr and cause in proc.stderr
-    assert not processes_of(out)
+    assert not processes_of(out) and not stragglers_killed(out)  # ranks ended with torchrun, unaided
 
 
 def test_a_hanging_rank_is_stopped_by_the_watchdog(tmp_path):
@@ -46,7 +46,7 @@ def test_a_hanging_rank_is_stopped_by_the_watchdog(tmp_path):
     assert result["failure"]["rank"] == 2
     assert result["failure"]["last_step_by_rank"] == {"0": 5, "1": 5, "2": 4, "3": 5}
     assert elapsed < 10 + 60  # start-up, the watchdog's limit, teardown
-    assert not processes_of(out)
+    assert not processes_of(out) and not stragglers_killed(out)
 
 
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):

@@ -150,7 +150,7 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         try:
             stalled = watch(proc, out, world, timeout_s)
         finally:
-            stop_tree(proc, out)
+            stop_tree(proc)
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
     return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
@@ -196,14 +196,14 @@ def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
     return False
 
 
-def stop_tree(proc, out: Path) -> None:
-    """Kill torchrun and every process under it (its workers run in sessions of their own),
-    then what outlived it (the forkserver ends just after the last rank)."""
+def stop_tree(proc) -> None:
+    """Kill torchrun and every process under it, then anything of its process group that
+    outlived it (ranks die with torchrun, so normally nothing)."""
     from labkit.jobs.launch import kill_process_tree, stop_stragglers
 
     kill_process_tree(proc.pid)
     proc.wait()
-    stop_stragglers(out)
+    stop_stragglers(proc.pid)
 
 
 def read_events(path: Path) -> list[dict]:

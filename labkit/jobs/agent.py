@@ -7,8 +7,9 @@ While it waits the job is "queued"; the STARTED file marks "running".
 
 It also asks Linux to send it SIGTERM when its parent dies (PR_SET_PDEATHSIG): a
 Jupyter kernel restarted mid-run takes its torchrun with it, and torchrun's SIGTERM
-handling stops the workers. The ranks (labkit.jobs.rank) and data preparation's pool
-workers do the same with their own parents, so no link of the chain outlives the one above.
+handling stops the workers. torchrun's forkserver (labkit.jobs.forkserver_init), the ranks
+(labkit.jobs.rank) and data preparation's pool workers do the same with their own parents,
+so no link of the chain outlives the one above.
 """
 
 import ctypes

@@ -7,8 +7,10 @@
 
 The run folder (cfg.out_dir) holds config.json, progress.jsonl (rank 0, a line a
 step), result.json, checkpoint.pt and logs/ (torchrun's per-rank logs and error
-files). torchrun starts its workers in their own process sessions, so stopping a
-job means: note every descendant, SIGTERM the agent, wait, then kill what is left.
+files). The agent starts a process group of its own, and torchrun (which it becomes), its
+forkserver, the ranks and their loader workers all stay in it. Stopping a job means: note
+every descendant, SIGTERM the agent, wait, then kill what is left; once torchrun has exited,
+whatever is left of its group is killed too.
 """
 
 from __future__ import annotations
@@ -198,8 +200,10 @@ class Job:
 
     def _finish(self, status: str | None = None, failure: dict | None = None) -> None:
         """Called once the agent has exited: make sure result.json says how it ended."""
+        # Nothing should be left: ranks die with torchrun. If something is, say so, then stop it.
+        for straggler in stop_stragglers(self.proc.pid):
+            self.log.write(f"labkit: killed after torchrun had exited: {straggler}\n".encode())
         self.log.close()
-        stop_stragglers(self.out)  # of a failed job: ranks in their own sessions, the forkserver
         path = self.out / "result.json"
         if status is None and self._ended_status():
             self._status = self._ended_status()
@@ -231,11 +235,23 @@ def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
     return found
 
 
-def stop_stragglers(folder) -> None:
-    """After torchrun has exited, SIGKILL what is left of the run: a rank that outlived it, and
-    its forkserver (which would spend ~2 s tearing down its imports). Nothing there has anything
-    to save: checkpoints and result.json are written atomically, by the ranks."""
-    kill_all(processes_of(folder, by_command_line=False), timeout_s=5)
+def stop_stragglers(group: int) -> list[str]:
+    """After torchrun has exited, SIGKILL what is left of its process group `group` (the
+    agent's pid: it started the group) and return what that was. The multiprocessing resource
+    tracker is spared: it ends by itself once nothing holds its pipe, and unlinks the
+    semaphores the ranks leaked on the way."""
+    members = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if os.getpgid(proc.pid) == group and still_running(proc):
+                members.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    tracker = [p for p in members if "multiprocessing.resource_tracker" in " ".join(p.info["cmdline"] or [])]
+    others = [p for p in members if p not in tracker]
+    kill_all(others, timeout_s=5)
+    kill_all(wait_ended(tracker, 3.0), timeout_s=5)
+    return [f"{p.pid} {' '.join(p.info['cmdline'] or [])[:120]}" for p in others]
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:

@@ -1,25 +1,22 @@
 """`python -m labkit.jobs.rank MODULE ARGS...`: run MODULE as one rank that dies with its torchrun.
 
-torchrun starts every rank in a session of its own, and tells them to stop only while
-it is alive to do so. Killed outright (SIGKILL, the out-of-memory killer), it leaves its
-ranks running on: they still have each other, so they would train to the end. Here each
-rank first starts a thread that waits for its torchrun to end (a Linux pidfd: no polling)
-and then SIGKILLs the rank, then becomes MODULE, exactly as `python -m MODULE ARGS` would.
+torchrun tells its ranks to stop only while it is alive to do so. Killed outright (SIGKILL,
+the out-of-memory killer), it would leave them running on: they still have each other, so
+they would train to the end. Here each rank asks Linux for SIGKILL the moment its parent
+dies (PR_SET_PDEATHSIG), then becomes MODULE, exactly as `python -m MODULE ARGS` would.
 
 labkit's runs give torchrun this file's path with `--run-path` and
 `--start-method=forkserver`: the ranks are then forked from torchrun's forkserver, which has
-imported MODULE already (labkit.jobs.torchrun.start_forkserver), so MODULE's imports cost nothing
-here. That forkserver is our parent, not torchrun, and it lives as long as any rank does
-(each rank holds its "alive" pipe): dying with our parent (PR_SET_PDEATHSIG) would never
-happen. `python -m labkit.jobs.rank MODULE ARGS` works as well, as a fresh interpreter.
+imported MODULE already (labkit.jobs.torchrun.start_forkserver), so MODULE's imports cost
+nothing here. The forkserver is then our parent, and it dies with torchrun in the same way
+(labkit.jobs.forkserver_init). `python -m labkit.jobs.rank MODULE ARGS` works as well, as a
+fresh interpreter whose parent is torchrun.
 """
 
 import os
 import runpy
-import select
 import signal
 import sys
-import threading
 import time
 
 from labkit.jobs.agent import die_with_parent
@@ -29,8 +26,8 @@ LOST_PEER_DELAY_S = 2.0  # 20 of torchrun's monitor intervals (0.1 s)
 
 
 def main() -> None:
-    # labkit.jobs.torchrun wrote its pid; SIGKILL: checkpoints and results are atomic, nothing to tidy.
-    die_with(int(os.environ.get("LABKIT_TORCHRUN_PID", os.getppid())))
+    # SIGKILL: checkpoints and results are written atomically, nothing to tidy.
+    die_with_parent(os.getppid(), signal.SIGKILL)
     sys.argv = sys.argv[1:]
     sys.modules.pop(sys.argv[0], None)  # the forkserver imported MODULE; run it afresh as __main__
     try:
@@ -42,22 +39,6 @@ def main() -> None:
             time.sleep(LOST_PEER_DELAY_S)
         raise
 
-
-def die_with(pid: int) -> None:
-    """SIGKILL this process as soon as process `pid` has ended (at once if it already has)."""
-    try:
-        pidfd = os.pidfd_open(pid)  # Linux ≥ 5.3: readable once the process has ended
-    except ProcessLookupError:
-        os.kill(os.getpid(), signal.SIGKILL)
-    except (AttributeError, OSError):  # no pidfd here: at least die with our parent
-        die_with_parent(os.getppid(), signal.SIGKILL)
-        return
-
-    def wait_then_die():
-        select.select([pidfd], [], [])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=wait_then_die, name="die-with-torchrun", daemon=True).start()
 
 if __name__ == "__main__":
     main()

@@ -92,13 +92,15 @@ def start_forkserver(argv: list[str]) -> None:
     a rank forked from torchrun hung before joining its process group, once in a CI run.
     The forkserver is a fresh single-threaded interpreter that only imports and forks."""
     if "--start-method=forkserver" not in argv or "--run-path" not in argv:
-        return
+        return  # only this spelling, the one labkit writes: others run as torchrun would
     script, module = argv[argv.index("--run-path") + 1:][:2]
     if os.path.basename(script) == "rank.py":
         from multiprocessing import forkserver
 
-        forkserver.set_forkserver_preload([module])  # rank.py runs it afresh, as __main__
-        forkserver.ensure_running()
+        # forkserver_init: it dies with us; torch.distributed.run: each rank unpickles its
+        # entry point from there; MODULE: rank.py runs it afresh, as __main__.
+        forkserver.set_forkserver_preload(["labkit.jobs.forkserver_init", "torch.distributed.run", module])
+        forkserver.ensure_running()  # from the main thread: PDEATHSIG follows the thread that forked
 
 
 if __name__ == "__main__":

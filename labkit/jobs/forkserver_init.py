@@ -1,0 +1,12 @@
+"""Imported first by torchrun's forkserver (labkit.jobs.torchrun.start_forkserver): from now
+on the forkserver dies the moment torchrun does (PR_SET_PDEATHSIG), as the ranks it forks die
+with it. A chain of parent-death signals, kept by the kernel: torchrun killed outright
+(SIGKILL, the out-of-memory killer) takes the forkserver with it, and the forkserver its ranks,
+even a rank stuck inside C code."""
+
+import os
+import signal
+
+from labkit.jobs.agent import die_with_parent
+
+die_with_parent(int(os.environ["LABKIT_TORCHRUN_PID"]), signal.SIGKILL)
