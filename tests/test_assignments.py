@@ -86,6 +86,7 @@ def course(tmp_path_factory):
     # nbgrader calls `alembic` from its own bin folder; TMPDIR puts the check's ranks where leftovers() looks
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "TMPDIR": str(root / "tmp")}
+    (root / "semaphores-before.txt").write_text("\n".join(sorted(map(str, Path("/dev/shm").glob("sem.mp-*")))))
     started = time.perf_counter()
     nbgrader(root, env, "generate_assignment", "*", "--force")
     for exercise in EXERCISES:
@@ -171,6 +172,10 @@ def test_planted_bug_fails_with_its_own_message(course, student):
 
 def test_nothing_left_running_after_grading(course):
     assert leftovers(course) == []
+    # Checks stopped mid-run (deadlocks, timeouts) spare multiprocessing's resource tracker,
+    # which then unlinks the named semaphores their ranks leaked.
+    before = set((course / "semaphores-before.txt").read_text().splitlines())
+    assert not set(map(str, Path("/dev/shm").glob("sem.mp-*"))) - before
 
 
 def test_a_killed_checker_leaves_no_rank_behind(tmp_path):

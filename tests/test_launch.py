@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import psutil
 import pytest
 
@@ -28,6 +30,7 @@ def assert_all_gone(procs, timeout=15):
 
 
 def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
+    semaphores = set(Path("/dev/shm").glob("sem.mp-*"))  # multiprocessing's named semaphores
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, epochs=1, out_dir=str(tmp_path / "run"))
     assert job.status in ("queued", "running") and not (tmp_path / "run" / "result.json").exists()
     wait_for_progress(job)
@@ -36,6 +39,7 @@ def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
     job.cancel()
     assert job.status == "interrupted"
     assert_all_gone(family)
+    assert not set(Path("/dev/shm").glob("sem.mp-*")) - semaphores  # the resource tracker unlinked them
     with pytest.raises(labkit.RunFailed, match="interrupted"):
         job.result()
 

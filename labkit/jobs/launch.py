@@ -237,9 +237,8 @@ def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
 
 def stop_stragglers(group: int) -> list[str]:
     """After torchrun has exited, SIGKILL what is left of its process group `group` (the
-    agent's pid: it started the group) and return what that was. The multiprocessing resource
-    tracker is spared: it ends by itself once nothing holds its pipe, and unlinks the
-    semaphores the ranks leaked on the way."""
+    agent's pid: it started the group) and return what that was, but for the resource
+    tracker (kill_all)."""
     members = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
@@ -247,11 +246,9 @@ def stop_stragglers(group: int) -> list[str]:
                 members.append(proc)
         except (ProcessLookupError, psutil.NoSuchProcess):
             pass
-    tracker = [p for p in members if "multiprocessing.resource_tracker" in " ".join(p.info["cmdline"] or [])]
-    others = [p for p in members if p not in tracker]
-    kill_all(others, timeout_s=5)
-    kill_all(wait_ended(tracker, 3.0), timeout_s=5)
-    return [f"{p.pid} {' '.join(p.info['cmdline'] or [])[:120]}" for p in others]
+    kill_all(members, timeout_s=5)
+    commands = [(p.pid, " ".join(p.info["cmdline"] or [])) for p in members]
+    return [f"{pid} {command[:120]}" for pid, command in commands if "multiprocessing.resource_tracker" not in command]
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
@@ -282,13 +279,29 @@ def kill_process_tree(pid: int) -> None:
 def kill_all(procs: list, timeout_s: float) -> None:
     """SIGKILL each process (one already gone is fine), then wait until each has ended. A
     zombie has ended: an orphan's is reaped by init in its own time (here up to ~2 s later),
-    and our own child (the agent) by its Popen."""
-    for proc in procs:
+    and our own child (the agent) by its Popen. The multiprocessing resource tracker is
+    spared until the others are gone: it then ends by itself and unlinks the semaphores they
+    leaked (killed, it would leave them in /dev/shm)."""
+    trackers = [p for p in procs if is_resource_tracker(p)]
+    others = [p for p in procs if p not in trackers]
+    for proc in others:
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    wait_ended(procs, timeout_s)
+    wait_ended(others, timeout_s)
+    for proc in wait_ended(trackers, 3.0):
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def is_resource_tracker(proc: psutil.Process) -> bool:
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return False
 
 
 def wait_ended(procs: list, timeout_s: float) -> list:
