@@ -6,11 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
 from labkit.jobs.launch import processes_of
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def ranks_of(folder) -> list:
@@ -28,7 +29,10 @@ def stragglers_killed(folder) -> list[str]:
     log = Path(folder) / "logs" / "launcher.log"
     return [line for line in log.read_text(errors="replace").splitlines() if "killed after torchrun" in line]
 
-REPO = Path(__file__).resolve().parent.parent
+
+def named_semaphores() -> set[str]:
+    """multiprocessing's named semaphores: one left here after a job is a leak."""
+    return set(map(str, Path("/dev/shm").glob("sem.mp-*")))
 
 
 def labkit_cli(*args, timeout=300, check=True, env=None) -> subprocess.CompletedProcess:

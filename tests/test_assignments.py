@@ -21,7 +21,7 @@ import nbformat
 import psutil
 import pytest
 
-from conftest import REPO, processes_of
+from conftest import REPO, named_semaphores, processes_of
 
 COURSE = REPO / "assignments"
 EXERCISES = sorted(p.name for p in (COURSE / "source").iterdir() if (p / f"{p.name}.ipynb").exists())
@@ -86,7 +86,7 @@ def course(tmp_path_factory):
     # nbgrader calls `alembic` from its own bin folder; TMPDIR puts the check's ranks where leftovers() looks
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "TMPDIR": str(root / "tmp")}
-    (root / "semaphores-before.txt").write_text("\n".join(sorted(map(str, Path("/dev/shm").glob("sem.mp-*")))))
+    (root / "semaphores-before.txt").write_text("\n".join(sorted(named_semaphores())))
     started = time.perf_counter()
     nbgrader(root, env, "generate_assignment", "*", "--force")
     for exercise in EXERCISES:
@@ -175,7 +175,7 @@ def test_nothing_left_running_after_grading(course):
     # Checks stopped mid-run (deadlocks, timeouts) spare multiprocessing's resource tracker,
     # which then unlinks the named semaphores their ranks leaked.
     before = set((course / "semaphores-before.txt").read_text().splitlines())
-    assert not set(map(str, Path("/dev/shm").glob("sem.mp-*"))) - before
+    assert not named_semaphores() - before
 
 
 def test_a_killed_checker_leaves_no_rank_behind(tmp_path):

@@ -6,13 +6,11 @@ import subprocess
 import sys
 import time
 
-from pathlib import Path
-
 import psutil
 import pytest
 
 import labkit
-from conftest import REPO, ranks_of
+from conftest import REPO, named_semaphores, ranks_of
 
 
 def wait_for_progress(job, timeout=120):
@@ -30,7 +28,7 @@ def assert_all_gone(procs, timeout=15):
 
 
 def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
-    semaphores = set(Path("/dev/shm").glob("sem.mp-*"))  # multiprocessing's named semaphores
+    semaphores = named_semaphores()
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, epochs=1, out_dir=str(tmp_path / "run"))
     assert job.status in ("queued", "running") and not (tmp_path / "run" / "result.json").exists()
     wait_for_progress(job)
@@ -39,7 +37,7 @@ def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
     job.cancel()
     assert job.status == "interrupted"
     assert_all_gone(family)
-    assert not set(Path("/dev/shm").glob("sem.mp-*")) - semaphores  # the resource tracker unlinked them
+    assert not named_semaphores() - semaphores  # the resource tracker unlinked them
     with pytest.raises(labkit.RunFailed, match="interrupted"):
         job.result()
 

@@ -215,11 +215,10 @@ class Job:
                           "failure": failure or read_failure(self.out / "logs", self.started)})
 
 
-def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
-    """Every live process of the runs in `folder` (a run's folder or one above it). Every
-    process a job starts carries its folder in LABKIT_RUN_DIR; ranks forked from torchrun's
-    forkserver show only that (their command line is the forkserver's). `by_command_line`:
-    also a process whose command line names the folder (the agent, a check's torchrun)."""
+def processes_of(folder) -> list[psutil.Process]:
+    """Every live process of the runs in `folder` (a run's folder or one above it): its command
+    line names the folder (the agent, a check's torchrun), or its LABKIT_RUN_DIR does (every
+    process a job starts; ranks forked from torchrun's forkserver show only that)."""
     folder = str(folder)
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -228,7 +227,7 @@ def processes_of(folder, by_command_line: bool = True) -> list[psutil.Process]:
                 continue
             run_dir = proc.environ().get("LABKIT_RUN_DIR", "")
             if run_dir == folder or run_dir.startswith(folder.rstrip(os.sep) + os.sep) or \
-                    (by_command_line and folder in " ".join(proc.info["cmdline"] or [])):
+                    folder in " ".join(proc.info["cmdline"] or []):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -248,7 +247,7 @@ def stop_stragglers(group: int) -> list[str]:
             pass
     kill_all(members, timeout_s=5)
     commands = [(p.pid, " ".join(p.info["cmdline"] or [])) for p in members]
-    return [f"{pid} {command[:120]}" for pid, command in commands if "multiprocessing.resource_tracker" not in command]
+    return [f"{pid} {command[:120]}" for pid, command in commands if RESOURCE_TRACKER not in command]
 
 
 def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
@@ -284,22 +283,25 @@ def kill_all(procs: list, timeout_s: float) -> None:
     leaked (killed, it would leave them in /dev/shm)."""
     trackers = [p for p in procs if is_resource_tracker(p)]
     others = [p for p in procs if p not in trackers]
-    for proc in others:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
+    sigkill(others)
     wait_ended(others, timeout_s)
-    for proc in wait_ended(trackers, 3.0):
+    sigkill(wait_ended(trackers, 3.0))
+
+
+def sigkill(procs: list) -> None:
+    for proc in procs:
         try:
             proc.kill()
-        except psutil.NoSuchProcess:
+        except psutil.NoSuchProcess:  # already gone
             pass
+
+
+RESOURCE_TRACKER = "multiprocessing.resource_tracker"  # on its command line
 
 
 def is_resource_tracker(proc: psutil.Process) -> bool:
     try:
-        return "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+        return RESOURCE_TRACKER in " ".join(proc.cmdline())
     except psutil.NoSuchProcess:
         return False
 

@@ -68,7 +68,7 @@ def local_addr(argv: list[str]) -> str | None:
 def main() -> None:
     # The ranks use the agent's store (bound below) rather than hosting one of their own.
     os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
-    os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())  # ranks started by labkit.jobs.rank die with us
+    os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())  # the forkserver dies with us (forkserver_init)
     if is_loopback(local_addr(sys.argv[1:]) or ""):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the ranks
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
