@@ -8,17 +8,13 @@ tests compare strategies (and world sizes) parameter for parameter.
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from labkit.config import RunConfig
-from labkit.datasets.tiny import TINY_CLASSES, data_root  # noqa: F401  (re-exported for readers)
+from labkit.datasets.tiny import data_root
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
