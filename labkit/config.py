@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit.strategies import BASELINE  # light: the registry imports no method until asked
+from labkit.errors import ConfigError  # raised here, and still importable from here
 
 LAB_ROOT = Path(__file__).resolve().parent.parent  # the checkout: data/, results/, notebooks/
 
@@ -24,20 +24,18 @@ def results_root() -> Path:
     """results/ of the lab, or $LABKIT_RESULTS (the test suite keeps its runs apart this way)."""
     return Path(os.environ.get("LABKIT_RESULTS") or LAB_ROOT / "results")
 
-MODELS = ("resnet50", "resnet18", "resnet18_small", "simple_cnn")
+MODELS = ("resnet50", "resnet18", "resnet18_small", "simple_cnn")  # built by training/models.py
 DATASETS = ("imagenet", "imagefolder", "tiny", "synthetic")
 AMP_MODES = ("off", "bf16", "fp16")
 DTYPES = ("float32", "float64")
 
 
-class ConfigError(ValueError):
-    """Bad input from the user: the message names the problem and the fix."""
-
-
 @dataclass
 class RunConfig:
     # what to run
-    strategy: str = BASELINE  # a name (labkit strategies) or path/to/file.py:ClassName
+    # a name (labkit strategies) or path/to/file.py:ClassName; "" = the baseline (ddp), which
+    # make_config fills in: the registry of methods is strategies' to know, not the config's
+    strategy: str = ""
     profile: str = "cpu"
     name: str = ""  # run folder name; default <strategy>-<profile>-<timestamp>
     # model and data
@@ -120,7 +118,7 @@ class RunConfig:
     @property
     def strategy_name(self) -> str:
         """'ddp', or the class name of a method given as path/to/file.py:ClassName."""
-        return self.strategy.rsplit(":", 1)[1] if self.strategy.rsplit(":", 1)[0].endswith(".py") else self.strategy
+        return self.strategy.rsplit(":", 1)[1] if is_file_spec(self.strategy) else self.strategy
 
     @property
     def learning_rate(self) -> float:
@@ -135,6 +133,20 @@ class RunConfig:
         return self.learning_rate
 
 
+def is_file_spec(spec: str) -> bool:
+    """'path/to/file.py:ClassName' (a method outside the package) rather than a registry name."""
+    return ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
+
+
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def bool_word(text: str) -> bool | None:
+    """True or False for the words a user may write for them (true, yes, on, 1...), else None."""
+    lowered = text.strip().lower()
+    return True if lowered in TRUE_WORDS else False if lowered in FALSE_WORDS else None
+
+
 def field_types() -> dict[str, type]:
     return typing.get_type_hints(RunConfig)
 
@@ -146,12 +158,9 @@ def parse_value(key: str, text: str):
         return text  # maybe an option of the strategy: make_config checks it against the method's own list
     kind = types[key]
     if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--set {key}={text}: expected true or false")
+        if bool_word(text) is None:
+            raise ConfigError(f"--set {key}={text}: expected true or false")
+        return bool_word(text)
     try:
         return kind(text)
     except ValueError:

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from labkit import hardware
-from labkit.config import AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, results_root
+from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
+                           results_root)
 from labkit.datasets.tiny import check_image_folder, data_root, make_tiny
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
@@ -33,15 +34,20 @@ PROFILES = {
 
 
 def make_config(profile: str = "auto", **overrides) -> RunConfig:
-    from labkit.strategies import is_file_spec, load_strategy
+    from labkit.strategies import BASELINE, load_strategy  # the method's own file says what it takes
 
-    strategy = overrides.get("strategy", RunConfig.strategy)
+    strategy = overrides["strategy"] = overrides.get("strategy") or BASELINE
     if is_file_spec(strategy):  # the workers start elsewhere: give them the whole path
         strategy = overrides["strategy"] = f"{Path(strategy.rsplit(':', 1)[0]).expanduser().resolve()}:" \
                                           f"{strategy.rsplit(':', 1)[1]}"
     method = load_strategy(strategy)
-    # Keys the lab knows are config fields; the rest must be options the method declares.
+    # Keys the lab knows are config fields; the rest must be options the method declares,
+    # and a method may not declare a name the lab already uses (`--set` could not tell them apart).
     option_names = {option.name for option in method.options}
+    clash = sorted(option_names & set(field_types()))
+    if clash:
+        raise ConfigError(f"{strategy}: {method.__name__} declares option(s) {clash} that the lab already uses; "
+                          f"rename them (e.g. {clash[0]}_{method.__name__.lower()})")
     unknown = set(overrides) - set(field_types()) - option_names
     if unknown:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)}; the lab's keys: {', '.join(sorted(field_types()))}; "

@@ -16,7 +16,6 @@ rank, and a last-resort faulthandler timer does so even if that thread cannot ru
 
 import copy
 import faulthandler
-import importlib.util
 import json
 import os
 import signal
@@ -83,7 +82,7 @@ def main(job_path):
     mine = copy.deepcopy(reference)
     initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
     ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)
-    ref_opt = torch.optim.SGD(ddp.parameters(), lr=job["lr"], momentum=0.9)
+    ref_optimizer = torch.optim.SGD(ddp.parameters(), lr=job["lr"], momentum=0.9)
     from labkit.strategies.buckets import make_buckets
 
     where = "loading your file"
@@ -96,9 +95,9 @@ def main(job_path):
         bucket_mb = options.get("bucket_mb", job["options"].get("bucket_mb", 25.0))
         say(event="meta", sizes=[p.numel() for p in mine.parameters()], element_size=8,
             names=[n for n, _ in mine.named_parameters()], buckets=len(make_buckets(mine.parameters(), bucket_mb)))
-        my_opt = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
+        my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
-        mine = strategy.prepare(mine, my_opt)
+        mine = strategy.prepare(mine, my_optimizer)
         shard = strategy.data_shard()
         if shard != (rank, world):
             raise ValueError(f"data_shard() returned {shard}; the check needs every rank to train "
@@ -108,21 +107,20 @@ def main(job_path):
             where = f"step {step}, the reference DDP step"
             say(event="phase", step=step, phase="reference")
             F.cross_entropy(ddp(x), y).backward()
-            ref_opt.step()
-            ref_opt.zero_grad(set_to_none=True)
-            strategy.reset_counters()
+            ref_optimizer.step()
+            ref_optimizer.zero_grad(set_to_none=True)
+            strategy.wire.reset()
             say(event="phase", step=step, phase="forward/backward")
             F.cross_entropy(mine(x), y).backward()
             for phase, call in (("sync_gradients", lambda: strategy.sync_gradients(mine)),
-                                ("update", lambda: strategy.update(my_opt, None)),
+                                ("update", lambda: strategy.update(my_optimizer, None)),
                                 ("sync_parameters", lambda: strategy.sync_parameters(mine))):
                 where = f"step {step}, {phase}"
                 say(event="phase", step=step, phase=phase)
                 call()
-            my_opt.zero_grad(set_to_none=True)
+            my_optimizer.zero_grad(set_to_none=True)
             say(event="step", step=step, **compare(parameters(ddp), parameters(mine), initial, step),
-                bytes_sent=strategy.bytes_sent, bytes_received=strategy.bytes_received,
-                collectives=strategy.collectives)
+                **strategy.wire.as_dict())
     except Exception as error:  # shown to the student with the lines of their own file
         frames = [dict(file=f.filename, line=f.lineno, function=f.name, code=f.line)
                   for f in traceback.extract_tb(error.__traceback__)]

@@ -12,6 +12,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from labkit.config import is_file_spec
+from labkit.errors import ConfigError
+
 BASELINE = "ddp"  # what every method is compared with, and the default
 
 # name → "module:Class", imported only when asked for (each file imports torch)
@@ -29,17 +32,6 @@ REGISTRY = {
 }
 
 
-def _error(message: str):
-    from labkit.config import ConfigError
-
-    return ConfigError(message)
-
-
-def is_file_spec(spec: str) -> bool:
-    """'path/to/file.py:ClassName' (a method outside the package) rather than a registry name."""
-    return ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")
-
-
 def load_strategy(spec: str):
     """The Strategy class for a registry name or 'path/to/file.py:ClassName'.
     Bad input raises ConfigError with one line saying what is wrong and how to fix it."""
@@ -47,14 +39,14 @@ def load_strategy(spec: str):
 
     if not is_file_spec(spec):
         if spec not in REGISTRY:
-            raise _error(f"unknown strategy '{spec}'; choose one of {', '.join(REGISTRY)}, "
-                         f"or give a file: --strategy path/to/file.py:ClassName")
+            raise ConfigError(f"unknown strategy '{spec}'; choose one of {', '.join(REGISTRY)}, "
+                              f"or give a file: --strategy path/to/file.py:ClassName")
         module, name = REGISTRY[spec].split(":")
         return getattr(importlib.import_module(f"{__name__}.{module}"), name)
     file, name = spec.rsplit(":", 1)
     path = Path(file).expanduser().resolve()
     if not path.is_file():
-        raise _error(f"strategy file {file} not found (from --strategy {spec})")
+        raise ConfigError(f"strategy file {file} not found (from --strategy {spec})")
     module_name = f"labkit_user_strategy_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
@@ -62,23 +54,17 @@ def load_strategy(spec: str):
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
-        raise _error(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+        raise ConfigError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
     except Exception as error:  # an import that fails, a NameError at module level...
-        raise _error(f"{path}: importing it failed: {type(error).__name__}: {error}") from None
+        raise ConfigError(f"{path}: importing it failed: {type(error).__name__}: {error}") from None
     cls = getattr(module, name, None)
     if cls is None:
         found = sorted(k for k, v in vars(module).items() if isinstance(v, type) and issubclass(v, Strategy)
                        and v is not Strategy)
-        raise _error(f"{path} has no class {name}" + (f"; it defines {', '.join(found)}" if found else ""))
+        raise ConfigError(f"{path} has no class {name}" + (f"; it defines {', '.join(found)}" if found else ""))
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise _error(f"{path}: {name} is not a Strategy subclass; write `class {name}(Strategy):` "
-                     f"(from labkit.strategies.base import Strategy)")
-    from labkit.config import RunConfig
-
-    clash = sorted({o.name for o in cls.options} & set(RunConfig.__dataclass_fields__))
-    if clash:
-        raise _error(f"{path}: {name} declares option(s) {clash} that the lab already uses; rename them "
-                     f"(e.g. {clash[0]}_{name.lower()})")
+        raise ConfigError(f"{path}: {name} is not a Strategy subclass; write `class {name}(Strategy):` "
+                          f"(from labkit.strategies.base import Strategy)")
     return cls
 
 

@@ -23,4 +23,4 @@ class AllReduce(Strategy):
         for grad in grads_of(model):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
             grad /= self.world
-            self.count_all_reduce(nbytes(grad))
+            self.wire.all_reduce(nbytes(grad))

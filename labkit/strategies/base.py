@@ -1,30 +1,33 @@
 """The strategy contract: how one gradient-synchronization method plugs into the loop.
 
-The worker's loop calls, every step, after `loss.backward()`:
+A `Strategy` has three parts, each its own section below:
 
-    strategy.sync_gradients(model)      # communication before the update
-    strategy.update(optimizer, scaler)  # the optimizer step (the default: every rank)
-    strategy.sync_parameters(model)     # communication after the update (parameter servers)
+1. What the method DOES. Every step, after `loss.backward()`, the loop calls
 
-and times each call, so a strategy never times or prints anything itself. It only
-counts what it puts on the wire (`count`, `count_all_reduce`), which the loop reads
-and resets every step.
+       strategy.sync_gradients(model)      # communication before the update
+       strategy.update(optimizer, scaler)  # the optimizer step (the default: every rank)
+       strategy.sync_parameters(model)     # communication after the update (parameter servers)
 
-A method also *describes itself*, here in its class, so that the lab needs nothing
-outside its file (a student's file outside the package works the same way):
+   and times each call, so a method never times or prints anything itself. Around
+   them: `prepare` (once, before training), `data_shard` (which data this rank reads),
+   `after_step` (bookkeeping outside the timed window), `state_dict` for checkpoints.
 
-    options      the settings it takes: Option(name, default, help, choices)
-    defaults     config values it prefers (e.g. `single` runs one process)
-    check(cfg)   refuse a combination it cannot do, with one line (raise ConfigError)
-    data_ranks   how many ranks compute gradients
-    label(cfg)   its name in comparisons (options that change the wire included)
-    overlaps_backward   True if it communicates inside backward (what the timing can see)
-    state_dict / load_state_dict   state it owns that a checkpoint must keep
+2. How it is COUNTED: `self.wire`, a `Wire`. The method says what it put on the wire
+   (`self.wire.all_reduce(nbytes(grad))`, `self.wire.count(sent=...)`); the loop resets
+   it before each step and writes `self.wire.as_dict()` into the step record.
 
-Byte counts for collectives follow the ring algorithm (what NCCL uses for large
-messages): an all-reduce of S bytes over n ranks sends and receives 2(n−1)/n·S per
-rank, a reduce-scatter or all-gather (n−1)/n·S. Point-to-point sends count exactly.
-Each count also names its operation and message size, for the cost model.
+3. How it DESCRIBES itself, at class level, read before any process starts (so a
+   student's file outside the package works the same way as ours):
+
+       options      the settings it takes: Option(name, default, help, choices);
+                    a running method reads them as self.options.NAME
+       defaults     config values it prefers (e.g. `single` runs one process)
+       check(cfg)   refuse a combination it cannot do: raise ConfigError("one line")
+       data_ranks   how many ranks compute gradients
+       label(cfg)   its name in comparisons (options that change the wire included)
+       needs_process_group   False: one plain process, no torchrun
+       overlaps_backward     True if it communicates inside backward (what timing can see)
+       cost_model_note       a short phrase: what the alpha-beta cost model leaves out
 """
 
 from __future__ import annotations
@@ -35,11 +38,8 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-
-def _config_error():
-    from labkit.config import ConfigError as LabConfigError  # light: no torch
-
-    return LabConfigError
+from labkit.config import bool_word
+from labkit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -54,35 +54,120 @@ class Option:
     def parse(self, value):
         """The value in the option's type, or a one-line ConfigError."""
         kind = type(self.default)
-        if isinstance(value, str) and kind is not str:
-            text = value.strip().lower()
-            if kind is bool:
-                if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise _config_error()(f"--set {self.name}={value}: expected true or false")
-                value = text in ("1", "true", "yes", "on")
-            else:
-                try:
-                    value = kind(text)
-                except ValueError:
-                    raise _config_error()(f"--set {self.name}={value}: expected a {kind.__name__}") from None
+        if isinstance(value, str) and kind is bool:
+            if bool_word(value) is None:
+                raise ConfigError(f"--set {self.name}={value}: expected true or false")
+            value = bool_word(value)
+        elif isinstance(value, str) and kind is not str:
+            try:
+                value = kind(value.strip())
+            except ValueError:
+                raise ConfigError(f"--set {self.name}={value}: expected a {kind.__name__}") from None
         elif kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind):
-            raise _config_error()(f"{self.name}={value!r}: expected a {kind.__name__}")
+            raise ConfigError(f"{self.name}={value!r}: expected a {kind.__name__}")
         if self.choices and value not in self.choices:
-            raise _config_error()(f"{self.name}='{value}' is not one of {', '.join(map(str, self.choices))}")
+            raise ConfigError(f"{self.name}='{value}' is not one of {', '.join(map(str, self.choices))}")
         return value
 
 
+class Wire:
+    """What one rank put on the wire in one step. The loop calls `reset()` before the
+    step and records `as_dict()` after it; the method only calls `count` / `all_reduce`.
+
+    Collectives are counted as the ring algorithm moves them (what NCCL does for large
+    messages): an all-reduce of S bytes over n ranks sends and receives 2(n−1)/n·S per
+    rank, a reduce-scatter or an all-gather (n−1)/n·S. Point-to-point sends count exactly.
+    Each count also names its operation and message size: the cost model predicts from them.
+    """
+
+    def __init__(self, world: int = 1):
+        self.world = world
+        self.reset()
+
+    def reset(self):
+        self.bytes_sent = self.bytes_received = self.collectives = 0
+        self.ops = {}  # {operation: [calls, message bytes]}
+
+    def count(self, sent=0, received=0, calls=1, op=None, message_bytes=0):
+        self.bytes_sent += int(sent)
+        self.bytes_received += int(received)
+        self.collectives += calls
+        if op:
+            calls_so_far, size = self.ops.get(op, (0, 0))
+            self.ops[op] = [calls_so_far + calls, size + int(message_bytes)]
+
+    def all_reduce(self, nbytes, calls=1):
+        """`calls` all-reduces of `nbytes` bytes in all."""
+        ring = 2 * (self.world - 1) / self.world * nbytes
+        self.count(ring, ring, calls=calls, op="all_reduce", message_bytes=nbytes)
+
+    def reduce_scatter(self, nbytes):
+        """One reduce-scatter of an `nbytes` buffer (each rank keeps 1/n of it)."""
+        ring = (self.world - 1) / self.world * nbytes
+        self.count(ring, ring, op="reduce_scatter", message_bytes=nbytes)
+
+    def all_gather(self, nbytes):
+        """One all-gather into an `nbytes` buffer (each rank gives 1/n of it)."""
+        ring = (self.world - 1) / self.world * nbytes
+        self.count(ring, ring, op="all_gather", message_bytes=nbytes)
+
+    def as_dict(self) -> dict:
+        return {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
+                "collectives": self.collectives, "ops": {op: list(v) for op, v in self.ops.items()}}
+
+
 class Strategy:
-    # -- how the method describes itself (class level: read before any process starts) --
-    options: tuple[Option, ...] = ()
+    """A method that does nothing on the wire: the plain training loop. Subclasses
+    override the part they change; a docstring at the top of their file says the idea."""
+
+    # == 1. what the method does =====================================================
+    def __init__(self, cfg, rank: int = 0, world: int = 1):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.options = type(self).options_of(cfg)  # this run's values: self.options.bucket_mb
+        self.wire = Wire(world)
+
+    def prepare(self, model, optimizer):
+        """Once, before training: wrap the model or build buffers; returns the model to train."""
+        return model
+
+    def data_shard(self):
+        """(shard index, shard count) of the data this rank trains on; None = no data."""
+        return self.rank, self.world
+
+    def sync_gradients(self, model):
+        """After backward: make every rank's gradients the average over the global batch."""
+
+    def update(self, optimizer, scaler=None):
+        """The optimizer step (with the fp16 loss scaler when there is one)."""
+        if scaler is not None and scaler.is_enabled():
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def sync_parameters(self, model):
+        """After the update: make every rank's parameters the same (parameter servers)."""
+
+    def after_step(self, model):
+        """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
+
+    def state_dict(self) -> dict:
+        """State this method owns that a checkpoint must keep (per rank)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # == 3. how the method describes itself (class level) ============================
+    options: tuple[Option, ...] = ()  # on the class its Options; on a running method their values
     defaults: dict = {}  # config values this method prefers, unless the user sets them
     needs_process_group = True  # False: one plain process, no torchrun
     # True: its communication runs inside backward (hooks), so the loop's blocking sync time
     # does not hold it, and no bandwidth can be computed from that time
     overlaps_backward = False
-    cost_model_note = ""  # why the alpha-beta model misses this method, where it is known to
+    cost_model_note = ""  # a short phrase: what the cost model's bare collectives leave out
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -99,70 +184,33 @@ class Strategy:
         return cfg.strategy_name
 
     @classmethod
+    def options_of(cls, cfg) -> SimpleNamespace:
+        """The values of this method's options in `cfg`, read as `.NAME` (defaults filled in).
+        A running method has them as `self.options`; a classmethod reads `cls.options_of(cfg)`."""
+        return SimpleNamespace(**cls.option_values(cfg.options))
+
+    @classmethod
     def option_values(cls, given: dict) -> dict:
         """Every option of this method, from `given` where set, else its default."""
         by_name = {o.name: o for o in cls.options}
         unknown = set(given) - set(by_name)
         if unknown:
             known = ", ".join(sorted(by_name)) or "none"
-            raise _config_error()(f"unknown option(s) {sorted(unknown)} for this strategy; its options: {known}")
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} for this strategy; its options: {known}")
         return {name: o.parse(given[name]) if name in given else o.default for name, o in by_name.items()}
 
-    # -- the contract --------------------------------------------------------------
-    def __init__(self, cfg, rank: int = 0, world: int = 1):
-        self.cfg, self.rank, self.world = cfg, rank, world
-        self.opt = SimpleNamespace(**type(self).option_values(getattr(cfg, "options", {}) or {}))
-        self.reset_counters()
-
-    def data_shard(self):
-        """(shard index, shard count) of the data this rank trains on; None = no data."""
-        return self.rank, self.world
-
-    def prepare(self, model, optimizer):
-        return model
-
-    def sync_gradients(self, model):
-        pass
-
-    def update(self, optimizer, scaler=None):
-        if scaler is not None and scaler.is_enabled():
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-    def sync_parameters(self, model):
-        pass
-
-    def after_step(self, model):
-        """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
-
-    def state_dict(self) -> dict:
-        """State this method owns that a checkpoint must keep (per rank)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    # -- counters ------------------------------------------------------------------
+    # -- old names of the wire counters, until the loop reads self.wire (to be removed) --
     def reset_counters(self):
-        self.bytes_sent = self.bytes_received = self.collectives = 0
-        self.ops = {}  # {operation: [calls, message bytes]}, what the cost model predicts from
+        self.wire.reset()
 
-    def count(self, sent=0, received=0, collectives=1, op=None, message_bytes=0):
-        self.bytes_sent += int(sent)
-        self.bytes_received += int(received)
-        self.collectives += collectives
-        if op:
-            calls, size = self.ops.get(op, (0, 0))
-            self.ops[op] = [calls + collectives, size + int(message_bytes)]
-
-    def count_all_reduce(self, nbytes, calls=1):
-        ring = 2 * (self.world - 1) / self.world * nbytes
-        self.count(ring, ring, collectives=calls, op="all_reduce", message_bytes=nbytes)
+    bytes_sent = property(lambda self: self.wire.bytes_sent)
+    bytes_received = property(lambda self: self.wire.bytes_received)
+    collectives = property(lambda self: self.wire.collectives)
+    ops = property(lambda self: self.wire.ops)
 
 
 def nbytes(tensor: torch.Tensor) -> int:
+    """What a tensor weighs on the wire: numel × element_size, whatever its dtype."""
     return tensor.numel() * tensor.element_size()
 
 

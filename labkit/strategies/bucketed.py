@@ -19,18 +19,16 @@ from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 class Bucketed(Strategy):
     options = BUCKET_OPTIONS
     label = classmethod(compressed_label)
-    cost_model_note = ("its sync also holds its own passes over the buckets (copy in, ÷n, copy out; with compress "
-                       "the casts), which the microbenchmark's bare collectives do not: for resnet18_small ~70 ms "
-                       "a step on one core alone (docs/BENCHMARKS.md), more with 4 ranks on 2 cores")
+    cost_model_note = "its own passes over the buckets (copy in, ÷n, copy out, casts)"
 
     def prepare(self, model, optimizer):
-        self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
+        self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
         return model
 
     def sync_gradients(self, model):
         for bucket in self.buckets:
             grads = [p.grad for p in bucket]
-            wire = to_wire(flatten(grads), self.world, self.opt.compress)
+            wire = to_wire(flatten(grads), self.world, self.options.compress)
             dist.all_reduce(wire, op=dist.ReduceOp.SUM)
             unflatten_into(wire, grads)  # copy_ casts back to the gradients' dtype
-            self.count_all_reduce(nbytes(wire))
+            self.wire.all_reduce(nbytes(wire))

@@ -32,7 +32,7 @@ def make_buckets(params, bucket_mb: float) -> list[list[torch.nn.Parameter]]:
 
 def compressed_label(cls, cfg) -> str:
     """'bucketed' and 'bucketed fp16' are different methods in a comparison."""
-    compress = cfg.options.get("compress", "none")
+    compress = cls.options_of(cfg).compress
     return cfg.strategy_name + ("" if compress == "none" else f" {compress}")
 
 

@@ -16,11 +16,11 @@ the wire with PyTorch's built-in communication hooks. Compare with `overlap`, th
 same idea written by hand.
 """
 
-import torch
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from .base import Option, Strategy, nbytes
+from .base import Option, Strategy
+from .buckets import WIRE_DTYPES
 
 COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 DDP_OPTIONS = (
@@ -37,7 +37,7 @@ class TorchDDP(Strategy):
 
     @classmethod
     def label(cls, cfg):
-        hook = cfg.options.get("ddp_hook", "none")
+        hook = cls.options_of(cfg).ddp_hook
         return cfg.strategy_name + ("" if hook == "none" else f" {hook}-hook")
 
     def prepare(self, model, optimizer):
@@ -45,28 +45,29 @@ class TorchDDP(Strategy):
         ddp = DistributedDataParallel(
             model,
             device_ids=[device] if device.type == "cuda" else None,
-            bucket_cap_mb=self.opt.ddp_bucket_cap_mb,
-            gradient_as_bucket_view=self.opt.ddp_gradient_as_bucket_view,
-            static_graph=self.opt.ddp_static_graph,
+            bucket_cap_mb=self.options.ddp_bucket_cap_mb,
+            gradient_as_bucket_view=self.options.ddp_gradient_as_bucket_view,
+            static_graph=self.options.ddp_static_graph,
         )
         self.register_hook(ddp)
-        # Bytes DDP puts on the wire per step: every gradient once, at wire precision.
-        self.grad_bytes = sum(nbytes(p) for p in model.parameters() if p.requires_grad)
-        if getattr(self.opt, "ddp_hook", "none") in COMPRESSION_HOOKS:  # powersgd has no ddp_hook option
-            self.grad_bytes //= 2
+        # What DDP's buckets hold: every gradient once, in the parameters' dtype (float32 or float64)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.grad_numel, self.grad_dtype = sum(p.numel() for p in params), params[0].dtype
         return ddp
 
     def register_hook(self, ddp):
-        if self.opt.ddp_hook in COMPRESSION_HOOKS:
-            ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.opt.ddp_hook])
+        if self.options.ddp_hook in COMPRESSION_HOOKS:
+            ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.options.ddp_hook])
 
     def sync_gradients(self, model):
         # Already done inside backward(): one all-reduce per bucket. Nothing to wait for.
         pass
 
     def after_step(self, model):
-        """Outside the timed window: how many buckets DDP reduced, from its own log."""
-        self.count_all_reduce(self.grad_bytes, calls=buckets_reduced(model))
+        """Outside the timed window: how many buckets DDP reduced, from its own log, and
+        the bytes: every gradient once, in the hook's fp16/bf16 or else the gradients' dtype."""
+        dtype = WIRE_DTYPES[self.options.ddp_hook] or self.grad_dtype
+        self.wire.all_reduce(self.grad_numel * dtype.itemsize, calls=buckets_reduced(model))
 
 
 def buckets_reduced(ddp) -> int:

@@ -28,7 +28,7 @@ class Overlap(Strategy):
     label = classmethod(compressed_label)
 
     def prepare(self, model, optimizer):
-        self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
+        self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
         self.names = {id(p): name for name, p in model.named_parameters()}
         self.arrived = [0] * len(self.buckets)
         self.in_flight = []  # (bucket index, wire buffer, async work handle)
@@ -43,10 +43,10 @@ class Overlap(Strategy):
             self.launch(index)
 
     def launch(self, index):
-        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.opt.compress)
+        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.options.compress)
         work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
         self.in_flight.append((index, wire, work))
-        self.count_all_reduce(nbytes(wire))
+        self.wire.all_reduce(nbytes(wire))
 
     def sync_gradients(self, model):
         launched = {index for index, _, _ in self.in_flight}

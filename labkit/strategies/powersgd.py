@@ -19,7 +19,9 @@ matrix, every step), and on gloo this lab finishes one bucket before starting th
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
-from .base import Option, _config_error
+from labkit.errors import ConfigError
+
+from .base import Option
 from .ddp import DDP_OPTIONS, TorchDDP, buckets_reduced
 
 
@@ -31,43 +33,43 @@ class PowerSGD(TorchDDP):
 
     @classmethod
     def check(cls, cfg):
-        o = cfg.options
-        if o["powersgd_start_iter"] < 2 or o["powersgd_rank"] < 1:
-            raise _config_error()(f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) "
-                                  f"and powersgd_rank at least 1 (got {o['powersgd_start_iter']}, {o['powersgd_rank']})")
+        o = cls.options_of(cfg)
+        if o.powersgd_start_iter < 2 or o.powersgd_rank < 1:
+            raise ConfigError(f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) "
+                                  f"and powersgd_rank at least 1 (got {o.powersgd_start_iter}, {o.powersgd_rank})")
         # An overflowing fp16 step leaves NaN in the hook's error-feedback and warm-start
         # memories; every later step then overflows and the scaler skips them all, for good.
         if cfg.amp == "fp16":
-            raise _config_error()("powersgd does not support amp=fp16 (one overflowing step poisons its error-feedback "
+            raise ConfigError("powersgd does not support amp=fp16 (one overflowing step poisons its error-feedback "
                                   "memory for good); use --set amp=bf16")
         # The hook .view()s DDP's bucket views, which keep channels_last strides.
         if cfg.channels_last:
-            raise _config_error()("powersgd does not support channels_last (PowerSGD's hook reshapes gradient "
+            raise ConfigError("powersgd does not support channels_last (PowerSGD's hook reshapes gradient "
                                   "buckets with .view); use --set channels_last=false")
 
     @classmethod
     def label(cls, cfg):
-        rank = cfg.options["powersgd_rank"]
+        rank = cls.options_of(cfg).powersgd_rank
         return cfg.strategy_name + ("" if rank == 1 else f" r{rank}")
 
-    def register_hook(self, ddp):
-        self.state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.opt.powersgd_rank,
-                                            start_powerSGD_iter=self.opt.powersgd_start_iter)
+    def register_hook(self, ddp):  # instead of DDP's: PowerSGD's hook, and no ddp_hook option
+        self.state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.options.powersgd_rank,
+                                            start_powerSGD_iter=self.options.powersgd_start_iter)
         self.values_sent_so_far = 0
         hook = powersgd.powerSGD_hook if dist.get_backend() == "nccl" else one_bucket_at_a_time
         ddp.register_comm_hook(self.state, hook)
 
     def after_step(self, model):
         # The hook keeps its own tally of the values it put on the wire once compressing
-        # (P and Q of each compressed matrix, the rest as it is); before its start
-        # iteration it is a plain all-reduce of every gradient, one per bucket.
+        # (P and Q of each compressed matrix, the rest as it is), in the gradients' dtype;
+        # before its start iteration it is a plain all-reduce of every gradient, one per bucket.
         buckets = buckets_reduced(model)
         values = self.state.total_numel_after_compression - self.values_sent_so_far
         self.values_sent_so_far = self.state.total_numel_after_compression
         if values:  # vectors, then P, then Q: three all-reduces per bucket
-            self.count_all_reduce(4 * values, calls=3 * buckets)  # fp32
+            self.wire.all_reduce(values * self.grad_dtype.itemsize, calls=3 * buckets)
         else:
-            self.count_all_reduce(self.grad_bytes, calls=buckets)
+            self.wire.all_reduce(self.grad_numel * self.grad_dtype.itemsize, calls=buckets)
 
 
 def one_bucket_at_a_time(state, bucket):

@@ -16,7 +16,9 @@ makes it a dedicated server with n−1 workers.
 import torch
 import torch.distributed as dist
 
-from .base import Option, Strategy, _config_error, flatten, nbytes, unflatten_into
+from labkit.errors import ConfigError
+
+from .base import Option, Strategy, flatten, nbytes, unflatten_into
 
 SERVER = 0
 
@@ -27,20 +29,20 @@ class ParameterServer(Strategy):
     @classmethod
     def check(cls, cfg):
         if cfg.nproc < 2:
-            raise _config_error()("strategy 'ps' needs a server and a worker: use --nproc 2 or more")
+            raise ConfigError("strategy 'ps' needs a server and a worker: use --nproc 2 or more")
         if cfg.amp == "fp16":
-            raise _config_error()("ps does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16")
+            raise ConfigError("ps does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16")
 
     @classmethod
     def data_ranks(cls, cfg):
-        return cfg.nproc if cfg.options["ps_server_trains"] else cfg.nproc - 1
+        return cfg.nproc if cls.options_of(cfg).ps_server_trains else cfg.nproc - 1
 
     @classmethod
     def label(cls, cfg):
-        return "ps" if cfg.options["ps_server_trains"] else "ps (dedicated server)"
+        return "ps" if cls.options_of(cfg).ps_server_trains else "ps (dedicated server)"
 
     def data_shard(self):
-        if self.opt.ps_server_trains:
+        if self.options.ps_server_trains:
             return self.rank, self.world
         return None if self.rank == SERVER else (self.rank - 1, self.world - 1)
 
@@ -49,18 +51,18 @@ class ParameterServer(Strategy):
         if self.rank != SERVER:
             flat = flatten([p.grad for p in params])
             dist.send(flat, dst=SERVER)
-            self.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
+            self.wire.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             return
         total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-        if self.opt.ps_server_trains:
+        if self.options.ps_server_trains:
             total += flatten([p.grad for p in params])
         inbox = [torch.empty_like(total) for _ in range(1, self.world)]
         requests = [dist.irecv(buf, src=src) for src, buf in enumerate(inbox, start=1)]
         for request, buf in zip(requests, inbox):
             request.wait()
             total += buf
-            self.count(received=nbytes(buf), op="send_recv", message_bytes=nbytes(buf))
-        data_ranks = self.world if self.opt.ps_server_trains else self.world - 1
+            self.wire.count(received=nbytes(buf), op="send_recv", message_bytes=nbytes(buf))
+        data_ranks = self.world if self.options.ps_server_trains else self.world - 1  # as data_shard
         for p in params:  # the dedicated server has no grads of its own yet
             if p.grad is None:
                 p.grad = torch.empty_like(p)
@@ -79,10 +81,10 @@ class ParameterServer(Strategy):
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
                 request.wait()
-            self.count(sent=nbytes(flat) * (self.world - 1), collectives=self.world - 1,
+            self.wire.count(sent=nbytes(flat) * (self.world - 1), calls=self.world - 1,
                        op="send_recv", message_bytes=nbytes(flat) * (self.world - 1))
         else:
             dist.recv(flat, src=SERVER)
-            self.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
+            self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             with torch.no_grad():
                 unflatten_into(flat, params)

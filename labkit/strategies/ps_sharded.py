@@ -15,20 +15,20 @@ import math
 import torch
 import torch.distributed as dist
 
-from .base import Strategy, _config_error, flatten, nbytes, unflatten_into
+from labkit.errors import ConfigError
+
+from .base import Strategy, flatten, nbytes, unflatten_into
 
 
 class ShardedServer(Strategy):
-    cost_model_note = ("its sync also holds its own passes over the whole flat buffer (flatten, pad, ÷n before "
-                       "the reduce-scatter; unflatten after the all-gather), which the microbenchmark's bare "
-                       "collectives do not")
+    cost_model_note = "its own passes over the flat buffer (flatten, pad, ÷n, unflatten)"
 
     @classmethod
     def check(cls, cfg):
         # Each rank's GradScaler would see only its shard's gradients: ranks could skip
         # different steps and their loss scales drift apart.
         if cfg.amp == "fp16":
-            raise _config_error()("ps_sharded does not support amp=fp16 (each rank's loss scaler sees only its "
+            raise ConfigError("ps_sharded does not support amp=fp16 (each rank's loss scaler sees only its "
                                   "shard, so ranks could skip different steps); use --set amp=bf16")
 
     def prepare(self, model, optimizer):
@@ -63,8 +63,7 @@ class ShardedServer(Strategy):
         grads = self.pad(flatten([p.grad for p in self.params])) / self.world
         self.shard.grad = torch.empty_like(self.shard)
         dist.reduce_scatter_tensor(self.shard.grad, grads, op=dist.ReduceOp.SUM)
-        ring = (self.world - 1) / self.world * nbytes(grads)
-        self.count(ring, ring, op="reduce_scatter", message_bytes=nbytes(grads))
+        self.wire.reduce_scatter(nbytes(grads))
 
     def update(self, optimizer, scaler=None):
         for group in self.shard_optimizer.param_groups:  # follow the loop's lr schedule (warm-up)
@@ -76,5 +75,4 @@ class ShardedServer(Strategy):
         dist.all_gather_into_tensor(flat, self.shard.detach())
         with torch.no_grad():
             unflatten_into(flat, self.params)
-        ring = (self.world - 1) / self.world * nbytes(flat)
-        self.count(ring, ring, op="all_gather", message_bytes=nbytes(flat))
+        self.wire.all_gather(nbytes(flat))

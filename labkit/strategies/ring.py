@@ -48,13 +48,11 @@ def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> int:
 
 
 class Ring(Strategy):
-    cost_model_note = ("its sync also holds its own work on the whole flat buffer (flatten, ÷n, n−1 additions "
-                       "of a chunk, unflatten) and 2(n−1) lock-step exchanges, each waiting for both neighbours "
-                       "to be scheduled on the shared cores; the microbenchmark times exchanges back to back")
+    cost_model_note = "its own work on the flat buffer and 2(n−1) lock-step exchanges"
 
     def sync_gradients(self, model):
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         flat = flatten(grads) / self.world
         sent = ring_all_reduce(flat, self.rank, self.world)
         unflatten_into(flat, grads)
-        self.count(sent=sent, received=sent, collectives=2 * (self.world - 1), op="send_recv", message_bytes=sent)
+        self.wire.count(sent=sent, received=sent, calls=2 * (self.world - 1), op="send_recv", message_bytes=sent)

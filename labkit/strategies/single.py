@@ -5,7 +5,9 @@ contract's defaults (no communication, `optimizer.step()`) are all it needs.
 Compare: its img/s against `ddp` on n devices gives the scaling efficiency.
 """
 
-from .base import Strategy, _config_error
+from labkit.errors import ConfigError
+
+from .base import Strategy
 
 
 class Single(Strategy):
@@ -15,4 +17,4 @@ class Single(Strategy):
     @classmethod
     def check(cls, cfg):
         if cfg.nproc != 1:
-            raise _config_error()("strategy 'single' runs one process: use --nproc 1")
+            raise ConfigError("strategy 'single' runs one process: use --nproc 1")
