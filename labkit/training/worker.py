@@ -6,8 +6,6 @@ result. The synchronization method is the `strategy` object; this file is the sa
 for every method, and the step itself is in step.py.
 """
 
-import json
-import math
 import os
 import sys
 import time
@@ -26,13 +24,11 @@ from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
 from labkit.training.data import build_loaders, epoch_batches
 from labkit.training.evaluate import validate
-from labkit.training.faults import inject_fault
-from labkit.training.heartbeat import Heartbeat
 from labkit.training.models import build_model
-from labkit.training.process_group import all_reduce_sum, finish, setup, sync_buffers
+from labkit.training.process_group import finish, setup, sync_buffers
+from labkit.training.recorder import StepRecorder
 from labkit.training.result import build_result, gather_step_medians, gather_timeline
 from labkit.training.step import train_step
-from labkit.training.timing import StepTimer
 
 
 @record  # a failing rank's traceback goes to torchrun's error file, and from there to the user
@@ -76,62 +72,34 @@ def main(config_path: str):
         if rank == 0:
             checkpoint.save(out / "checkpoint.pt", net, optimizer, scaler, state, cfg.to_dict(), states)
 
-    first_attempt = not cfg.resume and attempt == 0
-    heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
-    timer = StepTimer(device)
-    progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
+    recorder = StepRecorder(cfg, rank, device, state, strategy, model, optimizer, total_steps,
+                            first_attempt=not cfg.resume and attempt == 0, save_checkpoint=save_checkpoint)
+    timer = recorder.timer
     started = time.perf_counter()
 
     # -- epochs --------------------------------------------------------------------
     for epoch in range(state.epoch, cfg.epochs):
         if state.global_step >= total_steps:
             break
-        epoch_start, first_step = time.perf_counter(), state.global_step
+        recorder.start_epoch(epoch)
         if shard:
             batches = epoch_batches(train_loader, epoch, state.step_in_epoch, cfg.batch_size)
         else:  # a dedicated server takes part in every step without data
             batches = iter([(None, None)] * (len(train_loader) - state.step_in_epoch))
-        timer.start()
+        timer.start()  # the wait for the first batch is the first step's data time
         for batch in batches:
             step = state.global_step + 1
-            if first_attempt:
-                inject_fault(cfg.fault, rank, step)
-            heartbeat.beat(step)
-            timer.record_intervals = cfg.warmup_steps < step <= cfg.warmup_steps + cfg.timeline_steps
-            for group in optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
-                group["lr"] = cfg.lr_at(step)   # number alone, so every rank agrees and a resume continues it
-            strategy.reset_counters()
+            recorder.before(step)  # fault injection, heartbeat, lr schedule, wire counters reset
             loss = train_step(model, batch, strategy, optimizer, scaler, timer, cfg, device)
-            times = timer.stop()
-            strategy.after_step(model)  # the method's bookkeeping, outside the timed window
-
-            state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
-            if shard:
-                state.loss_sum, state.seen = state.loss_sum + loss, state.seen + 1
-            state.steps.append(dict(step=step, epoch=epoch, loss=loss if math.isfinite(loss) else None,
-                                    bytes_sent=strategy.bytes_sent, bytes_received=strategy.bytes_received,
-                                    collectives=strategy.collectives, ops=strategy.ops, **times))
-            if progress:  # json.dumps: a NaN loss must still make a line json.loads can read
-                progress.write(json.dumps({"epoch": epoch, "step": step, "total_steps": total_steps,
-                                           "loss": loss if math.isfinite(loss) else str(loss),
-                                           "img_s": round(cfg.global_batch / times["step_s"], 1)}) + "\n")
-            if not math.isfinite(loss) and cfg.stop_on_nonfinite:
-                raise FloatingPointError(f"loss became {loss} at step {step} (training diverged: lower --set lr, "
-                                         f"or --set stop_on_nonfinite=false to keep going)")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                save_checkpoint()
-                timer.start()  # the checkpoint's I/O is not the next step's data wait
+            recorder.after(step, loss)  # step record, progress line, non-finite check, checkpoint
             if step >= total_steps:
                 break
 
         # End of epoch: the train loss over every data rank, then validation.
-        loss_total, seen_total = all_reduce_sum([state.loss_sum, state.seen], device)
-        stats = {"epoch": epoch, "train_loss": loss_total / max(1, seen_total),
-                 "steps": state.global_step - first_step, "time_s": time.perf_counter() - epoch_start}
-        stats["throughput_img_s"] = cfg.global_batch * stats["steps"] / stats["time_s"]
+        stats = recorder.end_epoch()
         if val_loader is not None:
             sync_buffers(net, source=cfg.nproc - cfg.data_ranks)  # the first rank that trained
-            stats.update(validate(net, val_loader, device, cfg, heartbeat))
+            stats.update(validate(net, val_loader, device, cfg, recorder.heartbeat))
         state.epochs.append(stats)
         state.epoch, state.step_in_epoch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
         save_checkpoint()
@@ -143,7 +111,7 @@ def main(config_path: str):
     if rank == 0:
         write_json(out / "result.json", build_result(cfg, method.label(cfg), world, device, state.steps,
                                                      state.epochs, total_time, rank_medians, compute_only_s, timeline))
-        progress.close()
+    recorder.close()
     finish()
 
 

@@ -1,0 +1,85 @@
+"""Everything the loop does around a step that is not the lesson, in one place.
+
+The loop in worker.py reads like step.py because of this object:
+
+    for batch in batches:
+        recorder.before(step)        # fault injection, heartbeat, timeline, lr, wire counters
+        loss = train_step(...)       # the lesson: forward/backward, sync, update, sync
+        recorder.after(step, loss)   # timer, step record, progress line, checks, checkpoint
+
+A real job needs all of this bookkeeping (a watchdog, a resumable record, a live display),
+and none of it changes from one method to the next, so none of it belongs in the loop.
+It writes the per-step records (state.steps → steps.jsonl, result.json) and, on rank 0,
+progress.jsonl; start_epoch / end_epoch keep each epoch's clock and mean train loss.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+from labkit.training.faults import inject_fault
+from labkit.training.heartbeat import Heartbeat
+from labkit.training.process_group import all_reduce_sum
+from labkit.training.timing import StepTimer
+
+
+class StepRecorder:
+    """The bookkeeping between two steps of one rank; `before` and `after` bracket train_step."""
+
+    def __init__(self, cfg, rank, device, state, strategy, model, optimizer, total_steps,
+                 first_attempt: bool, save_checkpoint):
+        self.cfg, self.rank, self.device, self.state = cfg, rank, device, state
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.total_steps, self.first_attempt, self.save_checkpoint = total_steps, first_attempt, save_checkpoint
+        self.has_data = strategy.data_shard() is not None  # a dedicated server's loss is no loss
+        out = Path(cfg.out_dir)
+        self.heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
+        self.timer = StepTimer(device)  # train_step marks each phase on it
+        self.progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
+
+    def start_epoch(self, epoch: int):
+        self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
+
+    def before(self, step: int):
+        cfg = self.cfg
+        if self.first_attempt:  # a restarted run must get past the fault it was started to survive
+            inject_fault(cfg.fault, self.rank, step)
+        self.heartbeat.beat(step)
+        self.timer.record_intervals = cfg.warmup_steps < step <= cfg.warmup_steps + cfg.timeline_steps
+        for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
+            group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
+        self.strategy.wire.reset()
+
+    def after(self, step: int, loss: float):
+        cfg, state = self.cfg, self.state
+        times = self.timer.stop()
+        self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
+        state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
+        if self.has_data:
+            state.loss_sum, state.seen = state.loss_sum + loss, state.seen + 1
+        finite = math.isfinite(loss)
+        state.steps.append(dict(step=step, epoch=self.epoch, loss=loss if finite else None,
+                                **self.strategy.wire.as_dict(), **times))
+        if self.progress:  # json.dumps: a NaN loss must still make a line json.loads can read
+            self.progress.write(json.dumps({"epoch": self.epoch, "step": step, "total_steps": self.total_steps,
+                                            "loss": loss if finite else str(loss),
+                                            "img_s": round(cfg.global_batch / times["step_s"], 1)}) + "\n")
+        if not finite and cfg.stop_on_nonfinite:
+            raise FloatingPointError(f"loss became {loss} at step {step} (training diverged: lower --set lr, "
+                                     f"or --set stop_on_nonfinite=false to keep going)")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+            self.timer.start()  # the checkpoint's I/O is not the next step's data wait
+
+    def end_epoch(self) -> dict:
+        """The epoch's figures: its train loss averaged over every data rank, its time and throughput."""
+        loss_total, seen_total = all_reduce_sum([self.state.loss_sum, self.state.seen], self.device)
+        stats = {"epoch": self.epoch, "train_loss": loss_total / max(1, seen_total),
+                 "steps": self.state.global_step - self.first_step, "time_s": time.perf_counter() - self.epoch_start}
+        stats["throughput_img_s"] = self.cfg.global_batch * stats["steps"] / stats["time_s"]
+        return stats
+
+    def close(self):
+        if self.progress:
+            self.progress.close()
