@@ -99,12 +99,15 @@ def cmd_lab(args) -> int:
 
 
 def _literal(text: str):
-    """-p values as papermill takes them: numbers and booleans typed, the rest strings."""
+    """-p / --set values typed: numbers and Python literals as such, true/false/yes/no/on/off
+    as booleans (the same words `--set` takes for a config field), the rest strings."""
     import ast
+
+    from labkit.config import bool_word
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        return text if bool_word(text) is None else bool_word(text)
 
 
 def cmd_compare(args) -> int:

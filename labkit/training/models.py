@@ -10,7 +10,19 @@ training makes on the global batch, which the equivalence tests use.
 import torch.nn as nn
 import torchvision
 
-from labkit.config import ConfigError
+from labkit.config import MODELS
+from labkit.errors import ConfigError
+
+# One function per name in config.MODELS (the list a config is checked against before any
+# torch import); build_model finds the function by that name.
+
+
+def resnet50(num_classes: int) -> nn.Module:
+    return torchvision.models.resnet50(num_classes=num_classes)
+
+
+def resnet18(num_classes: int) -> nn.Module:
+    return torchvision.models.resnet18(num_classes=num_classes)
 
 
 def resnet18_small(num_classes: int) -> nn.Module:
@@ -28,12 +40,6 @@ def simple_cnn(num_classes: int) -> nn.Module:
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
-    builders = {
-        "resnet50": lambda: torchvision.models.resnet50(num_classes=num_classes),
-        "resnet18": lambda: torchvision.models.resnet18(num_classes=num_classes),
-        "resnet18_small": lambda: resnet18_small(num_classes),
-        "simple_cnn": lambda: simple_cnn(num_classes),
-    }
-    if name not in builders:
-        raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(builders)}")
-    return builders[name]()
+    if name not in MODELS:
+        raise ConfigError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    return globals()[name](num_classes)
