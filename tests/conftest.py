@@ -9,18 +9,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit.jobs.launch import processes_of
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def processes_of(folder) -> list[psutil.Process]:
+    """Every live process of the runs in `folder` (a run's folder or one above it): its command
+    line names the folder, or its LABKIT_RUN_DIR does (every process the launcher starts
+    carries it; a rank forked from torchrun's forkserver shows only that)."""
+    folder = str(folder)
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            run_dir = proc.environ().get("LABKIT_RUN_DIR", "")
+            if run_dir == folder or run_dir.startswith(folder.rstrip(os.sep) + os.sep) or \
+                    folder in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
 
 
 def ranks_of(folder) -> list:
     """The live ranks of the run in `folder`: the children of the forkserver its torchrun started."""
     ranks = []
-    for torchrun in [p for p in processes_of(folder) if "labkit.jobs.torchrun" in " ".join(p.cmdline())]:
-        for child in torchrun.children():
-            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
-                ranks += child.children()
+    for forkserver in [p for p in processes_of(folder) if "multiprocessing.forkserver" in " ".join(p.cmdline())]:
+        ranks += [child for child in forkserver.children() if child.status() != psutil.STATUS_ZOMBIE]
     return ranks
 
 

@@ -11,6 +11,7 @@
 - `make gpu-check` without a GPU: one line, exit 0; its skip lines and table.
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -149,10 +150,15 @@ def test_bench_waits_for_the_gpu_lock_and_checks_ranks(one_gpu, tmp_path, monkey
 
     with pytest.raises(ConfigError, match="--nproc 1"):
         bench.check_ranks(2)
-    command = bench.gpu_queued(["torchrun", "x"], tmp_path / "out")
-    assert command[1].endswith("agent.py") and command[3] == str(tmp_path / ".cuda.lock") and command[-2:] == ["torchrun", "x"]
+    from labkit.jobs.launcher import Launch, command
+
+    lock = bench.gpu_lock()
+    assert lock == tmp_path / ".cuda.lock"
+    launch = Launch("labkit.measure.collectives", ["x"], nproc=1, run_dir=tmp_path)
+    queued = command(dataclasses.replace(launch, queue_lock=lock))
+    assert queued[1].endswith("agent.py") and queued[3] == str(lock) and queued[6:] == command(launch)
     monkeypatch.setattr(hardware, "gpu_count", lambda: 0)
-    assert bench.gpu_queued(["torchrun", "x"], tmp_path / "out") == ["torchrun", "x"]
+    assert bench.gpu_lock() is None
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import labkit
+from labkit.jobs.launcher import Launch, start
 from conftest import REPO, processes_of, ranks_of
 
 # A run far longer than any test waits (an epoch of the tiny set takes seconds): whatever is
@@ -45,7 +46,7 @@ def test_a_single_node_job_listens_on_loopback_only(tmp_path):
     job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, out_dir=str(run_dir), **FAST)
     try:
         wait_for_first_step(run_dir)  # rendezvous done, gloo connected: every socket is open now
-        family = psutil.Process(job.proc.pid).children(recursive=True) + [psutil.Process(job.proc.pid)]
+        family = psutil.Process(job.handle.pid).children(recursive=True) + [psutil.Process(job.handle.pid)]
         sockets = listening_sockets({p.pid for p in family})
     finally:
         job.cancel()
@@ -92,8 +93,8 @@ def test_sigkill_of_torchrun_takes_its_ranks_with_it(tmp_path):
     job = labkit.launch(profile="cpu", strategy="allreduce", nproc=2, out_dir=str(run_dir), **FAST)
     wait_for_first_step(run_dir)
     assert len(ranks_of(run_dir)) == 2
-    psutil.Process(job.proc.pid).kill()  # the agent, which became torchrun: no chance to stop its ranks
-    job.proc.wait(timeout=10)
+    psutil.Process(job.handle.pid).kill()  # the agent, which became torchrun: no chance to stop its ranks
+    job.handle.wait(timeout=10)
     assert_nothing_left(run_dir)  # checked before the Job's own teardown (poll) could kill stragglers
     assert job.poll() == "failed"
 
@@ -131,23 +132,20 @@ def test_on_a_chosen_interface_every_store_binds_to_its_address_only(tmp_path):
                      f"pathlib.Path({str(tmp_path)!r}, 'ready-' + os.environ['RANK']).touch()\n"
                      f"while not pathlib.Path({str(tmp_path)!r}, 'stop').exists(): time.sleep(0.2)\n"
                      "dist.barrier(); dist.destroy_process_group()\n")
-    command = [sys.executable, "-m", "labkit.jobs.torchrun", "--nnodes=1", "--rdzv-backend=c10d",
-               f"--rdzv-endpoint={address}:0", "--rdzv-conf=is_host=1", f"--local-addr={address}", "--rdzv-id=probe",
-               "--nproc-per-node=2",
-               str(probe)]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": interface}
-    agent = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = start(Launch(str(probe), nproc=2, run_dir=tmp_path, run_id="probe", rdzv_endpoint=f"{address}:0",
+                       rdzv_conf="is_host=1", local_addr=address, fork_ranks=False, cwd=REPO,
+                       env={"GLOO_SOCKET_IFNAME": interface}))
     try:
         deadline = time.time() + 120
-        while len(list(tmp_path.glob("ready-*"))) < 2 and agent.poll() is None and time.time() < deadline:
+        while len(list(tmp_path.glob("ready-*"))) < 2 and job.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert len(list(tmp_path.glob("ready-*"))) == 2, "the ranks never joined"
-        family = psutil.Process(agent.pid).children(recursive=True) + [psutil.Process(agent.pid)]
+        family = psutil.Process(job.pid).children(recursive=True) + [psutil.Process(job.pid)]
         sockets = listening_sockets({p.pid for p in family})
         (tmp_path / "stop").touch()
-        assert agent.wait(timeout=60) == 0, agent.stderr.read()[-3000:]
+        assert job.wait(timeout=60) == 0, job.output()
     finally:
-        if agent.poll() is None:
-            agent.kill()
+        job.kill()
+        job.close()
     assert len({c.pid for c in sockets}) == 3  # the agent's stores and each rank's gloo
     assert {c.laddr.ip for c in sockets} == {address}, [(c.pid, c.laddr) for c in sockets]

@@ -1,5 +1,6 @@
 """Background jobs: launch returns at once, cancel and Ctrl-C leave no process, failures name the rank."""
 
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def test_launch_returns_at_once_and_cancel_leaves_nothing(tmp_path):
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, epochs=1, out_dir=str(tmp_path / "run"))
     assert job.status in ("queued", "running") and not (tmp_path / "run" / "result.json").exists()
     wait_for_progress(job)
-    family = psutil.Process(job.proc.pid).children(recursive=True)
+    family = psutil.Process(job.handle.pid).children(recursive=True)
     assert len(ranks_of(tmp_path / "run")) == 2
     job.cancel()
     assert job.status == "interrupted"
@@ -48,7 +49,7 @@ def test_ctrl_c_during_wait_leaves_nothing(tmp_path):
     script = ("import labkit, signal, sys\n"
               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               f"job = labkit.launch(profile='cpu', strategy='allreduce', nproc=2, epochs=1, out_dir={str(tmp_path / 'run')!r})\n"
-              "print(job.proc.pid, flush=True)\n"
+              "print(job.handle.pid, flush=True)\n"
               "job.wait()\n")
     waiter = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
     agent_pid = int(waiter.stdout.readline())
@@ -61,6 +62,17 @@ def test_ctrl_c_during_wait_leaves_nothing(tmp_path):
     assert_all_gone(family)
 
 
+def test_cancel_after_the_run_ended_keeps_its_result(tmp_path):
+    """A cancel that comes after the run has ended, before anything looked at the job (a
+    notebook's "stop" cell run late), must not turn an ok result into "interrupted"."""
+    job = labkit.launch(profile="cpu", strategy="single", max_steps=1, calibration_steps=0, workers=0,
+                        model="simple_cnn", out_dir=str(tmp_path / "run"))
+    job.handle.wait(timeout=180)  # ended; no poll(), no status read
+    job.cancel()
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "ok"
+    assert job.status == "ok" and job.result()["status"] == "ok"
+
+
 def test_failing_rank_is_named_with_its_traceback(tmp_path):
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, max_steps=6, fault="1:2:raise",
                         out_dir=str(tmp_path / "run"))
@@ -71,74 +83,37 @@ def test_failing_rank_is_named_with_its_traceback(tmp_path):
     assert job.status == "failed"
 
 
-# torchrun's report after a rank aborted in C++ (a gloo collective mismatch): it names as
-# "root cause" a rank the agent was already stopping with SIGTERM.
-TORCHRUN_REPORT = """torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
-============================================================
-labkit.training.worker FAILED
-------------------------------------------------------------
-Failures:
-[0]:
-  time      : 2026-11-25_07:33:46
-  host      : localhost
-  rank      : 0 (local_rank: 0)
-  exitcode  : -6 (pid: 3329)  (SIGABRT)
-  error_file: <N/A>
-  traceback : Signal 6 (SIGABRT) received by PID 3329
-[2]:
-  time      : 2026-11-25_07:33:46
-  host      : localhost
-  rank      : 2 (local_rank: 2)
-  exitcode  : -15 (pid: 3331)  (SIGTERM)
-  error_file: <N/A>
-  traceback : Signal 15 (SIGTERM) received by PID 3331
-------------------------------------------------------------
-Root Cause (first observed failure):
-[1]:
-  time      : 2026-11-25_07:33:45
-  host      : localhost
-  rank      : 1 (local_rank: 1)
-  exitcode  : -15 (pid: 3330)  (SIGTERM)
-  error_file: {error_file}
-  traceback : RuntimeError: Connection reset by peer
-============================================================
-"""
+# What torch's launcher reported (ChildFailedError.failures, as labkit.jobs.torchrun writes
+# them) after a rank aborted in C++ (a gloo collective mismatch): its "first observed failure"
+# is a rank the agent was already stopping with SIGTERM.
+def aborted_report(error_file) -> list[dict]:
+    return [{"rank": 0, "local_rank": 0, "pid": 3329, "exit_code": -6, "signal": "SIGABRT", "timestamp": 20,
+             "error_file": None},
+            {"rank": 1, "local_rank": 1, "pid": 3330, "exit_code": -15, "signal": "SIGTERM", "timestamp": 10,
+             "error_file": str(error_file)},
+            {"rank": 2, "local_rank": 2, "pid": 3331, "exit_code": -15, "signal": "SIGTERM", "timestamp": 20,
+             "error_file": None}]
 
 
 def test_the_cause_is_the_rank_that_failed_by_itself_not_a_casualty(tmp_path):
-    from labkit.jobs.launch import read_failure
+    from labkit.jobs.failures import read_failure
 
     (tmp_path / "err.json").write_text('{"message": {"message": "RuntimeError: Connection reset by peer"}}')
-    (tmp_path / "launcher.log").write_text(TORCHRUN_REPORT.format(error_file=tmp_path / "err.json"))
+    (tmp_path / "failures.json").write_text(json.dumps(aborted_report(tmp_path / "err.json")))
     rank0 = tmp_path / "run-id" / "attempt_0" / "0"
     rank0.mkdir(parents=True)
     (rank0 / "stderr.log").write_text("terminate called after throwing an instance of 'gloo::EnforceNotMet'\n"
                                       "  what():  Received data size doesn't match expected size.\n"
                                       "Fatal Python error: Aborted\n")
     failure = read_failure(tmp_path)
-    assert failure["rank"] == 0
+    assert failure["rank"] == 0 and failure["exit_code"] == -6 and failure["signal"] == "SIGABRT"
     assert failure["exception"] == "killed by signal 6 (SIGABRT): what():  Received data size doesn't match expected size."
-
-
-# Forked ranks (--start-method=forkserver): torchrun reports the first rank it saw end, here one
-# that only lost its peer; every rank that raised left an error file.
-FORKED_REPORT = """Failures:
-  <NO_OTHER_FAILURES>
-------------------------------------------------------------
-Root Cause (first observed failure):
-[0]:
-  time      : 2026-11-25_18:05:07
-  host      : localhost
-  rank      : 5 (local_rank: 1)
-  exitcode  : 1 (pid: 17810)
-  error_file: {error_file}
-  traceback : Traceback (most recent call last):
-============================================================
-"""
 
 
 @pytest.mark.parametrize("cause_rank_raised", [True, False])
 def test_forked_ranks_name_the_rank_that_failed_not_the_first_reported(tmp_path, cause_rank_raised):
+    """Forked ranks (--start-method=forkserver): torch reports the first rank it saw end, here one
+    that only lost its peer; every rank that raised left an error file."""
     from labkit.jobs.failures import read_failure
 
     attempt = tmp_path / "run-id" / "attempt_0"
@@ -150,7 +125,9 @@ def test_forked_ranks_name_the_rank_that_failed_not_the_first_reported(tmp_path,
             (attempt / str(local_rank) / "error.json").write_text(lost)
         elif cause_rank_raised:
             (attempt / "2" / "error.json").write_text('{"message": {"message": "RuntimeError: injected fault"}}')
-    (tmp_path / "launcher.log").write_text(FORKED_REPORT.format(error_file=attempt / "1" / "error.json"))
+    (tmp_path / "failures.json").write_text(json.dumps([
+        {"rank": 5, "local_rank": 1, "pid": 17810, "exit_code": 1, "signal": None, "timestamp": 1,
+         "error_file": str(attempt / "1" / "error.json")}]))
     failure = read_failure(tmp_path)
     assert failure["rank"] == 6
     assert failure["exception"] == ("RuntimeError: injected fault" if cause_rank_raised

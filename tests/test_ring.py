@@ -1,16 +1,13 @@
 """The hand-written ring all-reduce is exact for any world size and buffer length."""
 
-import subprocess
-
 import pytest
 
 from conftest import REPO
-from labkit.jobs.torchrun import single_node_command
+from labkit.jobs.launcher import Launch, run
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
-def test_ring_all_reduce_any_world_any_length(world):
-    proc = subprocess.run([*single_node_command(world, "ring-check"), str(REPO / "tests" / "ring_check.py")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ring ok") == world
+def test_ring_all_reduce_any_world_any_length(world, tmp_path):
+    job = run(Launch(str(REPO / "tests" / "ring_check.py"), nproc=world, run_dir=tmp_path, run_id="ring-check",
+                     fork_ranks=False, cwd=REPO), timeout_s=120)  # raises with the log's end if a rank failed
+    assert job.output(100_000).count("ring ok") == world

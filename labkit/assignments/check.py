@@ -135,38 +135,30 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
                    lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
-        from labkit.jobs.launch import RANK_SCRIPT
-        from labkit.jobs.torchrun import single_node_command
+        from labkit.jobs.launcher import Launch, start
 
-        # One node, every store and socket on loopback; each rank dies with its torchrun, and is
-        # forked from its forkserver after one import of torch (as labkit's runs: jobs/launch.py).
-        command = [*single_node_command(world, "labkit-check"), "--monitor-interval=0.1", "--start-method=forkserver",
-                   "--run-path", str(RANK_SCRIPT), "labkit.assignments.check_worker", str(out / "job.json")]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": package_root(),
-               "LABKIT_RUN_DIR": str(out)}  # how processes_of finds the forked ranks
-        with open(out / "torchrun.log", "w") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None)
+        # One node, every store and socket on loopback; each rank forked from the forkserver after
+        # one import of torch, and dying with its torchrun (as labkit's runs).
+        handle = start(Launch("labkit.assignments.check_worker", [str(out / "job.json")], nproc=world, run_dir=out,
+                              run_id="labkit-check", monitor_interval_s=0.1, env={"OMP_NUM_THREADS": "1"},
+                              cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None))
         try:
-            stalled = watch(proc, out, world, timeout_s)
+            stalled = watch(handle, out, world, timeout_s)
         finally:
-            stop_tree(proc)
+            handle.kill()  # ended already, normally; either way nothing of it is left
+            handle.close()
+        returncode = handle.returncode
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
-        outcome = judge(spec, world, method, events, out, stalled, timeout_s, proc.returncode)
+        outcome = judge(spec, world, method, events, out, stalled, timeout_s, returncode)
     return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
-
-
-def package_root() -> str:
-    root = str(Path(__file__).resolve().parents[2])
-    return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
 
 
 # -- watching the ranks --------------------------------------------------------------
 
-def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
+def watch(handle, out: Path, world: int, timeout_s: float) -> bool:
     """Wait for torchrun; True when the ranks stalled (a deadlock), after making each
     rank write its stack."""
-    while proc.poll() is None:
+    while handle.poll() is None:
         time.sleep(0.05)
         files = [out / f"check-{r}.jsonl" for r in range(world)]
         if not all(f.exists() for f in files):
@@ -177,7 +169,7 @@ def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
         errored = any(e["event"] == "error" for rank in events for e in rank)
         if errored or all(any(e["event"] == "done" for e in rank) for rank in events):
             try:
-                proc.wait(timeout=30)  # finished, or torchrun stops the others itself
+                handle.wait(timeout=30)  # finished, or torchrun stops the others itself
             except subprocess.TimeoutExpired:
                 pass
             return False
@@ -194,16 +186,6 @@ def watch(proc, out: Path, world: int, timeout_s: float) -> bool:
             time.sleep(0.5)
             return True
     return False
-
-
-def stop_tree(proc) -> None:
-    """Kill torchrun and every process under it, then anything of its process group that
-    outlived it (ranks die with torchrun, so normally nothing)."""
-    from labkit.jobs.launch import kill_process_tree, stop_stragglers
-
-    kill_process_tree(proc.pid)
-    proc.wait()
-    stop_stragglers(proc.pid)
 
 
 def read_events(path: Path) -> list[dict]:

@@ -16,7 +16,6 @@ import atexit
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,14 +26,12 @@ class Ranks:
     def __init__(self, n: int = 4, timeout_s: float = 15.0, start_timeout_s: float = 180.0):
         self.n, self.timeout_s, self.k = n, timeout_s, 0
         self.dir = Path(tempfile.mkdtemp(prefix="labkit-ranks-"))
-        root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.log = open(self.dir / "torchrun.log", "w")
-        from labkit.jobs.torchrun import single_node_command
-        self.proc = subprocess.Popen(
-            [*single_node_command(n, "primer"), "--monitor-interval=0.1",  # loopback only
-             "-m", "labkit.jobs.rank", "labkit.assignments.primer", str(self.dir), str(os.getpid())],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        from labkit.jobs.launcher import Launch, start
+
+        # Fresh interpreters (not forked): each rank runs serve() below until closed.
+        self.handle = start(Launch("labkit.assignments.primer", [str(self.dir), str(os.getpid())], nproc=n,
+                                   run_dir=self.dir, run_id="primer", monitor_interval_s=0.1, fork_ranks=False,
+                                   env={"OMP_NUM_THREADS": "1"}))
         atexit.register(self.close)
         self._wait([self.dir / f"ready-{r}" for r in range(n)], start_timeout_s, "start")
 
@@ -61,8 +58,8 @@ class Ranks:
     def _wait(self, files, limit_s, what):
         deadline = time.time() + limit_s
         while not all(f.exists() for f in files):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the ranks stopped (exit {self.proc.returncode}); log: {self.dir / 'torchrun.log'}")
+            if self.handle.poll() is not None:
+                raise RuntimeError(f"the ranks stopped (exit {self.handle.returncode}):\n{self.handle.output(1500)}")
             if time.time() > deadline:
                 missing = [f.name.rsplit("-", 1)[-1].split(".")[0] for f in files if not f.exists()]
                 self.close()
@@ -72,12 +69,8 @@ class Ranks:
             time.sleep(0.02)
 
     def close(self):
-        if self.proc.poll() is None:
-            from labkit.jobs.launch import kill_process_tree
-
-            kill_process_tree(self.proc.pid)
-        self.proc.wait()
-        self.log.close()
+        self.handle.kill()  # nothing of the ranks is left, whatever state they were in
+        self.handle.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labkit.config import ConfigError
-from labkit.jobs.agent import die_with_parent
+from labkit.jobs.processes import die_with_parent
 
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
 KAGGLE_ROOT = Path("ILSVRC") / "Data" / "CLS-LOC"

@@ -12,25 +12,12 @@ handling stops the workers. torchrun's forkserver (labkit.jobs.forkserver_init),
 so no link of the chain outlives the one above.
 """
 
-import ctypes
 import fcntl
 import os
-import signal
 import sys
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
-    """Have Linux send us `sig` when our parent dies (it survives exec). The parent may
-    already have died before we asked (we were then handed to another process): check."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    except OSError:  # not Linux: the Job's own teardown still applies
-        return
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), sig)
+from labkit.jobs.processes import die_with_parent
 
 
 def main(argv: list[str]) -> None:

@@ -1,5 +1,6 @@
-"""Reading how a job ended from torchrun's own files: its log's failure block, each
-rank's error file (written by torch elastic's `record`), and a dead rank's last stderr words.
+"""Reading how a job ended: the failures torch's launcher reported (failures.json, written by
+labkit.jobs.torchrun from `ChildFailedError.failures`), each rank's error file (written by
+torch elastic's `record`), and a dead rank's last stderr words.
 
 Pure reading: nothing here starts, stops or writes anything.
 """
@@ -8,43 +9,42 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 from pathlib import Path
 
 
 def read_failure(log_dir: Path, since: float = 0.0) -> dict | None:
-    """The failure that brought the job down. torchrun's log ends with a block listing
-    every failed rank (exit code, error file) and its guess at the "Root Cause (first
-    observed failure)". The error file (written by @record in the worker) holds the
-    exception and traceback; a rank that died without raising (os._exit, a signal) has
-    none, so its exit code and the end of its stderr tell the cause. A plain process
-    (`single`) writes logs/0/error.json."""
-    launcher = log_dir / "launcher.log"
-    text = launcher.read_text(errors="replace") if launcher.exists() else ""
-    report = text.rsplit("Failures:", 1)[-1] if "Failures:" in text else ""
-    entries = [parse_entry(block) for block in re.split(r"\n\[\d+\]:", report)[1:]]
-    if entries:
-        root = entries[-1]  # torchrun prints its root cause last
-        # When one rank fails, the agent stops the others with SIGTERM, and a rank may
-        # raise "connection reset by peer" just before: casualties, not the cause.
-        causes = [e for e in entries if e["code"] != -signal.SIGTERM] or [root]
-        entry = next((e for e in causes if e["rank"] == root["rank"]), causes[0])
-        if entry["error_file"].is_file():
-            record = error_record(entry["error_file"], entry["rank"])
-            # Forked ranks (--start-method=forkserver) are reported one only: the first torchrun
-            # observed, often a rank that lost its peer. Then the cause is in another file.
-            return own_failure(entry["error_file"].parent.parent, entry) if LOST_PEER.search(record["exception"]) \
-                else record
-        code = entry["code"]
-        cause = (f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0
-                 else f"exited with exit code {code} without raising")
-        last_words = stderr_tail(log_dir, entry["local_rank"])
-        return {"rank": entry["rank"], "exception": cause + (f": {last_words[-1]}" if last_words else ""),
-                "traceback": "\n".join(last_words) or entry["traceback"]}
-    single = log_dir / "0" / "error.json"
+    """The failure that brought the job down: {rank, exception, traceback, exit_code, signal,
+    error_file}, or None. torch reports the ranks it saw fail, each with its exit code and
+    error file (the exception and traceback, written by @record in the worker). A rank that
+    died without raising (os._exit, a signal) has no error file: its exit code and the end of
+    its stderr tell the cause. A plain process (`single`) writes 0/error.json."""
+    reported = Path(log_dir) / "failures.json"
+    if reported.is_file() and reported.stat().st_mtime >= since:
+        return cause_of(json.loads(reported.read_text()), Path(log_dir))
+    single = Path(log_dir) / "0" / "error.json"
     if single.is_file() and single.stat().st_mtime >= since:
         return error_record(single, 0)
     return None
+
+
+def cause_of(reported: list[dict], log_dir: Path) -> dict:
+    """Among the ranks torch reported, the cause. When one rank fails, torch stops the others
+    with SIGTERM: those are casualties. Forked ranks (--start-method=forkserver) are reported
+    one only, the first torch saw end; if that one merely lost its peer, the cause is in
+    another rank's files (own_failure)."""
+    causes = [r for r in reported if r["signal"] != "SIGTERM"] or reported
+    entry = min(causes, key=lambda r: r["timestamp"])  # torch's "first observed failure"
+    found = {"exit_code": entry["exit_code"], "signal": entry["signal"], "error_file": entry["error_file"]}
+    if entry["error_file"]:
+        record = error_record(Path(entry["error_file"]), entry["rank"])
+        if LOST_PEER.search(record["exception"]):
+            return own_failure(Path(entry["error_file"]).parent.parent, entry)
+        return {**record, **found}
+    cause = (f"killed by signal {-entry['exit_code']} ({entry['signal']})" if entry["signal"]
+             else f"exited with exit code {entry['exit_code']} without raising")
+    last_words = stderr_tail(log_dir, entry["local_rank"])
+    return {"rank": entry["rank"], "exception": cause + (f": {last_words[-1]}" if last_words else ""),
+            "traceback": "\n".join(last_words), **found}
 
 
 # What a rank raises when another rank died first (gloo, NCCL): a casualty, not a cause.
@@ -63,21 +63,15 @@ def own_failure(attempt_dir: Path, reported: dict) -> dict:
     for _, rank, path in written:
         record = error_record(path, offset + rank)
         if not LOST_PEER.search(record["exception"]):
-            return record
+            return {**record, "exit_code": None, "signal": None, "error_file": str(path)}
     for rank, p in ranks:
         if not (p / "error.json").is_file():
             last_words = stderr_tail(attempt_dir.parent.parent, rank)
             return {"rank": offset + rank, "exception": "died without raising (an exit or a signal)"
-                    + (f": {last_words[-1]}" if last_words else ""), "traceback": "\n".join(last_words)}
-    return error_record(written[0][2], offset + written[0][1])
-
-
-def parse_entry(block: str) -> dict:
-    field = lambda name: (re.search(rf"{name}\s*:\s*(.*)", block) or [None, ""])[1].strip()
-    ranks = re.match(r"(\d+)(?: \(local_rank: (\d+)\))?", field("rank"))
-    return {"rank": int(ranks[1]), "local_rank": int(ranks[2] or ranks[1]),
-            "code": int(re.match(r"-?\d+", field("exitcode")).group()), "error_file": Path(field("error_file")),
-            "traceback": re.split(r"\n[=-]{8,}", block.split("traceback :")[-1])[0].strip()}
+                    + (f": {last_words[-1]}" if last_words else ""), "traceback": "\n".join(last_words),
+                    "exit_code": None, "signal": None, "error_file": None}
+    return {**error_record(written[0][2], offset + written[0][1]), "exit_code": None, "signal": None,
+            "error_file": str(written[0][2])}
 
 
 def stderr_tail(log_dir: Path, local_rank: int, lines: int = 3) -> list[str]:

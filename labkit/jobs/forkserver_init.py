@@ -7,6 +7,6 @@ even a rank stuck inside C code."""
 import os
 import signal
 
-from labkit.jobs.agent import die_with_parent
+from labkit.jobs.processes import die_with_parent
 
 die_with_parent(int(os.environ["LABKIT_TORCHRUN_PID"]), signal.SIGKILL)

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from labkit.jobs.agent import die_with_parent
+from labkit.jobs.processes import die_with_parent
 from labkit.jobs.failures import LOST_PEER
 
 LOST_PEER_DELAY_S = 2.0  # 20 of torchrun's monitor intervals (0.1 s)

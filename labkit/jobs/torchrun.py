@@ -11,9 +11,9 @@ the chosen interface's address for a job on several nodes.
 When that address is loopback the ranks' own sockets stay there too: gloo and NCCL would
 otherwise pick the interface the host name resolves to.
 
-This module imports only the standard library at the top: the command line helpers are
-used by processes that have no other need for torch, and `main` starts the ranks'
-forkserver before importing torch itself, so the two imports run side by side.
+torchrun's own arguments, as labkit.jobs.launcher writes them (the one place that does). This
+module imports only the standard library at the top: `main` starts the ranks' forkserver
+before importing torch itself, so the two imports run side by side.
 """
 
 import ipaddress
@@ -41,14 +41,6 @@ def bind_stores() -> None:
     dist.TCPStore = BoundTCPStore  # clients are unchanged: only a server (is_master) binds
 
 
-def single_node_command(nproc: int, run_id: str = "labkit") -> list[str]:
-    """The start of a one-node torchrun command line with everything on loopback
-    (what `torchrun --standalone` does, minus listening on every interface)."""
-    return [sys.executable, "-m", "labkit.jobs.torchrun", "--nnodes=1", "--rdzv-backend=c10d",
-            "--rdzv-endpoint=127.0.0.1:0", "--local-addr=127.0.0.1", f"--rdzv-id={run_id}",
-            f"--nproc-per-node={nproc}"]
-
-
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -68,16 +60,49 @@ def local_addr(argv: list[str]) -> str | None:
 def main() -> None:
     # The ranks use the agent's store (bound below) rather than hosting one of their own.
     os.environ.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
-    os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())  # the forkserver dies with us (forkserver_init)
+    from labkit.jobs.processes import die_with_parent
+
+    # We die with whoever launched us (a notebook's kernel, the check); our SIGTERM handling
+    # stops the ranks. The forkserver dies with us (forkserver_init), the ranks with it.
+    die_with_parent(int(os.environ.get("LABKIT_LAUNCHER_PID", os.getppid())))
+    os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())
     if is_loopback(local_addr(sys.argv[1:]) or ""):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the ranks
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     start_forkserver(sys.argv[1:])  # after the environment above, which the ranks inherit from it
     # Before torch.distributed.run is imported: its rendezvous module keeps its own reference.
     bind_stores()
-    from torch.distributed.run import main as torchrun
+    launch_and_report(sys.argv[1:])
 
-    torchrun()
+
+def launch_and_report(argv: list[str]) -> None:
+    """torchrun's own `run`, through torch's launcher API (`elastic_launch`), so that a failure
+    arrives as data: `ChildFailedError.failures`, rank → exit code, error file, time. They go
+    to $LABKIT_FAILURES as JSON (labkit.jobs.failures reads it); the usual report is printed too."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    config, entrypoint, args = config_from_args(parse_args(argv))
+    try:
+        elastic_launch(config=config, entrypoint=entrypoint)(*args)
+    except ChildFailedError as failed:
+        write_failures(failed.failures)
+        print(failed.format_msg(), file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def write_failures(failures: dict) -> None:
+    path = os.environ.get("LABKIT_FAILURES")
+    if not path:
+        return
+    rows = [{"rank": rank, "local_rank": f.local_rank, "pid": f.pid, "exit_code": f.exitcode,
+             "signal": f.signal_name() if f.exitcode < 0 else None, "timestamp": f.timestamp,
+             "error_file": f.error_file if f.error_file and os.path.isfile(f.error_file) else None}
+            for rank, f in sorted(failures.items())]
+    from labkit.files import write_json  # atomic: a reader never sees half a file
+
+    write_json(path, rows)
 
 
 def start_forkserver(argv: list[str]) -> None:

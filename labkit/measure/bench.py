@@ -1,22 +1,21 @@
 """Benchmarks that print ratios measured side by side in one run.
 
-- `labkit bench collectives`: the nccl-tests-style microbenchmark (labkit/collectives.py),
+- `labkit bench collectives`: the nccl-tests-style microbenchmark (labkit/measure/collectives.py),
   its JSON, a busbw plot and the alpha–beta fit the report's cost model uses.
 - `labkit bench harness`: labkit's DDP against a plain DDP script (bench/plain_ddp.py),
   alternated over repeats: is labkit's measuring free?
-- `labkit sweep`: one method over several world sizes, for the scaling plot.
+
+Each starts its torchrun through labkit.jobs.launcher, as every run does.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 from labkit.config import LAB_ROOT, results_root
-from labkit.jobs.torchrun import single_node_command
+from labkit.jobs.launcher import Launch, run
 
 
 def default_ranks() -> int:
@@ -27,59 +26,44 @@ def default_ranks() -> int:
 
 
 def check_ranks(nproc: int) -> None:
-    """On GPUs, one rank per GPU (NCCL cannot share one; a rank past the last fails)."""
+    """On GPUs, one rank per GPU: the same check as a run's (profiles.check_devices)."""
+    from types import SimpleNamespace
+
     from labkit import hardware
-    from labkit.config import ConfigError
+    from labkit.profiles import check_devices
 
-    gpus = hardware.gpu_count()
-    if gpus and nproc > gpus:
-        raise ConfigError(f"{nproc} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
-                          f"use --nproc {gpus}")
+    if hardware.gpu_count():
+        check_devices(SimpleNamespace(device="cuda", nproc=nproc, amp="off", backend="nccl"))
 
 
-def gpu_queued(command: list[str], out_dir: Path) -> list[str]:
-    """On a GPU machine, `command` behind the job agent: it waits for the GPU lock every
-    labkit run takes (labkit/jobs/launch.py queued_command), so a benchmark never shares
-    the GPUs with a run. On CPU (each job its own cores) the command as it is."""
-    import os
-
+def gpu_lock() -> Path | None:
+    """On a GPU machine the lock every labkit run takes (labkit.jobs.launch), so that a benchmark
+    never shares the GPUs with a run; on CPU (each job its own cores) none."""
     from labkit import hardware
 
     if not hardware.gpu_count():
-        return command
+        return None
     lock = results_root() / ".cuda.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, str(LAB_ROOT / "labkit" / "jobs" / "agent.py"), str(os.getpid()), str(lock),
-            str(out_dir / "started"), "--", *command]
+    return lock
 
 
 def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5, ops: tuple | None = None,
                     min_kb: float = 1) -> dict:
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
+    from labkit.report.plots import bandwidth
 
     from .collectives import OPS
-    from .costmodel import fit
+    from labkit.report.costmodel import fit
 
     check_ranks(nproc)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "collectives.json"
-    subprocess.run(gpu_queued([*single_node_command(nproc, "collectives"),  # stores on loopback only
-                               "-m", "labkit.jobs.rank", "labkit.measure.collectives", str(path), str(max_mb), str(min_kb), "2",
-                               str(repeats), ",".join(ops or OPS)],
-                              out_dir), cwd=LAB_ROOT, check=True)
+    args = [str(path), str(max_mb), str(min_kb), "2", str(repeats), ",".join(ops or OPS)]
+    run(Launch("labkit.measure.collectives", args, nproc=nproc, run_dir=out_dir, run_id="collectives",
+               queue_lock=gpu_lock(), cwd=LAB_ROOT))
     bench = json.loads(path.read_text())
     bench["fits"] = fit(bench)
     path.write_text(json.dumps(bench, indent=1))
-    frame = pd.DataFrame(bench["rows"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=frame, x="size_bytes", y="busbw_gb_s", hue="op", marker="o", ax=ax)
-    ax.set(xscale="log", yscale="log", title=f"Bus bandwidth, {bench['world_size']} ranks, {bench['backend']}",
-           xlabel="message size (bytes)", ylabel="busbw (GB/s)")
-    fig.tight_layout()
-    fig.savefig(out_dir / "collectives.png", dpi=120)
+    bandwidth(bench).savefig(out_dir / "collectives.png", dpi=120)
     return bench
 
 
@@ -103,11 +87,12 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None =
 
     data = "synthetic" if gpu else str(make_tiny(LAB_ROOT / "data" / "tiny"))
     extra = [gpu["amp"], str(gpu["channels_last"]).lower()] if gpu else []
-    command = [*single_node_command(nproc, "plain-ddp"),  # the same launcher as labkit's runs: a fair ratio
-               str(LAB_ROOT / "bench" / "plain_ddp.py"), data, str(steps), str(warmup), *extra]
-    proc = subprocess.run(gpu_queued(command, out_dir or results_root() / "bench" / "harness"),
-                          cwd=LAB_ROOT, capture_output=True, text=True, check=True)
-    return float(proc.stdout.split("throughput_img_s")[-1].split()[0])
+    out_dir = out_dir or results_root() / "bench" / "harness"
+    # The same launcher as labkit's runs (a fair ratio), but a plain script: a fresh interpreter per rank.
+    handle = run(Launch(str(LAB_ROOT / "bench" / "plain_ddp.py"), [data, str(steps), str(warmup), *extra],
+                        nproc=nproc, run_dir=out_dir, log_name="plain-ddp.log", run_id="plain-ddp", fork_ranks=False,
+                        queue_lock=gpu_lock(), cwd=LAB_ROOT))
+    return float(handle.output(10_000).split("throughput_img_s")[-1].split()[0])
 
 
 def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: dict | None = None) -> float:
@@ -148,15 +133,3 @@ def harness(nproc: int | None = None, steps: int = 40, warmup: int = 5, repeats:
             "ratios": ratios,
             "ratio_of_medians": statistics.median(lab) / statistics.median(plain),
             "ratio_min": min(ratios), "ratio_max": max(ratios)}
-
-
-def sweep(strategy: str, sizes: list[int], profile: str, overrides: dict) -> list[dict]:
-    from labkit import run
-    from labkit.profiles import make_config
-
-    results = []
-    for n in sizes:
-        cfg = make_config(profile, strategy=strategy, nproc=n, **overrides)
-        print(f"== {strategy} on {n} rank(s) → {cfg.out_dir}", flush=True)
-        results.append(run(cfg))
-    return results

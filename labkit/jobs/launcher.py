@@ -1,0 +1,195 @@
+"""The one place that builds and starts torchrun: labkit runs, the student check, the
+primer's ranks and the benchmarks all describe their job as a `Launch` and `start` it.
+
+    handle = start(Launch("labkit.training.worker", [config], nproc=4, run_dir=out))
+    handle.wait(); handle.failure()      # None, or {rank, exit_code, signal, error_file, exception, traceback}
+    handle.stop()                        # or kill(): nothing of the job is left afterwards
+
+What every job gets, whoever starts it:
+- **Loopback on one node.** The rendezvous store, the ranks' store and gloo/NCCL's sockets
+  bind 127.0.0.1 only (labkit.jobs.torchrun). On several nodes the same fields name the
+  rendezvous endpoint and this node's address on the chosen interface instead.
+- **Ranks forked from a forkserver** that imported the program (torch, torchvision) once,
+  each rank dying with it, and it with torchrun (the PDEATHSIG chain: labkit.jobs.rank).
+- **Structured failures.** torchrun here runs through torch's own launcher API
+  (`elastic_launch`); its `ChildFailedError.failures` are written to failures.json beside
+  the log, and labkit.jobs.failures reads them with each rank's error file.
+- **A process group of its own** (start_new_session): stopping the job stops all of it,
+  and whatever outlived torchrun is killed and named (`leftovers`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.jobs import processes
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding labkit/: ranks import from it
+RANK_SCRIPT = Path(__file__).resolve().with_name("rank.py")  # torchrun's --run-path for forked ranks
+AGENT_SCRIPT = Path(__file__).resolve().with_name("agent.py")  # waits for a lock, then becomes the command
+
+
+@dataclass
+class Launch:
+    """One job: `program` (a module, or a script ending in .py) on `nproc` ranks per node."""
+
+    program: str
+    args: list[str] = field(default_factory=list)
+    nproc: int = 1
+    run_dir: Path = Path(".")       # every process carries it (LABKIT_RUN_DIR)
+    log_dir: Path | None = None     # torchrun's log and failures.json (default: run_dir)
+    log_name: str = "torchrun.log"  # torchrun's own output, in log_dir
+    rank_logs: bool = False         # one log folder per rank under log_dir (torchrun's --log-dir)
+    run_id: str = "labkit"
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = "127.0.0.1:0"  # one node: loopback, any free port
+    local_addr: str = "127.0.0.1"       # the address this node's stores and sockets bind
+    rdzv_conf: str = ""                 # torchrun's --rdzv-conf (e.g. is_host=1: this node hosts the store)
+    max_restarts: int = 0
+    monitor_interval_s: float | None = None  # torchrun's default (0.1 s) when None
+    fork_ranks: bool = True         # False: each rank a fresh interpreter (a script; the primer)
+    torchrun: bool = True           # False: one plain process (a method that needs no process group)
+    queue_lock: Path | None = None  # wait for this lock before starting (GPU jobs take turns)
+    env: dict = field(default_factory=dict)
+    cwd: Path | None = None
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.log_dir or self.run_dir)
+
+    @property
+    def log_path(self) -> Path:
+        return self.logs / self.log_name
+
+    @property
+    def failures_path(self) -> Path:
+        return self.log_path.with_name("failures.json")
+
+
+def command(launch: Launch) -> list[str]:
+    """The command line that runs `launch` (what `start` executes)."""
+    program = [launch.program] if launch.program.endswith(".py") else ["-m", launch.program]
+    if not launch.torchrun:
+        cmd = [sys.executable, *program, *launch.args]
+    else:
+        cmd = [sys.executable, "-m", "labkit.jobs.torchrun", f"--nnodes={launch.nnodes}",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--local-addr={launch.local_addr}",
+               f"--rdzv-id={launch.run_id}", f"--nproc-per-node={launch.nproc}", f"--max-restarts={launch.max_restarts}"]
+        if launch.nnodes > 1:
+            cmd.append(f"--node-rank={launch.node_rank}")
+        if launch.rdzv_conf:
+            cmd.append(f"--rdzv-conf={launch.rdzv_conf}")
+        if launch.monitor_interval_s is not None:
+            cmd.append(f"--monitor-interval={launch.monitor_interval_s}")
+        if launch.rank_logs:
+            cmd += [f"--log-dir={launch.logs}", "--redirects=3"]
+        if launch.fork_ranks:  # rank.py runs the module afresh in each forked rank (labkit.jobs.torchrun)
+            cmd += ["--start-method=forkserver", "--run-path", str(RANK_SCRIPT), launch.program]
+        elif launch.program.endswith(".py"):
+            cmd.append(launch.program)
+        else:  # a fresh interpreter per rank, still dying with torchrun
+            cmd += ["-m", "labkit.jobs.rank", launch.program]
+        cmd += launch.args
+    if launch.queue_lock is not None:
+        cmd = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(launch.queue_lock),
+               str(Path(launch.run_dir) / "started"), "--", *cmd]
+    return cmd
+
+
+def environment(launch: Launch) -> dict:
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **launch.env,
+            "LABKIT_RUN_DIR": str(launch.run_dir),  # how a job's forked ranks are found (ps shows the forkserver)
+            "LABKIT_FAILURES": str(launch.failures_path),
+            "LABKIT_LAUNCHER_PID": str(os.getpid())}  # torchrun dies with us (labkit.jobs.torchrun)
+
+
+class Torchrun:
+    """A started job: wait for it, stop it, read how it failed."""
+
+    def __init__(self, launch: Launch):
+        self.launch = launch
+        launch.logs.mkdir(parents=True, exist_ok=True)
+        launch.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
+        self.log = open(launch.log_path, "ab")
+        self.started = time.time()
+        self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch), stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # Ctrl-C in a terminal reaches us, not torchrun
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code; on a timeout (subprocess.TimeoutExpired) the job goes on."""
+        return self.proc.wait(timeout)
+
+    def stop(self, grace_s: float = 10.0) -> list[str]:
+        """SIGTERM torchrun (it stops its ranks), SIGKILL what remains; returns leftovers()."""
+        processes.stop_tree(self.pid, grace_s)
+        self.proc.wait()
+        return self.leftovers()
+
+    def kill(self) -> list[str]:
+        """SIGKILL torchrun and every process under it at once; returns leftovers()."""
+        processes.kill_tree(self.pid)
+        self.proc.wait()
+        return self.leftovers()
+
+    def leftovers(self) -> list[str]:
+        """Once torchrun has exited: kill what is left of the job's process group, write each
+        to the log and return them (ranks die with torchrun, so this should be empty)."""
+        killed = processes.kill_group(self.pid)
+        for line in killed:
+            self.log.write(f"labkit: killed after torchrun had exited: {line}\n".encode())
+        self.log.flush()
+        return killed
+
+    def close(self) -> None:
+        self.log.close()
+
+    def failure(self) -> dict | None:
+        """The rank that brought the job down, or None (labkit.jobs.failures)."""
+        from labkit.jobs.failures import read_failure
+
+        return read_failure(self.launch.logs, since=self.started)
+
+    def output(self, chars: int = 3000) -> str:
+        """The end of torchrun's log (its own lines and the ranks' unredirected output)."""
+        if not self.log.closed:
+            self.log.flush()
+        return self.launch.log_path.read_text(errors="replace")[-chars:]
+
+
+def start(launch: Launch) -> Torchrun:
+    """Start the job in the background."""
+    return Torchrun(launch)
+
+
+def run(launch: Launch, timeout_s: float | None = None) -> Torchrun:
+    """Start the job and wait for it; a failure (or a timeout) raises with the log's end.
+    The job never outlives this call."""
+    handle = start(launch)
+    try:
+        handle.wait(timeout_s)
+    finally:
+        handle.kill()  # already ended, normally: then this only reaps what outlived torchrun
+        handle.close()
+    if handle.returncode != 0:
+        raise RuntimeError(f"{launch.program} on {launch.nproc} rank(s) failed (exit code {handle.returncode}):\n"
+                           f"{handle.output()}")
+    return handle

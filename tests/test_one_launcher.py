@@ -1,0 +1,38 @@
+"""Every torchrun the lab starts is built and started by labkit/jobs/launcher.py: a labkit run,
+the student check, the primer's ranks, the benchmarks, the tests. Anything else that spells out
+a torchrun command line fails here."""
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+LAUNCHER = REPO / "labkit" / "jobs" / "launcher.py"
+# torchrun itself (it reads those arguments) and this test (it names them) may say them too.
+ALLOWED = {LAUNCHER, REPO / "labkit" / "jobs" / "torchrun.py", Path(__file__).resolve()}
+# Words that only a torchrun command line holds (as a string, not in a docstring or comment).
+TORCHRUN_WORDS = ("labkit.jobs.torchrun", "torch.distributed.run", "torchrun", "--nproc-per-node",
+                  "--nproc_per_node", "--rdzv-endpoint", "--rdzv_endpoint", "--standalone", "--run-path")
+
+
+def torchrun_strings(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every string constant that spells part of a torchrun command."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and any(node.value == word or node.value.startswith(word + "=") for word in TORCHRUN_WORDS)]
+
+
+def test_the_scan_finds_a_torchrun_command():
+    assert torchrun_strings('import subprocess\nsubprocess.Popen(["python", "-m", "torch.distributed.run", '
+                            '"--nproc-per-node=2", "x.py"])\n"""torchrun in a docstring is fine"""\n') == [
+        (2, "torch.distributed.run"), (2, "--nproc-per-node=2")]
+
+
+def test_nothing_but_the_launcher_builds_a_torchrun_command():
+    files = [p for folder in ("labkit", "tests", "bench", "assignments") for p in (REPO / folder).rglob("*.py")]
+    found = {str(p.relative_to(REPO)): hits for p in files if p not in ALLOWED
+             and (hits := torchrun_strings(p.read_text()))}
+    assert not found, f"torchrun started outside labkit/jobs/launcher.py: {found}"
+    assert torchrun_strings(LAUNCHER.read_text()), "the launcher itself should be found by the scan"
