@@ -18,6 +18,10 @@ import math
 import time
 from pathlib import Path
 
+import torch.distributed as dist
+
+from labkit.strategies.base import Strategy
+from labkit.training import checkpoint
 from labkit.training.faults import inject_fault
 from labkit.training.heartbeat import Heartbeat
 from labkit.training.process_group import all_reduce_sum
@@ -27,13 +31,13 @@ from labkit.training.timing import StepTimer
 class StepRecorder:
     """The bookkeeping between two steps of one rank; `before` and `after` bracket train_step."""
 
-    def __init__(self, cfg, rank, device, state, strategy, model, optimizer, total_steps,
-                 first_attempt: bool, save_checkpoint):
+    def __init__(self, cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps,
+                 first_attempt: bool):
         self.cfg, self.rank, self.device, self.state = cfg, rank, device, state
-        self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        self.total_steps, self.first_attempt, self.save_checkpoint = total_steps, first_attempt, save_checkpoint
+        self.strategy, self.model, self.net, self.optimizer, self.scaler = strategy, model, net, optimizer, scaler
+        self.total_steps, self.first_attempt = total_steps, first_attempt
         self.has_data = strategy.data_shard() is not None  # a dedicated server's loss is no loss
-        out = Path(cfg.out_dir)
+        out = self.out = Path(cfg.out_dir)
         self.heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
         self.timer = StepTimer(device)  # train_step marks each phase on it
         self.progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
@@ -80,6 +84,24 @@ class StepRecorder:
         stats["throughput_img_s"] = self.cfg.global_batch * stats["steps"] / stats["time_s"]
         return stats
 
+    def save_checkpoint(self):
+        """checkpoint.pt (and the new lines of steps.jsonl): every rank hands over the state its
+        method owns (e.g. its shard's momentum), rank 0 writes."""
+        owns_state = type(self.strategy).state_dict is not Strategy.state_dict
+        states = gather_to_rank0(self.strategy.state_dict()) if owns_state else None
+        if self.rank == 0:
+            checkpoint.save(self.out / "checkpoint.pt", self.net, self.optimizer, self.scaler, self.state,
+                            self.cfg.to_dict(), states)
+
     def close(self):
         if self.progress:
             self.progress.close()
+
+
+def gather_to_rank0(value):
+    """Every rank's `value`, as a list by rank, on rank 0 (None elsewhere)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered

@@ -3,7 +3,8 @@
 Read it top to bottom: setup (process group, model, optimizer, the method, data),
 then the epochs (train_step after train_step, validation, checkpoint), then the
 result. The synchronization method is the `strategy` object; this file is the same
-for every method, and the step itself is in step.py.
+for every method, the step itself is in step.py, and what is written down around each
+step (records, progress, heartbeat, checkpoints) is the `recorder`'s (recorder.py).
 """
 
 import os
@@ -12,13 +13,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from labkit.config import RunConfig
 from labkit.files import write_json
 from labkit.strategies import load_strategy
-from labkit.strategies.base import Strategy
 from labkit.training import checkpoint
 from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
@@ -65,15 +64,8 @@ def main(config_path: str):
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    owns_state = type(strategy).state_dict is not Strategy.state_dict  # e.g. a shard's momentum on every rank
-
-    def save_checkpoint():  # every rank hands over its strategy state; rank 0 writes
-        states = gather_to_rank0(strategy.state_dict()) if owns_state else None
-        if rank == 0:
-            checkpoint.save(out / "checkpoint.pt", net, optimizer, scaler, state, cfg.to_dict(), states)
-
-    recorder = StepRecorder(cfg, rank, device, state, strategy, model, optimizer, total_steps,
-                            first_attempt=not cfg.resume and attempt == 0, save_checkpoint=save_checkpoint)
+    recorder = StepRecorder(cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps,
+                            first_attempt=not cfg.resume and attempt == 0)
     timer = recorder.timer
     started = time.perf_counter()
 
@@ -102,7 +94,7 @@ def main(config_path: str):
             stats.update(validate(net, val_loader, device, cfg, recorder.heartbeat))
         state.epochs.append(stats)
         state.epoch, state.step_in_epoch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
-        save_checkpoint()
+        recorder.save_checkpoint()
 
     # -- result --------------------------------------------------------------------
     total_time = time.perf_counter() - started
@@ -113,15 +105,6 @@ def main(config_path: str):
                                                      state.epochs, total_time, rank_medians, compute_only_s, timeline))
     recorder.close()
     finish()
-
-
-def gather_to_rank0(value):
-    """Every rank's `value`, as a list by rank, on rank 0 (None elsewhere)."""
-    if not dist.is_initialized():
-        return [value]
-    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(value, gathered, dst=0)
-    return gathered
 
 
 if __name__ == "__main__":
