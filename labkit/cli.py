@@ -111,10 +111,12 @@ def _literal(text: str):
 
 
 def cmd_compare(args) -> int:
-    """The comparison pipeline of labkit/report/analysis.py: select, draw, report."""
+    """The comparison pipeline of labkit/report/: select, draw, report."""
     from labkit.config import results_root
-    from labkit.measure.costmodel import load_fits
-    from labkit.report.analysis import communication_frame, load_results, report_text, select_runs
+    from labkit.report.costmodel import load_fits
+    from labkit.report.frames import communication_frame
+    from labkit.report.selection import load_results, select_runs
+    from labkit.report.sentences import report_text
     from labkit.report.plots import all_figures, save_all
 
     chosen = select_runs(load_results(args.runs or None), profile=args.profile)
@@ -202,7 +204,8 @@ def cmd_bench_harness(args) -> int:
 
 def cmd_sweep(args) -> int:
     from labkit.measure.bench import sweep
-    from labkit.report.analysis import runs_frame, scaling_frame, select_runs
+    from labkit.report.frames import runs_frame, scaling_frame
+    from labkit.report.selection import select_runs
 
     sizes = [int(n) for n in args.nproc.split(",")]
     chosen = select_runs(sweep(args.strategy, sizes, args.profile, parse_overrides(args.set)))

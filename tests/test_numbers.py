@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, run_to
 from labkit.measure.collectives import bandwidths
-from labkit.measure.costmodel import fit, predict_sync_s
+from labkit.report.costmodel import fit, predict_sync_s
 
 
 def test_bus_bandwidth_formulas_match_nccl_tests():
@@ -128,7 +128,8 @@ def fake_result(strategy, steps, throughput, method=None, **config):
 
 
 def test_comparison_holds_full_length_runs_and_tells_options_apart():
-    from labkit.report.analysis import comparison_table, runs_frame, select_runs
+    from labkit.report.frames import comparison_table, runs_frame
+    from labkit.report.selection import select_runs
 
     results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
                fake_result("bucketed", 20, 60.0, method="bucketed fp16"), fake_result("ddp", 60, 90.0),
@@ -224,7 +225,7 @@ def test_cost_model_predicts_the_blocking_methods(profile_runs, bench, numbers_d
     tolerance, nor fall an order of magnitude short (an op counted once instead of 62
     times, a push or pull left out). The table, with the measured wait for the last rank,
     is printed and kept: the ±25 % target is judged there, against the machine's load."""
-    from labkit.measure.costmodel import TOLERANCE, prediction_table, prediction_text
+    from labkit.report.costmodel import TOLERANCE, prediction_table, prediction_text
 
     fits = fit(bench)
     table = prediction_text(prediction_table([r for r, _ in profile_runs.values()], fits))

@@ -11,7 +11,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from labkit.report import analysis, diagrams, plots  # noqa: E402
+from labkit.report import diagrams, frames, plots, selection, sentences  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +64,7 @@ def results_folder(tmp_path):
 
 @pytest.fixture
 def kept(results_folder):
-    return analysis.select_runs(analysis.load_results([results_folder])).kept
+    return selection.select_runs(selection.load_results([results_folder])).kept
 
 
 def texts(fig):
@@ -72,27 +72,27 @@ def texts(fig):
 
 
 def test_selection_says_why_each_run_is_left_out(results_folder):
-    chosen = analysis.select_runs(analysis.load_results([results_folder]))
+    chosen = selection.select_runs(selection.load_results([results_folder]))
     reasons = {r["name"]: why for r, why in chosen.left_out}
     assert set(reasons) == {"a-short", "a-fault", "a-failed"}
     assert "fault" in reasons["a-fault"] and "failed" in reasons["a-failed"] and "6-step" in reasons["a-short"]
-    assert analysis.select_runs(analysis.load_results([results_folder]), profile="imagenet").kept == []
+    assert selection.select_runs(selection.load_results([results_folder]), profile="imagenet").kept == []
 
 
 def test_method_label_comes_from_the_result():
-    assert analysis.method({"strategy": "x", "method": "x fp16"}) == "x fp16"
-    assert analysis.method({"strategy": "x"}) == "x"
+    assert selection.method({"strategy": "x", "method": "x fp16"}) == "x fp16"
+    assert selection.method({"strategy": "x"}) == "x"
 
 
 def test_comparison_table_has_repeats_spread_and_baseline(kept):
-    table = analysis.comparison_table(analysis.runs_frame(kept), baseline="alpha").set_index(["method", "world_size"])
+    table = frames.comparison_table(frames.runs_frame(kept), baseline="alpha").set_index(["method", "world_size"])
     assert table.loc[("alpha", 4), "repeats"] == 2 and table.loc[("alpha", 4), "throughput_img_s"] == 85.0
     assert table.loc[("alpha", 4), "throughput_sd"] == pytest.approx(7.0711, rel=1e-4)
     assert table.loc[("gamma", 4), "vs_baseline"] == pytest.approx(60 / 85)
 
 
 def test_scaling_is_bounded_by_the_cores(kept):
-    scaling = analysis.scaling_frame(analysis.runs_frame(kept)).set_index(["method", "world_size"])
+    scaling = frames.scaling_frame(frames.runs_frame(kept)).set_index(["method", "world_size"])
     # 2 cores: from 1 rank at 50 img/s the bound is 100 at 2 ranks and still 100 at 4
     assert scaling.loc[("alpha", 2), "hardware_bound_img_s"] == 100
     assert scaling.loc[("alpha", 4), "hardware_bound_img_s"] == 100
@@ -100,28 +100,31 @@ def test_scaling_is_bounded_by_the_cores(kept):
 
 
 def test_scaling_is_linear_up_to_the_gpus():
-    runs = analysis.runs_frame([fake_result(f"g{n}", "alpha", n, 100.0 * n, device="cuda:0", gpus=["H100"] * 4)
+    runs = frames.runs_frame([fake_result(f"g{n}", "alpha", n, 100.0 * n, device="cuda:0", gpus=["H100"] * 4)
                                 for n in (1, 2, 4)])
-    scaling = analysis.scaling_frame(runs)
+    scaling = frames.scaling_frame(runs)
     assert list(scaling.hardware_bound_img_s) == [100, 200, 400] and list(scaling.scaling_efficiency) == [1, 1, 1]
 
 
 def test_report_lists_left_out_runs_and_calls_small_gaps_noise(results_folder):
-    chosen = analysis.select_runs(analysis.load_results([results_folder]))
-    report = analysis.report_text(chosen)
+    chosen = selection.select_runs(selection.load_results([results_folder]))
+    report = sentences.report_text(chosen)
     assert "left out a-fault" in report and "Scaling against what the hardware allows" in report
     assert "the fastest is alpha" in report and "spread" in report
 
 
-def test_analysis_names_no_method_and_imports_no_torch():
+def test_the_pipeline_names_no_method_and_imports_no_torch():
     import inspect
 
-    source = inspect.getsource(analysis)
-    assert '"ddp"' not in source and "import torch" not in source
+    from labkit.report import costmodel
+
+    for module in (selection, frames, sentences, costmodel):
+        source = inspect.getsource(module)
+        assert '"ddp"' not in source and "import torch" not in source, module.__name__
 
 
 def test_throughput_has_error_bars_and_value_labels(kept):
-    fig = plots.throughput(analysis.runs_frame(kept))
+    fig = plots.throughput(frames.runs_frame(kept))
     ax = fig.axes[0]
     assert ax.get_xlabel() == "images / s" and "error bar" in ax.get_title()
     assert any("± 7.1 (n=2)" in t for t in texts(fig))
@@ -147,20 +150,20 @@ def test_time_breakdown_without_new_fields_shows_them_absent(kept):
 
 
 def test_communication_volume_is_log_scaled_and_labels_tiny_and_zero_bars(kept):
-    fig = plots.communication_volume(analysis.runs_frame(kept))
+    fig = plots.communication_volume(frames.runs_frame(kept))
     assert len(fig.axes) == 2 and all(ax.get_xscale() == "log" for ax in fig.axes)
     assert "0.28 MB" in texts(fig) and "0 MB (none)" in texts(fig)
 
 
 def test_loss_is_drawn_against_images_seen(kept):
-    fig = plots.loss_vs_images(analysis.steps_frame(kept))
+    fig = plots.loss_vs_images(frames.steps_frame(kept))
     ax = fig.axes[0]
     assert "images seen" in ax.get_xlabel()
     assert max(line.get_xdata().max() for line in ax.lines) == 6 * 64
 
 
 def test_scaling_figure_draws_the_hardware_bound_not_an_ideal_line(kept):
-    fig = plots.scaling(analysis.runs_frame(kept))
+    fig = plots.scaling(frames.runs_frame(kept))
     ax = fig.axes[0]
     assert "hardware bound" in ax.get_legend_handles_labels()[1] and "2 devices" in texts(fig)
     assert max(max(line.get_ydata(), default=0) for line in ax.lines) <= 100
@@ -187,9 +190,9 @@ def test_bandwidth_plot_is_log_log_with_the_fitted_line():
 
 
 def test_a_method_keeps_its_colour_in_every_figure(kept):
-    runs = analysis.runs_frame(kept)
+    runs = frames.runs_frame(kept)
     bar = plots.throughput(runs).axes[0]
-    line = plots.loss_vs_images(analysis.steps_frame(kept)).axes[0]
+    line = plots.loss_vs_images(frames.steps_frame(kept)).axes[0]
     bar_colour = {t.get_text(): p.get_facecolor()[:3] for t, p in zip(bar.get_yticklabels(), bar.patches)}
     line_colour = {ln.get_label(): matplotlib.colors.to_rgb(ln.get_color()) for ln in line.lines}
     assert bar_colour["gamma ×4"] == pytest.approx(line_colour["gamma"])
@@ -214,10 +217,10 @@ def test_the_all_reduce_diagram_is_a_ring():
 def test_sentences_are_built_from_the_result():
     full, short = fake_result("f", "alpha", 4, 80.0), fake_result("s", "alpha", 4, 80.0)
     short["config"]["max_steps"] = 6
-    assert "best validation top-1 40.0 %" in analysis.describe(full) and "80.0 img/s" in analysis.describe(full)
-    assert "top-1" not in analysis.describe(short) and "short run" in analysis.describe(short)
+    assert "best validation top-1 40.0 %" in sentences.describe(full) and "80.0 img/s" in sentences.describe(full)
+    assert "top-1" not in sentences.describe(short) and "short run" in sentences.describe(short)
     noisy = fake_result("n", "solo", 1, 50.0, exposed_s=-0.02)
-    assert "no cost of communication is measurable" in analysis.describe(noisy)
+    assert "no cost of communication is measurable" in sentences.describe(noisy)
 
 
 def test_parameter_distance_to_the_reference_run_of_the_same_setup(tmp_path):

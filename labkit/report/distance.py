@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit.config import results_root
 
-from .analysis import method, same_setup
+from .selection import method, same_setup
 
 
 def relative_distance(run_a: str | Path, run_b: str | Path) -> float:
@@ -30,7 +30,7 @@ def relative_distance(run_a: str | Path, run_b: str | Path) -> float:
 
 def distance_sentence(result: dict, results: list[dict], reference: str) -> str:
     """A sentence on how far this run ended from the latest run of the `reference` method
-    with the same setup (analysis.same_setup), or why no distance can be given."""
+    with the same setup (selection.same_setup), or why no distance can be given."""
     others = [r for r in same_setup(result, results) if method(r) == reference and r.get("path")]
     if not others:
         return (f"No {reference} run with the same setup (profile, ranks, batch, learning rate, seed, steps) is in "

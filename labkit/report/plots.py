@@ -1,4 +1,4 @@
-"""The comparison figures. Each function takes frames or results from analysis.py and
+"""The comparison figures. Each function takes frames (frames.py) or results and
 returns a matplotlib Figure (inline in a notebook; `save_all` writes PNGs).
 
 Habits every figure keeps (docs/EXPERIMENT_GUIDE.md, "The figures"):
@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .analysis import epochs_frame, is_short, method, runs_frame, scaling_frame, steps_frame
+from .frames import epochs_frame, runs_frame, scaling_frame, steps_frame
+from .selection import is_short, method
 
 # seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
@@ -219,7 +220,7 @@ def validation_accuracy(epochs: pd.DataFrame):
 
 def scaling(runs: pd.DataFrame):
     """Throughput against ranks, per method (mean ± sd over repeats), with the bound the
-    hardware allows (analysis.scaling_frame): dashed, in the method's colour. The dotted
+    hardware allows (frames.scaling_frame): dashed, in the method's colour. The dotted
     vertical line marks how many devices (GPUs, or CPU cores) the machine has."""
     table = scaling_frame(runs)
     fig, ax = plt.subplots(figsize=(7.5, 3.8))

@@ -1,4 +1,5 @@
-"""An alpha–beta model of communication, fitted from the collective microbenchmark.
+"""An alpha–beta model of communication, fitted from the collective microbenchmark, and
+the one place that puts a run's predicted communication beside its measured sync.
 
 For one operation, t(S) ≈ α + β·S: α is the fixed cost of a call (latency), β the cost
 per byte of the message (1 / algorithm bandwidth). Each operation a method uses gets its
@@ -28,6 +29,8 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+
+from .selection import method
 
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather", "send_recv", "broadcast", "reduce")
 TOLERANCE = 0.25  # predicted within ±25 % of measured: the stated tolerance (docs/BENCHMARKS.md)
@@ -129,10 +132,11 @@ def prediction_table(results: list[dict], fits: dict | None, tolerance: float = 
         predicted = predict_sync_s(r, fits) if fits else None
         measured = s.get("sync_time_median_s")
         blocking = s.get("achieved_busbw_gb_s") is not None
-        row = {"method": r.get("method") or r.get("strategy"), "world_size": r.get("world_size"),
+        row = {"method": method(r), "world_size": r.get("world_size"),
                "ops": {op: [c, b] for op, (c, b) in ops_per_step(r).items()},
                "predicted_s": predicted, "measured_sync_s": measured, "exposed_comm_s": s.get("exposed_comm_s"),
-               "cost_model_note": r.get("cost_model_note"), "blocking": blocking, "ratio": None, "within_tolerance": None, "arrival_wait_s": arrival_wait_s(r),
+               "cost_model_note": r.get("cost_model_note"), "blocking": blocking, "ratio": None,
+               "within_tolerance": None, "arrival_wait_s": arrival_wait_s(r),
                "reason": None if blocking else (s.get("achieved_busbw_reason") or "not a blocking method")}
         if blocking and predicted and measured:
             row["ratio"] = predicted / measured

@@ -1,0 +1,117 @@
+"""Which runs a comparison keeps: result files read back, labelled, and selected.
+
+The first step of the one comparison pipeline (labkit/report/__init__.py): every
+result.json is loaded, whatever its status, and `select_runs` keeps the runs a fair
+comparison may hold, giving the reason for each one it leaves out. A run is labelled by
+`result["method"]`, the label its strategy wrote (falling back to the strategy's name),
+so this file names no method. It imports no torch: reading results must stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.config import results_root
+
+
+def load_results(paths=None, status: str | None = None) -> list[dict]:
+    """Every result.json under results/runs (or under the given run folders), each with its
+    folder as `path`. `status="ok"` keeps only finished runs; the default keeps every run, so
+    that `select_runs` can say why a failed one is left out."""
+    paths = [Path(p) for p in paths] if paths else [results_root() / "runs"]
+    results = []
+    for path in paths:
+        files = [path] if path.name == "result.json" else sorted(path.rglob("result.json")) if path.exists() else []
+        for file in files:
+            result = json.loads(file.read_text())
+            result["path"] = str(file.parent)
+            if status is None or result.get("status") == status:
+                results.append(result)
+    return results
+
+
+def method(result: dict) -> str:
+    """The method a run measured, as its strategy labels itself (e.g. "bucketed fp16": the
+    options that change what goes on the wire make a different method)."""
+    return result.get("method") or result["strategy"]
+
+
+def images_per_step(result: dict) -> int | None:
+    """Images one optimizer step consumes over all ranks (the global batch)."""
+    return result.get("global_batch") or result.get("config", {}).get("global_batch")
+
+
+def parallel_units(result: dict) -> int | None:
+    """How many devices can compute at once on the run's machine: its GPUs for a GPU run,
+    its CPU cores for a CPU run (from result["env"]); None when the result does not say."""
+    env = result.get("env") or {}
+    if str(result.get("device", "cpu")).startswith("cuda"):
+        return len(env.get("gpus") or []) or None
+    return env.get("cpu_count")
+
+
+def is_short(result: dict) -> bool:
+    """A demonstration run, stopped by `max_steps` before its epochs ended: its accuracy
+    says nothing about the method, so the notebooks show none for it."""
+    return bool((result.get("config") or {}).get("max_steps"))
+
+
+@dataclass
+class Selection:
+    """The runs a comparison keeps, and every run it leaves out with the reason."""
+    kept: list[dict] = field(default_factory=list)
+    left_out: list[tuple[dict, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """One line per left-out run, for the report and the notebooks."""
+        return [f"left out {r.get('name', '?')} ({len(r.get('steps', []))} steps): {why}" for r, why in self.left_out]
+
+
+def select_runs(results: list[dict], profile: str | None = None) -> Selection:
+    """Which runs a fair comparison keeps, and why each other run is left out:
+    - not finished (`status` other than ok): no summary to compare;
+    - another profile than `profile` (when given): a different model and dataset;
+    - a fault was injected: a demonstration of failure and resume, not a measurement;
+    - shorter than the longest run of the same method and world size: total time and
+      accuracy depend on the length of training, so a quick check is not averaged with a
+      full run. Repeats of the same length are all kept (they give the spread)."""
+    chosen, candidates = Selection(), []
+    for r in results:
+        cfg = r.get("config", {})
+        if r.get("status", "ok") != "ok":
+            chosen.left_out.append((r, f"status {r.get('status')}"))
+        elif profile and cfg.get("profile") != profile:
+            chosen.left_out.append((r, f"profile {cfg.get('profile')}, not {profile}"))
+        elif cfg.get("fault"):
+            chosen.left_out.append((r, "fault injected (a demonstration, not a measurement)"))
+        else:
+            candidates.append(r)
+    longest = {}
+    for r in candidates:
+        key = (method(r), r.get("world_size"))
+        longest[key] = max(longest.get(key, 0), len(r.get("steps", [])))
+    for r in candidates:
+        most = longest[(method(r), r.get("world_size"))]
+        if len(r.get("steps", [])) == most:
+            chosen.kept.append(r)
+        else:
+            chosen.left_out.append((r, f"a {most}-step run of {method(r)} on {r.get('world_size')} rank(s) is compared"))
+    return chosen
+
+
+SETUP_KEYS = ("profile", "model", "lr", "seed", "dtype", "batch_size", "epochs", "max_steps")  # keys of config.json
+
+
+def same_setup(result: dict, results: list[dict]) -> list[dict]:
+    """The finished runs (fault-free, any method) made with the same setup as `result`:
+    profile, model, world size, global batch, learning rate, seed, number type and number
+    of steps. Those are the runs a sentence may compare it with."""
+    def setup(r):
+        cfg = r.get("config") or {}
+        return (r.get("world_size"), images_per_step(r), len(r.get("steps", [])), *(cfg.get(k) for k in SETUP_KEYS))
+
+    mine = setup(result)
+    return [r for r in results if r.get("status", "ok") == "ok" and not (r.get("config") or {}).get("fault")
+            and not (r.get("config") or {}).get("resume") and setup(r) == mine]

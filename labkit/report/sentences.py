@@ -1,0 +1,136 @@
+"""Sentences built from results: one run described, the verdicts of a comparison, and the
+performance report of `labkit compare` and notebook 06.
+
+Every sentence about a measured result is built from that result's numbers (or says the
+figure is missing); nothing is guessed. Names no method; imports no torch.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .costmodel import TOLERANCE, prediction_table, prediction_text
+from .frames import comparison_table, report_table, runs_frame, scaling_frame
+from .selection import Selection, is_short, method
+
+
+def _table_text(frame: pd.DataFrame) -> str:
+    return frame.to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—")
+
+
+def _ms(seconds) -> str:
+    return "—" if seconds is None else f"{1e3 * seconds:.1f} ms"
+
+
+def verdicts(table: pd.DataFrame) -> list[str]:
+    """Sentences on the fastest methods, built from the table: the leader among the runs of
+    the same world size and length (a short run's few steps are not compared with a long
+    run's), and whether its lead over the next is larger than the spread over repeats."""
+    lines = []
+    keys = ["world_size", "steps"] if "steps" in table else ["world_size"]
+    for key, group in table.groupby(keys, sort=True):
+        world, steps = (key, None) if len(keys) == 1 else key
+        group = group.sort_values("throughput_img_s", ascending=False)
+        best = group.iloc[0]
+        where = f"On {world} rank(s)" + (f" over {steps:.0f} steps" if steps is not None else "")
+        line = (f"{where} the fastest is {best.method} at {best.throughput_img_s:.1f} img/s" if len(group) > 1
+                else f"{where} only {best.method} ran, at {best.throughput_img_s:.1f} img/s")
+        if len(group) > 1:
+            second = group.iloc[1]
+            gap = best.throughput_img_s - second.throughput_img_s
+            spread = group.throughput_sd.iloc[:2].max()
+            if pd.isna(spread):
+                line += (f"; {second.method} is {gap:.1f} img/s behind, with no repeats to tell that gap"
+                         " from noise")
+            else:
+                verdict = "noise: within" if gap <= spread else "larger than"
+                line += f"; {second.method} is {gap:.1f} img/s behind ({verdict} the spread over repeats, {spread:.1f})"
+        lines.append(line + ".")
+    return lines
+
+
+def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | None = None,
+                baseline: str | None = None, fits: dict | None = None) -> str:
+    """The performance report: what was compared and left out, the comparison table, the
+    noise in it, scaling where several world sizes ran, and communication measured vs
+    predicted (with `fits`: each blocking method's ratio, the measured wait for the last
+    rank, and why a method misses). Every sentence about a result is built from the numbers."""
+    runs = chosen if isinstance(chosen, pd.DataFrame) else runs_frame(chosen.kept)
+    table = comparison_table(runs, baseline)
+    lines = ["labkit performance report", "=" * 25, "",
+             "Every figure is defined in docs/EXPERIMENT_GUIDE.md. sync % is the share of each step spent",
+             "blocked in the method's own communication; methods that communicate inside backward hide",
+             "theirs there, so exposed % = (step − data wait − compute-only step) ÷ (step − data wait) is",
+             "the figure comparable across overlapped and blocking methods. ± sd is the standard deviation of throughput over",
+             "`repeats` runs: a difference smaller than it is noise. Total time and accuracy depend on",
+             "how long a method trained: compare them at equal `steps`."
+             + (f" vs base: throughput ÷ {baseline}'s." if baseline else ""), ""]
+    if isinstance(chosen, Selection):
+        lines += [f"Compared: {len(chosen.kept)} run(s); left out: {len(chosen.left_out)}."] + chosen.lines() + [""]
+    lines += [_table_text(report_table(table)), ""] + verdicts(table)
+    scaling = scaling_frame(runs)
+    several = scaling.groupby("method").world_size.transform("nunique") > 1 if len(scaling) else []
+    if len(scaling) and several.any():
+        lines += ["", "Scaling against what the hardware allows (bound = smallest world size's throughput ×",
+                  "min(n, devices) / min(n₀, devices); devices = GPUs, or CPU cores on a CPU run):", "",
+                  _table_text(scaling[several])]
+    if communication is not None and len(communication):
+        lines += ["", "Communication per step: measured (blocking sync), exposed (step − compute-only step),",
+                  "and predicted by the alpha-beta model fitted from `labkit bench collectives`:", "",
+                  _table_text(communication)]
+    if fits and isinstance(chosen, Selection):
+        lines += ["", prediction_report(chosen.kept, fits)]
+    return "\n".join(lines) + "\n"
+
+
+def prediction_report(results: list[dict], fits: dict) -> str:
+    """Predicted vs measured blocking sync per run, with the reason beside each miss."""
+    return "\n".join([
+        f"Predicted vs measured blocking sync (ratio = predicted ÷ measured; the target is within {TOLERANCE:.0%}).",
+        "wait = how long rank 0 waited for the last rank to arrive (median per step, measured from the",
+        "timelines): inside the measured sync, outside the model. The note says why a method misses.", "",
+        prediction_text(prediction_table(results, fits))])
+
+
+def describe(result: dict) -> str:
+    """Sentences about one run, each built from its result.json (for a notebook to print
+    beside the run). A figure the run does not hold is said to be missing, not guessed."""
+    s = result.get("summary") or {}
+    steps = s.get("measured_steps", len(result.get("steps", [])))
+    lines = [f"{method(result)} on {result.get('world_size')} rank(s): {s.get('throughput_img_s', 0):.1f} img/s "
+             f"over {steps} measured step(s) (after {s.get('warmup_steps', 0)} warm-up step(s))."]
+    step = s.get("step_time_median_s")
+    if step:
+        sync = s.get("sync_time_median_s") or 0.0
+        lines.append(f"Median step {_ms(step)}: waiting for data {_ms(s.get('data_time_median_s'))}, forward + "
+                     f"backward {_ms(s.get('compute_time_median_s'))}, blocked in sync {_ms(sync)} "
+                     f"({s.get('sync_share_pct', 0):.1f} % of all step time).")
+    sent = s.get("bytes_sent_per_step") or 0
+    lines.append(f"Rank 0 sent {sent / 1e6:.2f} MB per step in {s.get('collectives_per_step') or 0:.0f} call(s)."
+                 if sent else "Rank 0 sent nothing: no communication.")
+    if s.get("compute_only_step_s") is not None and s.get("exposed_comm_s") is not None:
+        floor = s.get("exposed_comm_noise_s")
+        exposed = s["exposed_comm_s"]
+        line = (f"Compute-only step (same work, no synchronization): {_ms(s['compute_only_step_s'])}; the step less "
+                f"its data wait is {_ms(exposed)} longer ({s.get('exposed_comm_pct') or 0:.1f} %)"
+                + (f", noise floor ± {_ms(floor)}" if floor is not None else ""))
+        if exposed <= (floor or 0.0):
+            line += (": not above the noise of the two measurements, so no cost of communication is measurable"
+                     " here.")
+        else:
+            line += ": what communication added to the step, overlapped or not."
+        lines.append(line)
+    else:
+        lines.append("Exposed communication: not known — "
+                     + (s.get("exposed_comm_reason") or "no compute-only calibration in this run") + ".")
+    if s.get("achieved_busbw_gb_s") is not None:
+        lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
+    elif s.get("achieved_busbw_reason"):
+        lines.append(f"No achieved bus bandwidth: {s['achieved_busbw_reason']}.")
+    if is_short(result):
+        lines.append(f"A short run ({len(result.get('steps', []))} steps): its loss and accuracy are not a verdict "
+                     "on the method, so none is quoted.")
+    elif s.get("best_val_top1") is not None:
+        lines.append(f"Final training loss {s.get('final_train_loss', float('nan')):.3f}; best validation top-1 "
+                     f"{s['best_val_top1']:.1f} %.")
+    return "\n".join(lines)
