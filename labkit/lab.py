@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from labkit.config import LAB_ROOT, ConfigError, results_root
+from labkit.jobs.progress import duration
 
 NOTEBOOKS = LAB_ROOT / "notebooks"
 
@@ -46,11 +47,6 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
             raise ConfigError(f"--only {','.join(only)} matches no notebook; choose from "
                               + ", ".join(p.name[:2] for p in notebook_paths()))
     return paths
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class CellReporter:
@@ -79,7 +75,7 @@ class CellReporter:
 
     def status(self) -> str:
         return (f"[{self.name}] cell {self.cell}/{self.n_cells} `{self.cell_source}` "
-                f"running for {_duration(time.time() - self.cell_started)}")
+                f"running for {duration(time.time() - self.cell_started)}")
 
     # nbclient hooks: keyword arguments cell, cell_index (and execute_reply)
     def cell_execute(self, cell, **_) -> None:
@@ -92,7 +88,7 @@ class CellReporter:
     def cell_executed(self, **_) -> None:
         took = time.time() - self.cell_started
         if took >= 5:
-            self.say(f"[{self.name}] cell {self.cell}/{self.n_cells} done in {_duration(took)}")
+            self.say(f"[{self.name}] cell {self.cell}/{self.n_cells} done in {duration(took)}")
 
     def write(self, stream: str, text: str) -> None:
         if not self.show_output:
@@ -194,6 +190,6 @@ def run_notebooks(parameters: dict, only: list[str] | None = None, log_output: b
         except PapermillExecutionError as error:
             raise LabFailed(f"notebook {path.name} failed in cell {error.exec_count}: "
                             f"{error.ename}: {error.evalue} (executed copy: {target})") from None
-        print(f"== {path.name} done in {_duration(time.time() - started)}", flush=True)
+        print(f"== {path.name} done in {duration(time.time() - started)}", flush=True)
         written.append(target)
     return written

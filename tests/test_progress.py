@@ -100,18 +100,19 @@ def test_the_bar_learns_its_total_from_the_first_line_and_counts_a_resumed_run_f
 def test_a_nan_loss_does_not_freeze_the_display(tmp_path, capsys):
     path = tmp_path / "progress.jsonl"
     path.write_text('{"epoch": 0, "step": 1, "total_steps": 4, "loss": 2.3, "img_s": 10.0}\n'
-                    '{"epoch": 0, "step": 2, "total_steps": 4, "loss": nan, "img_s": 10.0}\n'
+                    '{"epoch": 0, "step": 2, "total_steps": 4, "loss": "nan", "img_s": 10.0}\n'  # as the worker writes it
                     '{"epoch": 0, "step": 3, "total_st')  # rank 0 is writing this one now
     progress = last_progress(path)
-    assert progress["step"] == 2 and math.isnan(progress["loss"])
-    assert parse_progress_line('{"loss": -inf}')["loss"] == -math.inf
+    assert progress["step"] == 2 and progress["loss"] == "nan"
+    assert math.isnan(parse_progress_line(json.dumps({"loss": float("nan")}))["loss"])  # json's own NaN reads too
     assert parse_progress_line('{"loss": null, "step": 5}') == {"loss": None, "step": 5}
-    assert parse_progress_line('{"note": "nan"}') == {"note": "nan"}  # strings stay strings
+    assert parse_progress_line('[1, 2]') is None and parse_progress_line('{"loss": nan}') is None  # not JSON
     display = ProgressDisplay("run", every_s=0, mode="lines")
     display.update(progress)
+    display.update({**progress, "loss": float("-inf")})
     display.update({**progress, "loss": None})
     out = capsys.readouterr().out
-    assert "loss nan" in out and "loss –" in out
+    assert "loss nan" in out and "loss -inf" in out and "loss –" in out
 
 
 def test_a_real_run_in_a_pipe_prints_lines_and_a_summary(tmp_path, monkeypatch, capsys):

@@ -12,8 +12,8 @@ client. A person's frontend sends execute requests that allow input(); nbclient
 (papermill) never does. The header of the request being executed says which.
 `LABKIT_PROGRESS=widget|bar|lines` overrides the choice; `labkit lab` sets `lines`.
 
-progress.jsonl is read tolerantly: a line being written is skipped, and a NaN or inf
-loss written as bare `nan`/`inf` is read as that float rather than freezing the display.
+progress.jsonl is read tolerantly: a line being written is skipped. The worker writes a
+NaN or inf loss as the text "nan"/"inf" (strict JSON has no NaN), shown as it is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,21 +30,13 @@ MODES = ("widget", "bar", "lines")
 
 
 # -- reading progress.jsonl -----------------------------------------------------------
-_BARE_FLOAT = re.compile(r"(?<=[:,\[\s])(-?)(nan|inf(?:inity)?)\b", re.IGNORECASE)
-
-
 def parse_progress_line(text: str) -> dict | None:
     """One progress line as a dict; None when it is not (yet) a complete JSON object."""
-    def as_json(match):
-        return "NaN" if match[2].lower() == "nan" else match[1] + "Infinity"
-
-    for candidate in (text, _BARE_FLOAT.sub(as_json, text)):
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        return value if isinstance(value, dict) else None
-    return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def last_progress(path: Path) -> dict:
@@ -110,7 +101,8 @@ def _loss(progress: dict) -> str:
     return f"{loss:.3f}" if math.isfinite(loss) else str(loss)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """12s, or 3m05s: how long something ran, for a person (progress lines, `labkit lab`)."""
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
@@ -164,16 +156,16 @@ class ProgressDisplay:
         return (progress.get("total_steps", 0) - progress.get("step", 0)) * (time.time() - t0) / done
 
     def line(self, progress: dict) -> str:
-        elapsed = _duration(time.time() - self.started)
+        elapsed = duration(time.time() - self.started)
         if not progress:
             return f"{self.name}: starting ({elapsed})"
         eta = self.eta_s(progress)
         return (f"{self.name}: step {progress.get('step')}/{progress.get('total_steps')} "
                 f"epoch {progress.get('epoch')} loss {_loss(progress)} {progress.get('img_s', 0):.0f} img/s "
-                f"({elapsed}, ETA {'?' if eta is None else _duration(eta)})")
+                f"({elapsed}, ETA {'?' if eta is None else duration(eta)})")
 
     def summary(self, progress: dict, status: str) -> str:
-        text = f"{self.name}: {status} after {_duration(time.time() - self.started)}"
+        text = f"{self.name}: {status} after {duration(time.time() - self.started)}"
         if progress:
             text += (f" — step {progress.get('step')}/{progress.get('total_steps')}, loss {_loss(progress)}, "
                      f"{progress.get('img_s', 0):.0f} img/s")
