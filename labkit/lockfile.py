@@ -7,6 +7,8 @@ import re
 from importlib import metadata
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from labkit.config import LAB_ROOT
 
 LOCK = LAB_ROOT / "requirements.lock"
@@ -18,12 +20,8 @@ def pinned(path: Path = LOCK) -> dict[str, str]:
     for line in Path(path).read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line.strip())
         if match:
-            pins[canonical(match[1])] = match[2]
+            pins[canonicalize_name(match[1])] = match[2]  # PEP 503: Foo_Bar.baz → foo-bar-baz
     return pins
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def differences(path: Path = LOCK) -> list[str]:

@@ -28,3 +28,13 @@ def test_check_compares_installed_versions_with_the_lock(tmp_path):
     found = lockfile.differences(stale)
     assert any(line.startswith("torch: ") and "lock says 1.0.0" in line for line in found)
     assert "no-such-package-xyz: not installed (lock: 1.2)" in found
+
+
+def test_names_are_compared_in_their_canonical_form(tmp_path):
+    from importlib import metadata
+
+    assert "packaging" in lockfile.pinned()  # lockfile.py imports it (canonicalize_name): it must be locked
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"Typing_Extensions=={metadata.version('typing-extensions')}\nJinja2==0.0.1\n")
+    assert set(lockfile.pinned(lock)) == {"typing-extensions", "jinja2"}  # PEP 503 names
+    assert lockfile.differences(lock) == [f"jinja2: {metadata.version('jinja2')} installed, lock says 0.0.1"]
