@@ -98,6 +98,39 @@ def test_bytes_per_step_match_the_analytic_count(tmp_path, strategy, nproc, fact
     assert sent == pytest.approx(factor * model_bytes(checkpoint), rel=1e-3)
 
 
+def powersgd_values(checkpoint, rank=1, min_compression_rate=2) -> int:
+    """Values PowerSGD puts on the wire per step once compressing (Vogels et al.): each
+    gradient seen as a matrix n × m is sent as P (n×r) and Q (m×r) where that is at least
+    `min_compression_rate` times smaller (PowerSGDState's default), the rest as it is."""
+    values = 0
+    for tensor in checkpoint["model"].values():
+        n = tensor.shape[0]
+        m = tensor.numel() // n
+        r = min(n, m, rank)
+        values += (n + m) * r if (n + m) * r * min_compression_rate < n * m else n * m
+    return values
+
+
+# float64: 8 bytes a value on the wire, not an assumed 4; a fp16 hook sends 2 whatever the dtype.
+# 2 ranks: the ring's factor 2(n−1)/n is 1, so the count is numel × element size itself.
+@pytest.mark.parametrize("option", ["ddp_hook=fp16", "ddp_hook=bf16"])
+def test_a_ddp_hook_counts_two_bytes_a_value_in_float64(tmp_path, option):
+    result, checkpoint = run_to(tmp_path / "run", "ddp", 2, "model=simple_cnn", "dtype=float64", option, max_steps=2)
+    numel = sum(t.numel() for t in checkpoint["model"].values())
+    assert next(iter(checkpoint["model"].values())).element_size() == 8  # really float64
+    assert result["steps"][-1]["bytes_sent"] == numel * 2
+
+
+def test_powersgd_counts_the_bytes_of_its_dtype_in_float64(tmp_path):
+    # steps 1 and 2 are plain all-reduce (powersgd_start_iter=2), step 3 compresses
+    result, checkpoint = run_to(tmp_path / "run", "powersgd", 2, "model=simple_cnn", "dtype=float64",
+                                "powersgd_start_iter=2", max_steps=3)
+    first, last = result["steps"][0], result["steps"][-1]
+    assert first["bytes_sent"] == model_bytes(checkpoint)  # every float64 gradient once
+    assert last["bytes_sent"] == powersgd_values(checkpoint) * 8 < model_bytes(checkpoint) / 10
+    assert last["collectives"] == 3  # one bucket: vectors, P, Q
+
+
 def test_collective_microbenchmark_small(tmp_path):
     from labkit.measure.bench import run_collectives
 
