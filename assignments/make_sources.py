@@ -40,7 +40,7 @@ batch. The gradient of the whole (global) batch is their mean. `dist.all_reduce(
 the same averaged gradient, so every rank takes the same optimizer step — exactly DDP.
 
 The lab's loop calls `sync_gradients(model)` after backward and before the optimizer step.
-Count each all-reduce with `self.count_all_reduce(nbytes(grad))`.""",
+Count each all-reduce with `self.wire.all_reduce(nbytes(grad))`.""",
         predict="""With the check's model (516 float64 parameters in 6 tensors, S = 4,128 bytes), how many
 bytes will rank 0 *send* per step on 2 ranks? On 4 ranks? How many collectives per step?""",
         prediction="bytes_2_ranks, bytes_4_ranks, collectives = None, None, None",
@@ -54,12 +54,12 @@ class MyAllReduce(Strategy):
     def sync_gradients(self, model):
         # For every gradient tensor (grads_of(model)): sum it over all ranks in place,
         # divide it by the world size (self.world), and count it:
-        # self.count_all_reduce(nbytes(grad)).
+        # self.wire.all_reduce(nbytes(grad)).
         ### BEGIN SOLUTION
         for grad in grads_of(model):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
             grad /= self.world
-            self.count_all_reduce(nbytes(grad))
+            self.wire.all_reduce(nbytes(grad))
         ### END SOLUTION
 ''',
         hidden=dict(worlds=(3,), model="odd"),
@@ -93,13 +93,13 @@ from labkit.strategies.base import Option, Strategy, flatten, nbytes, unflatten_
 
 
 class MyBucketed(Strategy):
-    options = (Option("bucket_mb", 25.0, "bucket size in MB"),)  # read it as self.opt.bucket_mb
+    options = (Option("bucket_mb", 25.0, "bucket size in MB"),)  # read it as self.options.bucket_mb
 
     def prepare(self, model, optimizer):
         # Build self.buckets: a list of lists of parameters. Walk the trainable parameters
         # in reverse order; close a bucket once it holds >= bucket_mb * 1024 * 1024 bytes.
         ### BEGIN SOLUTION
-        limit = self.opt.bucket_mb * 1024 * 1024
+        limit = self.options.bucket_mb * 1024 * 1024
         self.buckets, current, size = [], [], 0
         for p in reversed([p for p in model.parameters() if p.requires_grad]):
             current.append(p)
@@ -122,7 +122,7 @@ class MyBucketed(Strategy):
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= self.world
             unflatten_into(flat, grads)
-            self.count_all_reduce(nbytes(flat))
+            self.wire.all_reduce(nbytes(flat))
         ### END SOLUTION
 ''',
         hidden=dict(worlds=(3,), model="deep", options={"bucket_mb": 0.0002}),
@@ -161,7 +161,7 @@ class MyOverlap(Strategy):
     options = (Option("bucket_mb", 25.0, "bucket size in MB"),)
 
     def prepare(self, model, optimizer):
-        self.buckets = make_buckets(model.parameters(), self.opt.bucket_mb)
+        self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
         self.arrived = [0] * len(self.buckets)
         self.in_flight = []  # (bucket index, flat buffer, work handle)
         # Register a hook on every parameter of every bucket that calls
@@ -182,7 +182,7 @@ class MyOverlap(Strategy):
             flat = flatten([p.grad for p in self.buckets[index]]) / self.world
             work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
             self.in_flight.append((index, flat, work))
-            self.count_all_reduce(nbytes(flat))
+            self.wire.all_reduce(nbytes(flat))
         ### END SOLUTION
 
     def sync_gradients(self, model):
@@ -234,7 +234,7 @@ class MyRing(Strategy):
         flat = flatten(grads) / self.world
         sent = self.ring_all_reduce(flat)
         unflatten_into(flat, grads)
-        self.count(sent=sent, received=sent, collectives=2 * (self.world - 1))
+        self.wire.count(sent=sent, received=sent, calls=2 * (self.world - 1))
 
     def exchange(self, send, recv):
         """Send `send` to the right neighbour while receiving `recv` from the left one."""
@@ -289,7 +289,7 @@ class MyRing(Strategy):
    each worker receives them and copies them into its model.
 
 `parameters_to_vector` / `vector_to_parameters` (torch.nn.utils) flatten and restore
-parameters. Count each point-to-point message with `self.count(sent=..., received=...)`:
+parameters. Count each point-to-point message with `self.wire.count(sent=..., received=...)`:
 one collective per message.""",
         predict="""On 4 ranks (S = 4,128 bytes), how many bytes does the server send per step? A worker? How
 does the server's figure grow with n?""",
@@ -311,14 +311,14 @@ class MyParameterServer(Strategy):
         flat = flatten([p.grad for p in params])
         if self.rank != SERVER:
             dist.send(flat, dst=SERVER)
-            self.count(sent=nbytes(flat))
+            self.wire.count(sent=nbytes(flat))
             return
         inbox = [torch.empty_like(flat) for _ in range(1, self.world)]
         requests = [dist.irecv(buf, src=src) for src, buf in enumerate(inbox, start=1)]
         for request, buf in zip(requests, inbox):
             request.wait()
             flat += buf
-            self.count(received=nbytes(buf))
+            self.wire.count(received=nbytes(buf))
         unflatten_into(flat / self.world, [p.grad for p in params])
         ### END SOLUTION
 
@@ -337,10 +337,10 @@ class MyParameterServer(Strategy):
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
                 request.wait()
-            self.count(sent=nbytes(flat) * (self.world - 1), collectives=self.world - 1)
+            self.wire.count(sent=nbytes(flat) * (self.world - 1), calls=self.world - 1)
         else:
             dist.recv(flat, src=SERVER)
-            self.count(received=nbytes(flat))
+            self.wire.count(received=nbytes(flat))
             vector_to_parameters(flat, params)
         ### END SOLUTION
 ''',
@@ -365,7 +365,7 @@ the optimizer state for it (ZeRO stage 1's memory saving). A step is:
    it into the model's parameters (`unflatten_into` ignores the padding at the end).
 
 Reduce-scatter and all-gather each move (n−1)/n of the padded buffer per rank: count them
-with `self.count(sent=..., received=...)`, one collective each.""",
+with `self.wire.count(sent=..., received=...)`, one collective each.""",
         predict="""How many bytes per rank per step on 4 ranks, against exercise 5's server? How much
 optimizer state (momentum values) does each rank keep, against the whole model?""",
         prediction="bytes_4_ranks, momentum_values_per_rank = None, None",
@@ -404,7 +404,7 @@ class MySharded(Strategy):
         self.shard.grad = torch.empty_like(self.shard)
         dist.reduce_scatter_tensor(self.shard.grad, grads, op=dist.ReduceOp.SUM)
         moved = (self.world - 1) / self.world * nbytes(grads)
-        self.count(sent=moved, received=moved)
+        self.wire.count(sent=moved, received=moved)
         ### END SOLUTION
 
     def update(self, optimizer, scaler=None):
@@ -419,7 +419,7 @@ class MySharded(Strategy):
         with torch.no_grad():
             unflatten_into(flat, self.params)
         moved = (self.world - 1) / self.world * nbytes(flat)
-        self.count(sent=moved, received=moved)
+        self.wire.count(sent=moved, received=moved)
         ### END SOLUTION
 ''',
         hidden=dict(worlds=(4,), model="odd"),

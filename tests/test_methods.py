@@ -24,9 +24,9 @@ class MyAverage(Strategy):
     def sync_gradients(self, model):
         for p in model.parameters():
             dist.all_reduce(p.grad)
-            if self.opt.my_divisor_check:
+            if self.options.my_divisor_check:
                 p.grad /= self.world
-            self.count_all_reduce(p.grad.numel() * p.grad.element_size())
+            self.wire.all_reduce(p.grad.numel() * p.grad.element_size())
 '''
 
 
@@ -56,6 +56,44 @@ def test_nothing_outside_strategies_names_a_method():
             if isinstance(node, ast.Constant) and node.value in words and id(node) not in docstrings:
                 offenders.append(f"labkit/{relative}:{node.lineno}: {node.value!r}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_wire_counts_what_a_method_says_it_sent():
+    """The loop resets the wire before a step and records as_dict() after it."""
+    from labkit.strategies.base import Wire
+
+    wire = Wire(world=4)
+    wire.all_reduce(1000, calls=2)  # the ring: 2(n−1)/n of the bytes each way
+    wire.count(sent=10, op="send_recv", message_bytes=10)
+    record = wire.as_dict()
+    assert record == {"bytes_sent": 1510, "bytes_received": 1500, "collectives": 3,
+                      "ops": {"all_reduce": [2, 1000], "send_recv": [1, 10]}}
+    wire.reset()
+    assert wire.as_dict() == {"bytes_sent": 0, "bytes_received": 0, "collectives": 0, "ops": {}}
+    assert record["ops"] == {"all_reduce": [2, 1000], "send_recv": [1, 10]}  # a record outlives the reset
+
+
+def test_a_method_reads_its_options_one_way():
+    from labkit.profiles import make_config
+    from labkit.strategies import load_strategy
+
+    cfg = make_config("cpu", strategy="ps", ps_server_trains="no")
+    method = load_strategy("ps")
+    assert method(cfg, rank=1, world=4).options.ps_server_trains is False  # a running method
+    assert method.options_of(cfg).ps_server_trains is False  # a classmethod, from the config
+    assert method.data_ranks(cfg) == 3 and method.label(cfg) == "ps (dedicated server)"
+
+
+# What a student reads in a method file: the contract's own names, no private helper.
+OLD_SPELLINGS = ("self.opt.", "_config_error", "count_all_reduce", "reset_counters", "_error(")
+
+
+def test_students_see_one_spelling_of_the_contract():
+    places = [*(REPO / "labkit" / "strategies").glob("*.py"), REPO / "labkit" / "assignments" / "check_worker.py",
+              REPO / "docs" / "EXPERIMENT_GUIDE.md", REPO / "assignments" / "make_sources.py",
+              *(REPO / "assignments" / "source").rglob("*.ipynb")]
+    found = [f"{path.relative_to(REPO)}: {old}" for path in places for old in OLD_SPELLINGS if old in path.read_text()]
+    assert not found, "\n".join(found)
 
 
 @pytest.fixture(scope="module")

@@ -199,15 +199,6 @@ class Strategy:
             raise ConfigError(f"unknown option(s) {sorted(unknown)} for this strategy; its options: {known}")
         return {name: o.parse(given[name]) if name in given else o.default for name, o in by_name.items()}
 
-    # -- old names of the wire counters, until the loop reads self.wire (to be removed) --
-    def reset_counters(self):
-        self.wire.reset()
-
-    bytes_sent = property(lambda self: self.wire.bytes_sent)
-    bytes_received = property(lambda self: self.wire.bytes_received)
-    collectives = property(lambda self: self.wire.collectives)
-    ops = property(lambda self: self.wire.ops)
-
 
 def nbytes(tensor: torch.Tensor) -> int:
     """What a tensor weighs on the wire: numel × element_size, whatever its dtype."""
