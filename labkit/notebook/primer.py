@@ -29,7 +29,7 @@ class Ranks:
         from labkit.jobs.launcher import Launch, start
 
         # Fresh interpreters (not forked): each rank runs serve() below until closed.
-        self.handle = start(Launch("labkit.assignments.primer", [str(self.dir), str(os.getpid())], nproc=n,
+        self.handle = start(Launch("labkit.notebook.primer", [str(self.dir), str(os.getpid())], nproc=n,
                                    run_dir=self.dir, run_id="primer", monitor_interval_s=0.1, fork_ranks=False,
                                    env={"OMP_NUM_THREADS": "1"}))
         atexit.register(self.close)
