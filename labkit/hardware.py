@@ -72,7 +72,7 @@ def system_gpus() -> list[tuple[str, str]]:
 def unusable_gpus() -> str | None:
     """One line when the system has NVIDIA GPUs that torch cannot use, naming the driver,
     the CUDA version the torch build needs and the build to install; None otherwise."""
-    if torch.cuda.is_available():
+    if gpu_count():  # torch can use one: the same question as everywhere else
         return None
     gpus = system_gpus()
     if not gpus:

@@ -1,15 +1,32 @@
-"""The real `labkit` CLI end to end, and every bad input it must refuse in one line."""
+"""The real `labkit` CLI end to end, and every bad input it must refuse in one line.
+
+The answers that depend on the machine's GPUs are tested against a faked device query
+(`gpus`), so they hold on a GPU host as on a CPU one; no test needs a GPU."""
 
 import json
 import re
 from contextlib import nullcontext
 
 import pytest
-import torch
 from PIL import Image
 
 from conftest import labkit_cli
+from labkit import hardware
 from labkit.cli import main
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    """Make labkit's device query (labkit.hardware, which profiles and `labkit check` ask)
+    see `count` usable GPUs, whatever this machine has."""
+    monkeypatch.setattr(hardware, "gpu_count", lambda: count)
+    monkeypatch.setattr(hardware, "gpu_names", lambda: ["Fake GPU"] * count)
+    monkeypatch.setattr(hardware, "system_gpus", lambda: [("Fake GPU", "580.65.06")] * count)
+    monkeypatch.setattr(hardware, "has_imagenet", lambda: False)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    fake_gpus(monkeypatch, 0)
 
 
 BAD_INPUTS = [
@@ -39,7 +56,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
-def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys, no_gpu):
     out = tmp_path / "run"
     with nullcontext():
         code = main(["run", "--profile", "cpu", *args, "--out", str(out)] if "--profile" not in args
@@ -48,6 +65,13 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and err[-1].startswith(("labkit: error:", "labkit run: error:"))
     assert not out.exists()  # nothing half-written
+
+
+def test_cuda_ranks_are_checked_against_the_gpus(tmp_path, capsys, monkeypatch):
+    fake_gpus(monkeypatch, 1)  # a GPU host: device=cuda is accepted, but each rank needs a GPU of its own
+    code = main(["run", "--profile", "cpu", "--strategy", "ddp", "--set", "device=cuda", "--out", str(tmp_path / "run")])
+    assert code == 2 and "4 ranks but 1 GPU(s) visible" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_empty_class_folder_and_hidden_folder(tmp_path, capsys):
@@ -68,9 +92,12 @@ def test_console_script_exit_code_for_bad_input():
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == ["labkit: error: nproc must be at least 1 (got -3)"]
 
 
-def test_check_reports_the_machine():
-    proc = labkit_cli("check")
-    assert "gloo" in proc.stdout and re.search(r"^auto profile\s+cpu", proc.stdout, re.M)
+@pytest.mark.parametrize("gpus,profile", [(0, "cpu"), (2, "synthetic")])
+def test_check_reports_the_machine(gpus, profile, monkeypatch, capsys):
+    fake_gpus(monkeypatch, gpus)
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "gloo" in out and re.search(rf"^auto profile\s+{profile} — ", out, re.M), out
 
 
 def test_sweep_runs_one_method_over_world_sizes(tmp_path):
