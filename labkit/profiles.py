@@ -15,7 +15,8 @@ from pathlib import Path
 from labkit import hardware
 from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
                            results_root)
-from labkit.datasets.tiny import check_image_folder, data_root, make_tiny
+from labkit.datasets import tiny
+from labkit.datasets.folders import check_image_folder, data_root
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
                 backend="nccl", device="cuda", workers=16, epochs=3, batch_size=64, lr=0.0,
@@ -150,15 +151,16 @@ def check_data(cfg: RunConfig) -> None:
     if cfg.dataset == "synthetic":
         return
     root = Path(cfg.data_dir)
-    if cfg.dataset == "tiny":
-        make_tiny(root, seed=0)  # generated on first need
-    classes = check_image_folder(root / "train")
-    check_image_folder(root / "val")
-    require(classes == cfg.num_classes, f"{root / 'train'} has {classes} classes but num_classes={cfg.num_classes}; "
-            f"use --set num_classes={classes}")
     ranks = cfg.data_ranks
     needed = cfg.batch_size * ranks
-    found = count_images(root / "train", stop_at=needed)
+    if cfg.dataset == "tiny" and not tiny.is_made(root):  # generated when its job starts, not by a check:
+        classes, found = tiny.TINY_SHAPE["classes"], tiny.TINY_SHAPE["train_images"]  # check its known shape
+    else:
+        classes = check_image_folder(root / "train")
+        check_image_folder(root / "val")
+        found = count_images(root / "train", stop_at=needed)
+    require(classes == cfg.num_classes, f"{root / 'train'} has {classes} classes but num_classes={cfg.num_classes}; "
+            f"use --set num_classes={classes}")
     require(found >= needed, f"batch_size={cfg.batch_size} per rank × {ranks} ranks needs {needed} training images "
             f"but {root / 'train'} has {found}; lower --set batch_size or --nproc")
 

@@ -136,3 +136,20 @@ def test_download_kaggle_explains_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no kaggle command here
     with pytest.raises(ConfigError, match="pip install kaggle"):
         download_kaggle(tmp_path / "dl")
+
+
+def test_checking_a_config_makes_no_dataset_and_the_job_makes_the_tiny_set_on_first_need(tmp_path):
+    import labkit
+    from labkit.datasets.tiny import TINY_SHAPE, is_made
+    from labkit.profiles import make_config
+
+    data = tmp_path / "tiny"
+    cfg = make_config("cpu", strategy="single", data_dir=str(data), out_dir=str(tmp_path / "run"), max_steps=1,
+                      calibration_steps=0, epochs=1)
+    assert not data.exists()  # validated against the set's known shape, nothing written
+    with pytest.raises(ConfigError, match=f"needs 1280 training images but .* has {TINY_SHAPE['train_images']}"):
+        make_config("cpu", strategy="single", data_dir=str(data), batch_size=1280)
+    assert not data.exists()
+    result = labkit.run(cfg, progress=False)  # the job's start generates it, before its process reads it
+    assert result["status"] == "ok" and is_made(data)
+    assert sum(1 for _ in (data / "train").rglob("*.jpg")) == TINY_SHAPE["train_images"]

@@ -1,7 +1,8 @@
-"""The tiny generated dataset, and the checks any ImageFolder dataset passes before launch.
+"""The tiny generated dataset: ten 32 px pictures of patterns, in ImageFolder layout.
 
-Used before a job starts (profiles validate a config against its data), so nothing here
-imports the training stage; torchvision is imported only inside the checks.
+Generated on first need: when a job that reads it starts (`Job.start` calls
+`make_for(cfg)`), or by `labkit data tiny` / notebook 00. Checking a config never writes
+it (profiles check its known shape, `TINY_SHAPE`, until it exists). Imports no torch.
 """
 
 from __future__ import annotations
@@ -12,24 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from labkit.config import LAB_ROOT, ConfigError
-
 TINY_CLASSES = ("hstripes", "vstripes", "diag_up", "diag_down", "checker",
                 "ring", "disc", "cross", "dots", "square")
+TRAIN_PER_CLASS, VAL_PER_CLASS = 64, 30
+TINY_SHAPE = {"classes": len(TINY_CLASSES), "train_images": TRAIN_PER_CLASS * len(TINY_CLASSES)}
 
 
-def is_image_file(name: str) -> bool:
-    return name.lower().endswith((".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"))
+def is_made(root: Path) -> bool:
+    """Whether the tiny set is already at `root` (generation renames it into place whole)."""
+    return (Path(root) / "train").is_dir() and (Path(root) / "val").is_dir()
 
-
-def data_root(cfg) -> Path:
-    """Where the dataset lives: the user's data_dir, or the lab's data/<dataset>."""
-    if cfg.data_dir:
-        return Path(cfg.data_dir).expanduser().resolve()
-    return LAB_ROOT / "data" / cfg.dataset
-
-
-# -- the tiny dataset -----------------------------------------------------------------
 
 def _tiny_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
     """One 32 px picture of pattern `label` in a random colour, offset and noise."""
@@ -56,7 +49,8 @@ def _tiny_image(label: int, rng: np.random.Generator, size: int = 32) -> np.ndar
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def make_tiny(root: Path, seed: int = 0, train_per_class: int = 64, val_per_class: int = 30) -> Path:
+def make_tiny(root: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
+              val_per_class: int = VAL_PER_CLASS) -> Path:
     """Write the tiny 10-class set as JPEGs in ImageFolder layout; deterministic from `seed`.
 
     64 training images a class give 10 steps an epoch at the cpu profile's global batch
@@ -67,7 +61,7 @@ def make_tiny(root: Path, seed: int = 0, train_per_class: int = 64, val_per_clas
     generation never leaves a half-made dataset that looks finished.
     """
     root = Path(root)
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if is_made(root):
         return root
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     rng = np.random.default_rng(seed)
@@ -86,19 +80,8 @@ def make_tiny(root: Path, seed: int = 0, train_per_class: int = 64, val_per_clas
     return root
 
 
-# -- checks done before launch ---------------------------------------------------------
-
-def check_image_folder(split_dir: Path) -> int:
-    """Raise ConfigError unless `split_dir` is a usable ImageFolder; return the class count."""
-    if not split_dir.is_dir():
-        raise ConfigError(f"dataset folder {split_dir} not found; prepare it "
-                          f"(labkit data prepare-imagenet, or --set data_dir=PATH)")
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
-    if not classes:
-        raise ConfigError(f"{split_dir} has no class folders; expected {split_dir}/<class>/<image>")
-    for name in classes:
-        folder = split_dir / name
-        if not any(is_image_file(f) for _, _, files in os.walk(folder) for f in files):
-            raise ConfigError(f"class folder {folder} holds no image; add images or remove the folder"
-                              + (" (hidden folders count as classes)" if name.startswith(".") else ""))
-    return len(classes)
+def make_for(cfg) -> None:
+    """Generate the tiny set a run reads, the first time one needs it (before its job starts).
+    A run on any other dataset reads what the user prepared; nothing is made for it."""
+    if cfg.dataset == "tiny":
+        make_tiny(Path(cfg.data_dir), seed=0)

@@ -61,6 +61,9 @@ class Job:
 
     # -- starting --------------------------------------------------------------------
     def start(self) -> "Job":
+        from labkit.datasets.tiny import make_for
+
+        make_for(self.cfg)  # the tiny set is generated on first need, here, before the ranks read it
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*")]:  # from a run resumed now
             stale.unlink(missing_ok=True)
