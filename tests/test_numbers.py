@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import REPO, run_to
+from conftest import run_to
 from labkit.measure.collectives import bandwidths
 from labkit.report.costmodel import fit, predict_sync_s
 
