@@ -85,4 +85,4 @@ def __getattr__(name):  # PEP 562: STRATEGIES (name → class) imports every met
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "describe", "is_file_spec", "load_strategy"]
+__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "describe", "load_strategy"]

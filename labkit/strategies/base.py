@@ -126,7 +126,7 @@ class Strategy:
     def __init__(self, cfg, rank: int = 0, world: int = 1):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.options = type(self).options_of(cfg)  # this run's values: self.options.bucket_mb
-        self.wire = Wire(world)
+        self.wire = Wire(world)  # 2. how it is counted: the method says what it sent, here
 
     def prepare(self, model, optimizer):
         """Once, before training: wrap the model or build buffers; returns the model to train."""
