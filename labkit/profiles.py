@@ -17,6 +17,7 @@ from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, Run
                            results_root)
 from labkit.datasets import tiny
 from labkit.datasets.folders import check_image_folder, data_root
+from labkit.strategies import BASELINE, load_strategy  # light: a method's file is read when chosen
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
                 backend="nccl", device="cuda", workers=16, epochs=3, batch_size=64, lr=0.0,
@@ -35,8 +36,6 @@ PROFILES = {
 
 
 def make_config(profile: str = "auto", **overrides) -> RunConfig:
-    from labkit.strategies import BASELINE, load_strategy  # the method's own file says what it takes
-
     strategy = overrides["strategy"] = overrides.get("strategy") or BASELINE
     if is_file_spec(strategy):  # the workers start elsewhere: give them the whole path
         strategy = overrides["strategy"] = f"{Path(strategy.rsplit(':', 1)[0]).expanduser().resolve()}:" \
