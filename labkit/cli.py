@@ -203,7 +203,7 @@ def cmd_bench_harness(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from labkit.measure.bench import sweep
+    from labkit.jobs.sweep import sweep
     from labkit.report.frames import runs_frame, scaling_frame
     from labkit.report.selection import select_runs
 

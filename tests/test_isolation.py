@@ -3,10 +3,7 @@ only, and a Jupyter kernel restarted or shut down mid-run takes the whole job wi
 (real torchrun, a real ipykernel)."""
 
 import ipaddress
-import os
 import socket
-import subprocess
-import sys
 import time
 
 import psutil

@@ -1,7 +1,6 @@
 """Background jobs: launch returns at once, cancel and Ctrl-C leave no process, failures name the rank."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """The notebooks: committed clean, and every one executes headless with papermill."""
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -15,7 +15,6 @@ and once torchrun has exited, whatever is left of its group.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
