@@ -20,7 +20,8 @@ A `Strategy` has three parts, each its own section below:
    student's file outside the package works the same way as ours):
 
        options      the settings it takes: Option(name, default, help, choices);
-                    a running method reads them as self.options.NAME
+                    a running method reads them as self.options.NAME, a
+                    classmethod as cls.options_of(cfg).NAME
        defaults     config values it prefers (e.g. `single` runs one process)
        check(cfg)   refuse a combination it cannot do: raise ConfigError("one line")
        data_ranks   how many ranks compute gradients
