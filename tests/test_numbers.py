@@ -52,7 +52,7 @@ def test_relative_fit_lets_small_and_large_messages_both_count():
 def test_summary_definitions_cannot_produce_impossible_numbers():
     """Synthetic steps: a calibration slower than the step's own compute is not believed
     (exposed is then at least the blocking sync), the noise floor is the calibration's
-    spread plus the step's drift (plus, for a blocking method, how much slower its own compute
+    spread plus the step's own noise (the half-width of its median's interval: 0 for identical steps; plus, for a blocking method, how much slower its own compute
     ran than the calibration: exposed then stays within sync + floor), and a method that communicates inside backward gets no
     bus bandwidth, with the reason."""
     from labkit.training.timing import summarize
@@ -76,6 +76,53 @@ def test_summary_definitions_cannot_produce_impossible_numbers():
     assert fast["achieved_busbw_gb_s"] is None and "backward" in fast["achieved_busbw_reason"]
     none = summarize(steps, 2, 64, None, None)
     assert none["exposed_comm_s"] is None and none["exposed_comm_reason"] and none["achieved_busbw_gb_s"] is None
+
+
+def steady_steps(n=30, seed=0):
+    """n steps as a loop on a quiet machine records them: ~0.34 s each, a few % of jitter."""
+    import random
+
+    rng = random.Random(seed)
+    return [dict(step_s=0.34 * (1 + 0.03 * rng.random()), data_s=0.002, compute_s=0.30, sync_s=0.0,
+                 optimizer_s=0.02, bytes_sent=0, collectives=0) for _ in range(n)]
+
+
+def test_disturbed_steps_do_not_move_the_throughput_and_are_counted():
+    """Issue 22's run: steps 6–9 took 2.4, 3.0, 1.9 and 3.4 s while every other took ~0.34 s.
+    The steady-state throughput stays within 5 % of the quiet run's; the wall-clock figure
+    beside it shows the loss; the four steps are counted as disturbed (> 2 × the median)."""
+    from labkit.training.timing import DISTURBED_FACTOR, summarize
+
+    clean = steady_steps()
+    busy = [dict(s) for s in clean]
+    for index, seconds in zip((5, 6, 7, 8), (2.4, 3.0, 1.9, 3.4)):
+        busy[index]["step_s"] = seconds
+    quiet, noisy = summarize(clean, 2, 64), summarize(busy, 2, 64)
+    assert noisy["throughput_img_s"] == pytest.approx(quiet["throughput_img_s"], rel=0.05)
+    assert noisy["disturbed_steps"] == 4 and quiet["disturbed_steps"] == 0
+    assert noisy["measured_steps"] == 28
+    assert noisy["throughput_wall_img_s"] < 0.6 * quiet["throughput_wall_img_s"]  # ~93 img/s, as in the issue
+    assert quiet["throughput_wall_img_s"] == pytest.approx(quiet["throughput_img_s"], rel=0.05)
+    assert noisy["disturbed_threshold_s"] == pytest.approx(DISTURBED_FACTOR * noisy["step_time_median_s"])
+    # the interval of the median comes from the undisturbed steps, and holds the median
+    assert noisy["throughput_low_img_s"] <= noisy["throughput_img_s"] <= noisy["throughput_high_img_s"]
+    assert noisy["throughput_low_img_s"] > 0.9 * quiet["throughput_img_s"]
+
+
+def test_the_noise_floor_comes_from_the_step_distribution():
+    """The step's own noise is the half-width of its median's ~95 % interval: order statistics
+    10 and 21 of 30 steps; 0 for identical steps; a disturbed step does not widen it."""
+    from labkit.training.timing import median_interval, summarize
+
+    assert median_interval(list(range(1, 31))) == (10, 21) and median_interval([1, 2, 3, 4, 5, 6]) == (1, 6)
+    steps = steady_steps()
+    calibration = {"median_s": 0.32, "round_medians_s": [0.32] * 3, "spread_s": 0.0}
+    s = summarize(steps, 0, 64, calibration, overlaps_backward=True)
+    ordered = sorted(x["step_s"] - x["data_s"] for x in steps)
+    assert s["step_noise_s"] == pytest.approx((ordered[20] - ordered[9]) / 2)
+    assert s["exposed_comm_noise_s"] == pytest.approx(s["step_noise_s"])
+    steps[3]["step_s"] = 5.0
+    assert summarize(steps, 0, 64, calibration, True)["step_noise_s"] < 0.01
 
 
 def test_lr_warmup_is_a_function_of_the_step():

@@ -84,6 +84,23 @@ def test_plain_lines_say_step_loss_speed_and_eta(capsys, monkeypatch):
     assert lines[3] == "ddp-cpu: ok after 30s — step 10/10, loss 2.100, 160 img/s"
 
 
+def test_disturbed_steps_are_said_in_the_progress(capsys):
+    """A step over 2 × the median (the summary's definition) is counted as disturbed among the
+    steps seen after warm-up, in the lines and in the closing summary; a quiet run says nothing."""
+    display = ProgressDisplay("ps-cpu", every_s=0, mode="lines")
+    rates = [20.0, 180.0, 185.0, 184.0, 30.0, 186.0, 25.0, 183.0]  # steps 1–2 warm-up; 5 and 7 slowed
+    for step, img_s in enumerate(rates, 1):
+        display.update({"epoch": 0, "step": step, "total_steps": 8, "loss": 2.3, "img_s": img_s})
+    display.close({"epoch": 0, "step": 8, "total_steps": 8, "loss": 2.3, "img_s": 183.0}, "ok")
+    lines = capsys.readouterr().out.splitlines()
+    assert "disturbed" not in lines[3]  # steps 3–4: none yet
+    assert "1 of 3 steps disturbed" in lines[4] and "2 of 6 steps disturbed (machine busy)" in lines[-1]
+    quiet = ProgressDisplay("ddp-cpu", every_s=0, mode="lines")
+    for step in range(1, 6):
+        quiet.update({"epoch": 0, "step": step, "total_steps": 5, "loss": 2.3, "img_s": 150.0 + step})
+    assert "disturbed" not in capsys.readouterr().out
+
+
 def test_the_bar_learns_its_total_from_the_first_line_and_counts_a_resumed_run_from_there(capsys):
     display = ProgressDisplay("ddp-cpu", mode="bar")
     display.update({})

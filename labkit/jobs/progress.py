@@ -14,6 +14,11 @@ client. A person's frontend sends execute requests that allow input(); nbclient
 
 progress.jsonl is read tolerantly: a line being written is skipped. The worker writes a
 NaN or inf loss as the text "nan"/"inf" (strict JSON has no NaN), shown as it is.
+
+A step far slower than the others (over DISTURBED_FACTOR × the median, the definition the
+summary uses: training/timing.py) was disturbed — another program had the cores. The display
+counts those among the steps it has seen after warm-up and says so beside the rate, so a
+student sees a busy moment when it happens; result.json counts every step.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ import math
 import os
 import sys
 import time
+import statistics
 from pathlib import Path
+
+from labkit.config import RunConfig
+from labkit.training.timing import DISTURBED_FACTOR
 
 MODES = ("widget", "bar", "lines")
 
@@ -110,8 +119,10 @@ def duration(seconds: float) -> str:
 class ProgressDisplay:
     """Job.wait's view of a run: update(progress) every half second, close() at the end."""
 
-    def __init__(self, name: str, every_s: float = 5.0, mode: str | None = None):
-        self.name, self.every_s = name, every_s
+    def __init__(self, name: str, every_s: float = 5.0, mode: str | None = None,
+                 warmup_steps: int = RunConfig.warmup_steps):
+        self.name, self.every_s, self.warmup_steps = name, every_s, warmup_steps
+        self.rates = {}  # step → img/s of the progress lines seen after warm-up
         self.mode = mode or current_mode()
         self.bar = None
         self.last_line = 0.0
@@ -128,7 +139,17 @@ class ProgressDisplay:
         self.bar = tqdm(total=total, desc=self.name, unit="step", dynamic_ncols=True)
         self.bar.set_postfix_str("starting")
 
+    def disturbed(self) -> str:
+        """", 2 of 9 steps disturbed" when steps seen ran over DISTURBED_FACTOR × the median; else ""."""
+        if not self.rates:
+            return ""
+        median = statistics.median(self.rates.values())  # a rate: a slow step has a low one
+        slow = sum(rate * DISTURBED_FACTOR < median for rate in self.rates.values())
+        return f", {slow} of {len(self.rates)} steps disturbed (machine busy)" if slow else ""
+
     def update(self, progress: dict) -> None:
+        if progress.get("step", 0) > self.warmup_steps and progress.get("img_s"):
+            self.rates[progress["step"]] = progress["img_s"]
         if progress and self.first_seen is None:
             self.first_seen = (time.time(), progress.get("step", 0))
             if self.bar is not None:  # the total is now known; the rate counts from here
@@ -138,7 +159,8 @@ class ProgressDisplay:
         if self.bar is not None:
             if progress:
                 self.bar.update(progress.get("step", 0) - self.bar.n)
-                self.bar.set_postfix_str(f"loss {_loss(progress)}, {progress.get('img_s', 0):.0f} img/s")
+                self.bar.set_postfix_str(f"loss {_loss(progress)}, {progress.get('img_s', 0):.0f} img/s"
+                                         + self.disturbed())
             else:
                 self.bar.refresh()  # the elapsed time ticks while the ranks start
         elif time.time() - self.last_line >= self.every_s:
@@ -161,14 +183,14 @@ class ProgressDisplay:
             return f"{self.name}: starting ({elapsed})"
         eta = self.eta_s(progress)
         return (f"{self.name}: step {progress.get('step')}/{progress.get('total_steps')} "
-                f"epoch {progress.get('epoch')} loss {_loss(progress)} {progress.get('img_s', 0):.0f} img/s "
-                f"({elapsed}, ETA {'?' if eta is None else duration(eta)})")
+                f"epoch {progress.get('epoch')} loss {_loss(progress)} {progress.get('img_s', 0):.0f} img/s"
+                f"{self.disturbed()} ({elapsed}, ETA {'?' if eta is None else duration(eta)})")
 
     def summary(self, progress: dict, status: str) -> str:
         text = f"{self.name}: {status} after {duration(time.time() - self.started)}"
         if progress:
             text += (f" — step {progress.get('step')}/{progress.get('total_steps')}, loss {_loss(progress)}, "
-                     f"{progress.get('img_s', 0):.0f} img/s")
+                     f"{progress.get('img_s', 0):.0f} img/s{self.disturbed()}")
         return text
 
     def close(self, progress: dict, status: str) -> None:

@@ -9,18 +9,24 @@ as on gloo, where a blocking call simply takes its time on the CPU.
 
 Definitions (also in docs/EXPERIMENT_GUIDE.md):
 - step_s: wall time of one step, all phases; warm-up steps are left out of summaries.
-- throughput_img_s: global batch × measured steps / their summed step_s.
+- throughput_img_s: the steady-state throughput, global batch ÷ the median measured step_s.
+  A median, not a mean: a few steps slowed by another program on the machine do not move it.
+- throughput_wall_img_s: global batch × measured steps ÷ their summed step_s (wall clock),
+  beside it: what the run really achieved, disturbed steps included.
+- disturbed_steps: measured steps longer than DISTURBED_FACTOR × the median step — the
+  machine was busy with something else then (on 2 shared cores, one other program is enough).
 - sync_share_pct: summed sync_s / summed step_s — the time the loop spent blocked in
   the method's own communication. DDP's communication runs inside backward, so for
   DDP it shows up in compute, not here: exposed communication is a separate figure.
 """
 
+from __future__ import annotations
+
 import statistics
 import time
 
-import torch
-
 PHASES = ("data_s", "compute_s", "sync_s", "optimizer_s")
+DISTURBED_FACTOR = 2.0  # a step over 2 × the median step was disturbed: no method's own step varies 2× in steady state
 
 
 class StepTimer:
@@ -44,6 +50,8 @@ class StepTimer:
         return time.perf_counter()
 
     def _event(self):
+        import torch  # here, not at the top: the figures' definitions below are read without torch
+
         event = torch.cuda.Event(enable_timing=True)
         event.record()  # on the current stream
         return event
@@ -97,6 +105,25 @@ def percentile(values, q):
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def median_interval(values, z: float = 1.96) -> tuple[float, float]:
+    """A distribution-free ~95 % confidence interval of the median, from the order statistics:
+    the sorted values at ranks n/2 − z·√n/2 and 1 + n/2 + z·√n/2 (1-based, rounded, clamped to
+    the ends; e.g. 10 and 21 of 30). It assumes no
+    shape of the distribution, so it suits step times (skewed: a step can only be slowed).
+    Few values give a wide interval — with 6 steps it is their whole range, as it should be."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * n ** 0.5 / 2
+    low, high = max(1, round(n / 2 - half)), min(n, round(1 + n / 2 + half))
+    return ordered[low - 1], ordered[high - 1]
+
+
+def disturbed(step_s: list[float]) -> list[bool]:
+    """Which steps were disturbed: longer than DISTURBED_FACTOR × the median step."""
+    median = statistics.median(step_s)
+    return [t > DISTURBED_FACTOR * median for t in step_s]
+
+
 def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: dict | float | None = None,
               overlaps_backward: bool | None = None) -> dict:
     """Summary figures over the measured (post-warm-up) steps of rank 0, each defined so
@@ -111,8 +138,11 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
       overlapped or not. With the bound above it is never below the blocking sync (up to
       the median of sums vs sum of medians) and never negative beyond the noise floor.
     - exposed_comm_noise_s: the spread (max − min) of the calibration rounds' medians plus
-      the drift of t_step between the first and second half of the run; a difference from
-      zero (or from the blocking sync) smaller than it is noise.
+      the step's own noise, half the width of the ~95 % interval of median(step − data wait)
+      over the undisturbed steps (median_interval); a difference from zero (or from the
+      blocking sync) smaller than it is noise.
+    - throughput_img_s = global batch ÷ median step (steady state); throughput_wall_img_s =
+      images ÷ summed step time; disturbed_steps = steps over DISTURBED_FACTOR × the median.
     - achieved_busbw_gb_s = bytes sent per step ÷ median blocking sync time: only for a
       method whose communication all happens inside that sync. A method that communicates
       inside backward (`overlaps_backward`: DDP, PowerSGD, overlap) has no time of its own
@@ -123,6 +153,10 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
         return {}
     step_s = [s["step_s"] for s in measured]
     total = sum(step_s)
+    median_step = statistics.median(step_s)
+    flags = disturbed(step_s)
+    steady = [s for s, bad in zip(measured, flags) if not bad]  # the method's own steps, for the noise
+    low, high = median_interval([s["step_s"] for s in steady])
     no_data = [s["step_s"] - s["data_s"] for s in measured]
     step_no_data = statistics.median(no_data)
     sync = statistics.median(s["sync_s"] for s in measured)
@@ -130,8 +164,15 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
     summary = {
         "measured_steps": len(measured),
         "warmup_steps": len(steps) - len(measured),
-        "throughput_img_s": global_batch * len(measured) / total,
-        "step_time_median_s": statistics.median(step_s),
+        "throughput_img_s": global_batch / median_step,  # steady state: a busy moment does not move it
+        "throughput_low_img_s": global_batch / high,  # the ~95 % interval of the median step, as img/s
+        "throughput_high_img_s": global_batch / low,
+        "throughput_wall_img_s": global_batch * len(measured) / total,  # wall clock, disturbed steps included
+        "disturbed_steps": sum(flags),
+        "disturbed_threshold_s": DISTURBED_FACTOR * median_step,
+        "step_time_median_s": median_step,
+        "step_time_low_s": low,
+        "step_time_high_s": high,
         "step_time_p90_s": percentile(step_s, 90),
         "data_time_median_s": statistics.median(s["data_s"] for s in measured),
         "compute_time_median_s": statistics.median(s["compute_s"] for s in measured),
@@ -159,15 +200,15 @@ def exposed_figures(measured: list[dict], step_no_data: float, calibration, over
     # A blocking method's compute phases hold no communication, so they bound the compute-only
     # time too; a method that communicates inside backward has its communication in them.
     compute_only = calibrated if overlaps_backward else min(calibrated, step_compute)
-    half = len(measured) // 2
-    drift = abs(statistics.median(s["step_s"] - s["data_s"] for s in measured[:half]) -
-                statistics.median(s["step_s"] - s["data_s"] for s in measured[half:])) if half else 0.0
+    flags = disturbed([s["step_s"] for s in measured])
+    low, high = median_interval([s["step_s"] - s["data_s"] for s, bad in zip(measured, flags) if not bad])
+    step_noise = (high - low) / 2  # how well this run's steps pin their median down
     spread = calibration.get("spread_s")
     # A blocking method also times its compute in the run itself: where that ran slower than
     # the calibration, the calibration no longer describes the run, and the difference would
     # otherwise pass for communication (exposed above the blocking sync): it is noise too.
     disagreement = 0.0 if overlaps_backward else max(0.0, step_compute - calibrated)
-    floor = (spread or 0.0) + drift + disagreement if spread is not None else None
+    floor = (spread or 0.0) + step_noise + disagreement if spread is not None else None
     exposed = step_no_data - compute_only
     return {
         "compute_only_step_s": compute_only,
@@ -176,6 +217,7 @@ def exposed_figures(measured: list[dict], step_no_data: float, calibration, over
         "compute_only_calibrated_s": calibrated,
         "compute_only_rounds_s": calibration.get("round_medians_s"),
         "compute_only_spread_s": spread,
+        "step_noise_s": step_noise,
         "exposed_comm_s": exposed,
         "exposed_comm_pct": 100 * exposed / step_no_data,
         "exposed_comm_noise_s": floor,
