@@ -97,6 +97,27 @@ def test_ring_matches_ddp_on_three_ranks(ddp_simple, train):
     assert max_param_diff(ddp_simple[3][1], state) < TIGHT
 
 
+# hierarchical on 4 ranks: group_size=2 plays 2 nodes × 2 ranks; 1 = four nodes of one rank
+# (no reduce or broadcast, the leaders' all-reduce is all of it); 0 = torchrun's LOCAL_WORLD_SIZE,
+# one node of four (no network step). Rank 0 (a leader) counts, for S bytes of gradients:
+# reduce and broadcast over g ranks (g−1)/g·S each, the leaders' all-reduce 2(N−1)/N·S.
+HIERARCHICAL = [("group_size=2", {"reduce": 1, "all_reduce": 1, "broadcast": 1}, 2.0),
+                ("group_size=1", {"all_reduce": 1}, 1.5),
+                ("group_size=0", {"reduce": 1, "broadcast": 1}, 1.5)]
+
+
+@pytest.mark.parametrize("option,calls,sent_per_byte", HIERARCHICAL, ids=[h[0] for h in HIERARCHICAL])
+def test_hierarchical_matches_ddp_and_counts_its_collectives(option, calls, sent_per_byte, ddp_simple, train):
+    result, state = train("hierarchical", 4, *COMMON, "model=simple_cnn", option, max_steps=4)
+    assert max_param_diff(ddp_simple[4][1], state) < TIGHT
+    # simple_cnn holds parameters only (no BatchNorm buffers); float64: 8 bytes a value
+    grad_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
+    step = result["steps"][-1]
+    assert {op: c for op, (c, _) in step["ops"].items()} == calls  # one flat buffer: one call each
+    assert all(size == grad_bytes for _, size in step["ops"].values())
+    assert step["bytes_sent"] == pytest.approx(sent_per_byte * grad_bytes, abs=3)  # int() per count
+
+
 # (strategy, option, tolerance on any parameter after 20 steps at lr 0.2)
 COMPRESSED = [("bucketed", "compress=fp16", 0.1), ("overlap", "compress=bf16", 0.1), ("ddp", "ddp_hook=fp16", 0.1),
               ("ddp", "ddp_hook=bf16", 0.1), ("powersgd", "powersgd_start_iter=2", 0.6)]
@@ -132,5 +153,6 @@ def test_powersgd_with_several_buckets_in_flight(train):
 def test_every_strategy_is_held_to_ddp():
     from labkit.strategies import REGISTRY as STRATEGIES
 
-    covered = {"ddp", "allreduce", "ps", "single"} | {s for s, _ in EXACT_VARIANTS} | {s for s, _, _ in COMPRESSED}
+    covered = {"ddp", "allreduce", "ps", "single", "hierarchical"} | {s for s, _ in EXACT_VARIANTS}
+    covered |= {s for s, _, _ in COMPRESSED}
     assert covered == set(STRATEGIES), "add the new method to the equivalence tests"

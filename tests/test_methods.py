@@ -73,6 +73,19 @@ def test_the_wire_counts_what_a_method_says_it_sent():
     assert record["ops"] == {"all_reduce": [2, 1000], "send_recv": [1, 10]}  # a record outlives the reset
 
 
+def test_the_wire_counts_collectives_on_a_subgroup():
+    """hierarchical's counts: a reduce or a broadcast is a chain of n−1 hops of S bytes,
+    (n−1)/n·S a rank each way on average; `ranks` is the size of the group it runs on."""
+    from labkit.strategies.base import Wire
+
+    wire = Wire(world=4)
+    wire.reduce(1000, ranks=2)  # inside a node of 2: 500 each way
+    wire.all_reduce(1000, ranks=2)  # between 2 leaders: 2(2−1)/2 · 1000
+    wire.broadcast(1000)  # over every rank (4): 750
+    assert wire.as_dict() == {"bytes_sent": 2250, "bytes_received": 2250, "collectives": 3,
+                              "ops": {"reduce": [1, 1000], "all_reduce": [1, 1000], "broadcast": [1, 1000]}}
+
+
 def test_a_method_reads_its_options_one_way():
     from labkit.profiles import make_config
     from labkit.strategies import load_strategy

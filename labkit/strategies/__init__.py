@@ -29,6 +29,7 @@ REGISTRY = {
     "ring": "ring:Ring",
     "ps_sharded": "ps_sharded:ShardedServer",
     "powersgd": "powersgd:PowerSGD",
+    "hierarchical": "hierarchical:Hierarchical",
 }
 
 

@@ -79,7 +79,10 @@ class Wire:
 
     Collectives are counted as the ring algorithm moves them (what NCCL does for large
     messages): an all-reduce of S bytes over n ranks sends and receives 2(n−1)/n·S per
-    rank, a reduce-scatter or an all-gather (n−1)/n·S. Point-to-point sends count exactly.
+    rank, a reduce-scatter or an all-gather (n−1)/n·S. A reduce or a broadcast runs as a
+    chain through the n ranks (NCCL's ring for these ops): n−1 hops of S bytes, counted as
+    their average per rank, (n−1)/n·S each way. `ranks` = the size of the group a collective
+    runs on, when it is not every rank (a subgroup). Point-to-point sends count exactly.
     Each count also names its operation and message size: the cost model predicts from them.
     """
 
@@ -99,10 +102,21 @@ class Wire:
             calls_so_far, size = self.ops.get(op, (0, 0))
             self.ops[op] = [calls_so_far + calls, size + int(message_bytes)]
 
-    def all_reduce(self, nbytes, calls=1):
-        """`calls` all-reduces of `nbytes` bytes in all."""
-        ring = 2 * (self.world - 1) / self.world * nbytes
+    def all_reduce(self, nbytes, calls=1, ranks=None):
+        """`calls` all-reduces of `nbytes` bytes in all (over `ranks` ranks; default every rank)."""
+        n = ranks or self.world
+        ring = 2 * (n - 1) / n * nbytes
         self.count(ring, ring, calls=calls, op="all_reduce", message_bytes=nbytes)
+
+    def reduce(self, nbytes, ranks=None):
+        """One reduce (sum to one root) of an `nbytes` buffer over `ranks` ranks."""
+        n = ranks or self.world
+        self.count((n - 1) / n * nbytes, (n - 1) / n * nbytes, op="reduce", message_bytes=nbytes)
+
+    def broadcast(self, nbytes, ranks=None):
+        """One broadcast (from one root) of an `nbytes` buffer over `ranks` ranks."""
+        n = ranks or self.world
+        self.count((n - 1) / n * nbytes, (n - 1) / n * nbytes, op="broadcast", message_bytes=nbytes)
 
     def reduce_scatter(self, nbytes):
         """One reduce-scatter of an `nbytes` buffer (each rank keeps 1/n of it)."""
