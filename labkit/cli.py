@@ -32,7 +32,8 @@ def cmd_run(args) -> int:
     from labkit.profiles import make_config, resume_config
 
     overrides = parse_overrides(args.set)
-    for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts"):
+    for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts", "nodes", "node_rank",
+                "rdzv_endpoint", "interface"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.out:
@@ -43,7 +44,8 @@ def cmd_run(args) -> int:
         raise ConfigError("--strategy is required (or --resume DIR to continue a run)")
     else:
         cfg = make_config(args.profile, **overrides)
-    print(f"labkit: {cfg.strategy} on {cfg.nproc} rank(s), {cfg.backend}/{cfg.device}, "
+    nodes = f" on {cfg.nodes} {'emulated ' if cfg.emulated else ''}node(s)" if cfg.nodes > 1 else ""
+    print(f"labkit: {cfg.strategy} on {cfg.nproc} rank(s){nodes}, {cfg.backend}/{cfg.device}, "
           f"{cfg.model} on {cfg.dataset}, global batch {cfg.global_batch} → {cfg.out_dir}", flush=True)
     job = Job(cfg).start()
     try:
@@ -258,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     run.add_argument("--max-restarts", dest="max_restarts", type=int, help="torchrun restarts after a failure")
     run.add_argument("--profile", default="auto", help="auto (default), imagenet, synthetic or cpu")
-    run.add_argument("--nproc", type=int, help="ranks (one per GPU with NCCL)")
+    run.add_argument("--nproc", type=int, help="ranks in the whole job, over every node (one per GPU with NCCL)")
+    run.add_argument("--nnodes", dest="nodes", type=int, help="nodes in the job (each runs nproc/nnodes ranks)")
+    run.add_argument("--node-rank", dest="node_rank", type=int, help="which node this machine is (0 … nnodes-1)")
+    run.add_argument("--rdzv-endpoint", dest="rdzv_endpoint", metavar="HOST:PORT",
+                     help="node 0's rendezvous (torchrun's c10d); without it, --nnodes emulates the nodes here")
+    run.add_argument("--interface", help="network interface for gloo/NCCL on real nodes (e.g. eth1)")
     group = run.add_mutually_exclusive_group()
     group.add_argument("--epochs", type=int)
     group.add_argument("--max-steps", dest="max_steps", type=int)

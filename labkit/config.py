@@ -46,7 +46,15 @@ class RunConfig:
     num_classes: int = 10
     augment: bool = True  # random crop + flip on the training set
     # processes
-    nproc: int = 4  # ranks on this node (one per GPU with NCCL)
+    nproc: int = 4  # ranks in the whole job, over every node (one per GPU with NCCL)
+    # nodes: one machine (1), several real machines (rdzv_endpoint set: each runs `labkit run
+    # --node-rank R`), or several emulated on this one (rdzv_endpoint empty: a network namespace
+    # per node, each with its own torchrun agent, linked through a bridge; labkit/jobs/cluster.py)
+    nodes: int = 1  # nodes in the job; each runs nproc / nodes ranks
+    node_rank: int = 0  # which node this machine is (real nodes)
+    rdzv_endpoint: str = ""  # HOST:PORT of the rendezvous on node 0 (real nodes)
+    interface: str = ""  # network interface gloo and NCCL use, and whose address the stores bind (real nodes)
+    link: str = ""  # emulated nodes: each node's egress shaped to this rate with tc (e.g. 1gbit); "" = unshaped
     backend: str = "auto"  # auto = nccl on GPUs, gloo otherwise
     device: str = "auto"  # auto = cuda when the backend is nccl (or GPUs exist), else cpu
     workers: int = 2  # DataLoader worker processes per rank
@@ -112,6 +120,15 @@ class RunConfig:
 
     # -- derived values --------------------------------------------------------
     @property
+    def ranks_per_node(self) -> int:
+        return self.nproc // max(1, self.nodes)
+
+    @property
+    def emulated(self) -> bool:
+        """Several nodes emulated on this machine (no rendezvous endpoint of real nodes given)."""
+        return self.nodes > 1 and not self.rdzv_endpoint
+
+    @property
     def global_batch(self) -> int:
         return self.batch_size * (self.data_ranks or self.nproc)
 
@@ -131,6 +148,20 @@ class RunConfig:
         if self.lr_warmup_steps > 0 and step < self.lr_warmup_steps:
             return self.learning_rate * step / self.lr_warmup_steps
         return self.learning_rate
+
+
+RATE_UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}  # tc's units, bits per second
+
+
+def parse_rate(text: str) -> float:
+    """A link rate as tc writes it ('100mbit', '1gbit', '2.5gbit') → bits per second, or a
+    one-line ConfigError."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(kbit|mbit|gbit)\s*", text.lower())
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(f"link='{text}' is not a rate tc can shape to; write e.g. 100mbit, 1gbit or 10gbit")
+    return float(match[1]) * RATE_UNITS[match[2]]
 
 
 def is_file_spec(spec: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit import hardware
 from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
-                           results_root)
+                           parse_rate, results_root)
 from labkit.datasets import tiny
 from labkit.datasets.folders import check_image_folder, data_root
 from labkit.strategies import BASELINE, load_strategy  # light: a method's file is read when chosen
@@ -36,6 +36,8 @@ PROFILES = {
 
 
 def make_config(profile: str = "auto", **overrides) -> RunConfig:
+    if "nnodes" in overrides:  # torchrun's word for it, as on the command line
+        overrides["nodes"] = overrides.pop("nnodes")
     strategy = overrides["strategy"] = overrides.get("strategy") or BASELINE
     if is_file_spec(strategy):  # the workers start elsewhere: give them the whole path
         strategy = overrides["strategy"] = f"{Path(strategy.rsplit(':', 1)[0]).expanduser().resolve()}:" \
@@ -105,6 +107,7 @@ def validate(cfg: RunConfig) -> None:
     require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name) is not None,
             f"run name '{cfg.name}' may hold only letters, digits, '.', '_' and '-'")
     require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
+    check_nodes(cfg)
     for key in ("epochs", "batch_size", "image_size", "num_classes"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
@@ -114,6 +117,28 @@ def validate(cfg: RunConfig) -> None:
     check_data(cfg)
     require(not finished_ok(Path(cfg.out_dir)),
             f"{cfg.out_dir} already holds a finished run; choose another --name or --out")
+
+
+def check_nodes(cfg: RunConfig) -> None:
+    """Several nodes: each runs nproc / nodes ranks; real ones name the rendezvous, emulated
+    ones a link rate (labkit/jobs/cluster.py checks the machine can emulate them)."""
+    require(cfg.nodes >= 1, f"nodes must be at least 1 (got {cfg.nodes})")
+    require(cfg.nproc % cfg.nodes == 0, f"{cfg.nodes} nodes do not divide {cfg.nproc} ranks; "
+            f"use --nproc {cfg.nodes * max(1, cfg.nproc // cfg.nodes)} or another node count")
+    require(0 <= cfg.node_rank < cfg.nodes, f"node rank {cfg.node_rank} is out of range for {cfg.nodes} node(s) "
+            f"(0 … {cfg.nodes - 1})")
+    if cfg.rdzv_endpoint:
+        host, _, port = cfg.rdzv_endpoint.rpartition(":")
+        require(bool(host) and port.isdigit() and 0 < int(port) < 65536,
+                f"rendezvous endpoint '{cfg.rdzv_endpoint}' is not HOST:PORT (e.g. node0.cluster:29500)")
+        require(not cfg.link, "link= shapes emulated nodes only; real nodes have the network they have")
+    require(cfg.torchrun or cfg.nodes == 1, f"{cfg.strategy_name} runs one plain process: it takes no nodes")
+    if cfg.link:
+        parse_rate(cfg.link)  # a one-line ConfigError for a rate tc cannot read
+        require(cfg.nodes > 1, f"link={cfg.link} shapes the links between emulated nodes: add --set nodes=N (N ≥ 2)")
+    if cfg.emulated:
+        require(cfg.backend == "gloo", "emulated nodes run gloo on the CPU: NCCL's traffic may not pass "
+                "through the shaped links (use --profile cpu)")
 
 
 def finished_ok(folder: Path) -> bool:
@@ -129,7 +154,7 @@ def check_devices(cfg: RunConfig) -> None:
         require(gpus > 0, "device=cuda but no GPU is visible; use --profile cpu (or --set device=cpu backend=gloo)")
         # One rank per GPU, whatever the backend: a rank past the last GPU fails with
         # "invalid device ordinal", and NCCL cannot put two ranks on one GPU.
-        require(cfg.nproc <= gpus, f"{cfg.nproc} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
+        require(cfg.ranks_per_node <= gpus, f"{cfg.ranks_per_node} ranks but {gpus} GPU(s) visible, and each rank needs a GPU of its own; "
                 f"use --nproc {gpus}, or run on the CPU with --profile cpu")
         # Before Ampere a GPU has no bfloat16 units: autocast would emulate it, slowly and silently.
         if cfg.amp == "bf16" and not bf16_native():

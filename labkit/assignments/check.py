@@ -255,7 +255,7 @@ def count_mismatch(counted, expected, world, tensors) -> str | None:
     for key in ("bytes_sent", "bytes_received"):
         if abs(counted[key] - expected[key]) > slack:
             return (f"{counted[key]:,} {key.replace('_', ' ')} per step where the analytic value is "
-                    f"{expected[key]:,.0f}: is every transfer passed to self.count(...)?")
+                    f"{expected[key]:,.0f}: is every transfer passed to self.wire.count(...) or self.wire.all_reduce(...)?")
     if counted["collectives"] != expected["collectives"]:
         return (f"{counted['collectives']} collectives per step where the analytic value is "
                 f"{expected['collectives']}: count one per call that moves data")

@@ -14,6 +14,7 @@ and once torchrun has exited, whatever is left of its group.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -42,13 +43,40 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     out = Path(cfg.out_dir)
-    env = {"OMP_NUM_THREADS": str(hardware.cpu_threads_per_rank(cfg.nproc))}
+    ranks_here = cfg.nproc if cfg.emulated else cfg.ranks_per_node  # emulated nodes share this machine's cores
+    env = {"OMP_NUM_THREADS": str(hardware.cpu_threads_per_rank(ranks_here))}
     if not cfg.torchrun:  # torchrun sets this for its workers; a plain process needs it set
         (out / "logs" / "0").mkdir(parents=True, exist_ok=True)
         env["TORCHELASTIC_ERROR_FILE"] = str(out / "logs" / "0" / "error.json")
-    return Launch("labkit.training.worker", [str(config_path)], nproc=cfg.nproc, run_dir=out, log_dir=out / "logs",
-                  log_name="launcher.log", rank_logs=True, run_id=cfg.name, max_restarts=cfg.max_restarts,
-                  torchrun=cfg.torchrun, queue_lock=lock, env=env, cwd=LAB_ROOT)
+    launch = Launch("labkit.training.worker", [str(config_path)], nproc=cfg.ranks_per_node, run_dir=out,
+                    log_dir=out / "logs", log_name="launcher.log", rank_logs=True, run_id=cfg.name,
+                    max_restarts=cfg.max_restarts, torchrun=cfg.torchrun, queue_lock=lock, env=env, cwd=LAB_ROOT)
+    if cfg.nodes > 1 and not cfg.emulated:  # a real node: torchrun's c10d rendezvous on node 0
+        launch = dataclasses.replace(launch, nnodes=cfg.nodes, node_rank=cfg.node_rank,
+                                     rdzv_endpoint=cfg.rdzv_endpoint, local_addr=interface_address(cfg.interface),
+                                     rdzv_conf="is_host=1" if cfg.node_rank == 0 else "",
+                                     log_dir=out / "logs" / f"node-{cfg.node_rank}",  # each node its own logs
+                                     env={**env, **interface_env(cfg.interface)})
+    return launch
+
+
+def interface_address(interface: str) -> str:
+    """The IPv4 address of `interface` (the stores bind it, and only it), or the host name's."""
+    import socket
+
+    if not interface:
+        return socket.gethostbyname(socket.gethostname())
+    addresses = [a.address for a in psutil.net_if_addrs().get(interface, []) if a.family == socket.AF_INET]
+    if not addresses:
+        from labkit.errors import ConfigError
+
+        raise ConfigError(f"interface '{interface}' has no IPv4 address here; choose one of "
+                          f"{', '.join(sorted(psutil.net_if_addrs()))} (ip addr shows them)")
+    return addresses[0]
+
+
+def interface_env(interface: str) -> dict:
+    return {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
 
 
 class Job:
@@ -66,9 +94,16 @@ class Job:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*")]:  # from a run resumed now
             stale.unlink(missing_ok=True)
-        config_path = self.out / "config.json"
+        # Node 0's config is the run's; another node on the same disk keeps its own copy.
+        config_path = self.out / ("config.json" if self.cfg.node_rank == 0 else f"config-node{self.cfg.node_rank}.json")
         self.cfg.save(config_path)
-        self.handle = start(launch_of(self.cfg, config_path))
+        launch = launch_of(self.cfg, config_path)
+        if self.cfg.emulated:  # one agent per node namespace (labkit.jobs.cluster)
+            from labkit.jobs.cluster import EmulatedCluster
+
+            self.handle = EmulatedCluster(launch, self.cfg.nodes, self.cfg.link)
+        else:
+            self.handle = start(launch)
         self.started = self.handle.started
         self._status = "running"  # "queued" until the agent holds the device lock
         return self
@@ -192,6 +227,9 @@ class Job:
         self.handle.close()
         if self._ended_status():
             self._status = self._ended_status()
+            return
+        if status is None and self.cfg.nodes > 1 and not self.cfg.emulated and self.handle.returncode == 0:
+            self._status = "ok"  # this node's ranks finished; rank 0, elsewhere, wrote the run's result
             return
         self._status = status or "failed"
         write_json(self.out / "result.json", {

@@ -8,7 +8,8 @@ primer's ranks and the benchmarks all describe their job as a `Launch` and `star
 What every job gets, whoever starts it:
 - **Loopback on one node.** The rendezvous store, the ranks' store and gloo/NCCL's sockets
   bind 127.0.0.1 only (labkit.jobs.torchrun). On several nodes the same fields name the
-  rendezvous endpoint and this node's address on the chosen interface instead.
+  rendezvous endpoint and this node's address on the chosen interface instead (real nodes:
+  labkit.jobs.launch; nodes emulated in network namespaces: labkit.jobs.cluster).
 - **Ranks forked from a forkserver** that imported the program (torch, torchvision) once,
   each rank dying with it, and it with torchrun (the PDEATHSIG chain: labkit.jobs.rank).
 - **Structured failures.** torchrun here runs through torch's own launcher API
@@ -56,6 +57,7 @@ class Launch:
     fork_ranks: bool = True         # False: each rank a fresh interpreter (a script; the primer)
     torchrun: bool = True           # False: one plain process (a method that needs no process group)
     queue_lock: Path | None = None  # wait for this lock before starting (GPU jobs take turns)
+    netns: str = ""                 # run inside this network namespace (an emulated node: labkit.jobs.cluster)
     env: dict = field(default_factory=dict)
     cwd: Path | None = None
 
@@ -99,6 +101,8 @@ def command(launch: Launch) -> list[str]:
     if launch.queue_lock is not None:
         cmd = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(launch.queue_lock),
                str(Path(launch.run_dir) / "started"), "--", *cmd]
+    if launch.netns:  # `ip netns exec` execs the command: the same process, in the node's namespace
+        cmd = ["ip", "netns", "exec", launch.netns, *cmd]
     return cmd
 
 
