@@ -241,6 +241,29 @@ def cmd_check_strategy(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_slurm(args) -> int:
+    """An sbatch script for several nodes: `labkit slurm --nodes 2 --gpus-per-node 4 -- RUN OPTIONS`."""
+    from pathlib import Path
+
+    from labkit.jobs.slurm import sbatch_script
+
+    run_args = args.run_args[1:] if args.run_args[:1] == ["--"] else args.run_args
+    text = sbatch_script(args.nodes, args.gpus_per_node, run_args, interface=args.interface or "", port=args.port,
+                         job_name=args.job_name)
+    given, unknown = build_parser().parse_known_args(["run", *run_args])  # a typo fails here, not on the cluster
+    if unknown:
+        raise ConfigError(f"labkit run takes no {' '.join(unknown)} (labkit run --help lists its options)")
+    if not (given.strategy or given.resume):
+        raise ConfigError("give labkit run's options after --, e.g. labkit slurm --nodes 2 --gpus-per-node 4 "
+                          "-- --strategy ddp --profile imagenet")
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"labkit: wrote {args.out}; submit it with: sbatch {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 STRATEGY_HELP = "a method by name (labkit strategies lists them) or a file of yours: path/to/file.py:ClassName"
 
 
@@ -324,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--profile", default="auto")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sweep.set_defaults(func=cmd_sweep)
+
+    slurm = sub.add_parser("slurm", help="an sbatch script that runs labkit run on several SLURM nodes")
+    slurm.add_argument("--nodes", type=int, required=True, help="nodes to allocate (one task, one torchrun each)")
+    slurm.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, required=True, help="GPUs (ranks) per node")
+    slurm.add_argument("--interface", help="network interface between the nodes (e.g. eth1, ib0)")
+    slurm.add_argument("--port", type=int, default=29500, help="rendezvous port on the first node")
+    slurm.add_argument("--job-name", dest="job_name", default="labkit")
+    slurm.add_argument("--out", metavar="FILE", help="write the script here (default: stdout)")
+    slurm.add_argument("run_args", nargs=argparse.REMAINDER, metavar="-- RUN OPTIONS",
+                       help="labkit run's options, after --: e.g. -- --strategy ddp --profile imagenet")
+    slurm.set_defaults(func=cmd_slurm)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     tiny = data.add_parser("tiny", help="generate the small 10-class JPEG dataset")
