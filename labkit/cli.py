@@ -205,16 +205,21 @@ def cmd_bench_harness(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    """Methods interleaved (a b c a b c …), K repeats, then the comparison of exactly those runs."""
     from labkit.jobs.sweep import sweep
     from labkit.report.frames import runs_frame, scaling_frame
-    from labkit.report.selection import select_runs
+    from labkit.report.selection import Selection
+    from labkit.report.sentences import report_text
 
-    sizes = [int(n) for n in args.nproc.split(",")]
-    chosen = select_runs(sweep(args.strategy, sizes, args.profile, parse_overrides(args.set)))
-    for line in chosen.lines():  # every run left out, with the reason
-        print(line)
-    table = scaling_frame(runs_frame(chosen.kept))  # the one definition of scaling efficiency
-    print(table.to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—"))
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats {args.repeats}: give 1 or more")
+    sizes = [int(n) for n in args.nproc.split(",")] if args.nproc else None
+    strategies = [name.strip() for name in args.strategy.split(",") if name.strip()]
+    results = sweep(strategies, args.repeats, args.profile, parse_overrides(args.set), sizes=sizes, out=args.out)
+    print(report_text(Selection(kept=results), baseline=args.baseline))
+    runs = runs_frame(results)
+    if runs.world_size.nunique() > 1:  # last, so a script reads it: the one definition of scaling efficiency
+        print(scaling_frame(runs).to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—"))
     return 0
 
 
@@ -341,11 +346,18 @@ def build_parser() -> argparse.ArgumentParser:
     harn.add_argument("--repeats", type=int, default=3)
     harn.set_defaults(func=cmd_bench_harness)
 
-    sweep = sub.add_parser("sweep", help="one method over several world sizes (scaling)")
-    sweep.add_argument("--strategy", required=True, help=STRATEGY_HELP)
-    sweep.add_argument("--nproc", default="1,2,4", help="comma-separated world sizes")
+    sweep = sub.add_parser("sweep", help="methods side by side: interleaved runs (a b c a b c …), K repeats each")
+    sweep.add_argument("--strategy", required=True, help="comma-separated methods, e.g. ddp,ps,ring (" +
+                       STRATEGY_HELP + ")")
+    sweep.add_argument("--repeats", type=int, default=1, help="rounds; each round runs every method once")
+    sweep.add_argument("--nproc", help="comma-separated world sizes, e.g. 1,2,4 for scaling "
+                                       "(default: each method's own, as `labkit run` picks it)")
     sweep.add_argument("--profile", default="auto")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--out", metavar="DIR", help="folder for the sweep's runs (default results/runs/)")
+    sweep.add_argument("--baseline", metavar="METHOD", default=BASELINE,
+                       help=f"vs base: throughput relative to this method in the same setup (default {BASELINE})")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a RunConfig field or method option for every run, e.g. --set max_steps=8")
     sweep.set_defaults(func=cmd_sweep)
 
     slurm = sub.add_parser("slurm", help="an sbatch script that runs labkit run on several SLURM nodes")

@@ -3,6 +3,7 @@ communication, and small runs of the microbenchmark and the harness benchmark.""
 
 import json
 
+import pandas as pd
 import pytest
 
 from conftest import run_to
@@ -213,12 +214,14 @@ def test_comparison_holds_full_length_runs_and_tells_options_apart():
 
     results = [fake_result("ddp", 60, 80.0), fake_result("ddp", 8, 50.0), fake_result("bucketed", 20, 70.0),
                fake_result("bucketed", 20, 60.0, method="bucketed fp16"), fake_result("ddp", 60, 90.0),
-               fake_result("ddp", 90, 99.0, fault="1:5:kill")]
+               fake_result("ddp", 90, 99.0, fault="1:5:kill"), fake_result("ring", 60, 68.0)]
     chosen = select_runs(results)
     assert [r for r, _ in chosen.left_out] == [results[5], results[1]]  # a fault demo and a short check
     table = comparison_table(runs_frame(chosen.kept), baseline="ddp").set_index("method")
-    assert table.loc["ddp", "throughput_img_s"] == 85.0 and table.loc["ddp", "steps"] == 60  # repeats averaged
-    assert table.loc["bucketed fp16", "vs_baseline"] == pytest.approx(60 / 85)
+    assert table.loc["ddp", "throughput_img_s"] == 85.0 and table.loc["ddp", "steps"] == 60  # median of repeats
+    assert table.loc["ring", "vs_baseline"] == pytest.approx(68 / 85)  # the same 60-step setup as ddp's
+    # 20 steps against ddp's 60: another setup, so no ratio (issue 22: "vs base" divided 5-step runs by a 30-step one)
+    assert pd.isna(table.loc["bucketed fp16", "vs_baseline"])
 
 
 # -- the cpu profile's own runs: the figures of every method, and the recipe ------------------------

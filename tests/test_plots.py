@@ -127,7 +127,10 @@ def test_throughput_has_error_bars_and_value_labels(kept):
     fig = plots.throughput(frames.runs_frame(kept))
     ax = fig.axes[0]
     assert ax.get_xlabel() == "images / s" and "error bar" in ax.get_title()
-    assert any("± 7.1 (n=2)" in t for t in texts(fig))
+    assert "6 steps × 64 img per run" in ax.get_title()  # the run length, marked
+    # the bar is the median over repeats, the error bar its spread (these results hold no interval
+    # of their own, so the spread runs from one repeat's throughput to the other's)
+    assert any("85.0 [80.0–90.0] (n=2)" in t for t in texts(fig))
     assert ax.containers and any(c.has_xerr for c in ax.containers if hasattr(c, "has_xerr"))
 
 

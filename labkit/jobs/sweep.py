@@ -1,15 +1,58 @@
-"""`labkit sweep`: one method over several world sizes, one run after another (the scaling plot)."""
+"""`labkit sweep`: methods side by side, interleaved, each repeated — a comparison that a
+drifting machine cannot flip.
+
+    sweep(["ddp", "ps"], repeats=2, profile="cpu")   # runs ddp ps ddp ps, one after another
+
+Why interleaved: a machine drifts while it works (another program starts, a laptop clocks
+down as it heats, a cache warms). Run all of ddp's repeats and then all of ps's, and a
+drift lands on one method only and passes for a difference between methods. Run them in
+rounds (a b c, a b c, …) and every round gives each method the same machine; what drift
+is left shows up as the spread between a method's repeats, which the comparison reports
+(labkit/report/frames.comparison_table). With several world sizes (`sizes`, the scaling
+plot) each round runs every method at every size.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
 
-def sweep(strategy: str, sizes: list[int], profile: str, overrides: dict) -> list[dict]:
+
+def plan(strategies: list[str], repeats: int = 1, sizes: list[int] | None = None) -> list[tuple[int, str, int | None]]:
+    """The runs in the order they run: (round, strategy, world size or None for the method's
+    own default), round by round: [(1, a), (1, b), (2, a), (2, b), …]."""
+    return [(k, strategy, n) for k in range(1, repeats + 1) for strategy in strategies for n in (sizes or [None])]
+
+
+def run_name(strategy: str, profile: str, stamp: str, round_: int, nproc: int | None) -> str:
+    """A run folder name that says what ran: e.g. ddp-cpu-20260101-120000-r2 (-n4 with sizes).
+    A file spec (path/to/mine.py:Mine) keeps only its letters, digits, '.', '_' and '-'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strategy.split("/")[-1]).strip("_")
+    return f"{stem}-{profile}-{stamp}-r{round_}" + (f"-n{nproc}" if nproc else "")
+
+
+def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", overrides: dict | None = None,
+          sizes: list[int] | None = None, out: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Run every method `repeats` times, interleaved (plan()), and return their results in
+    that order. `overrides` are RunConfig fields and method options for every run (e.g.
+    max_steps); `out` is the folder the runs go into (default results/runs/<name>)."""
     from labkit import run
     from labkit.profiles import make_config
 
+    strategies = [strategies] if isinstance(strategies, str) else list(strategies)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    order = plan(strategies, repeats, sizes)
     results = []
-    for n in sizes:
-        cfg = make_config(profile, strategy=strategy, nproc=n, **overrides)
-        print(f"== {strategy} on {n} rank(s) → {cfg.out_dir}", flush=True)
-        results.append(run(cfg))
+    for i, (round_, strategy, nproc) in enumerate(order, 1):
+        config = dict(overrides or {})
+        if nproc:
+            config["nproc"] = nproc
+        name = run_name(strategy, profile, stamp, round_, nproc)
+        if out:
+            config["out_dir"] = str(Path(out) / name)
+        cfg = make_config(profile, strategy=strategy, name=name, **config)
+        print(f"== run {i}/{len(order)}, round {round_}/{repeats}: {strategy} on {cfg.nproc} rank(s) → {cfg.out_dir}",
+              flush=True)
+        results.append(run(cfg, progress=progress))
     return results

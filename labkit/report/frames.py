@@ -10,9 +10,10 @@ from __future__ import annotations
 import pandas as pd
 
 from .costmodel import prediction_table
-from .selection import images_per_step, is_short, method, parallel_units
+from .selection import comparison_setup, images_per_step, is_short, method, parallel_units, setup_names
 
-RUN_COLUMNS = ["throughput_img_s", "total_time_s", "step_time_median_s", "sync_time_median_s", "sync_share_pct",
+RUN_COLUMNS = ["throughput_img_s", "throughput_low_img_s", "throughput_high_img_s", "throughput_wall_img_s",
+               "disturbed_steps", "measured_steps", "total_time_s", "step_time_median_s", "sync_time_median_s", "sync_share_pct",
                "compute_only_step_s", "exposed_comm_s", "exposed_comm_pct", "bytes_sent_per_step",
                "collectives_per_step", "final_train_loss", "best_val_top1"]
 LABELS = ["name", "method", "strategy", "world_size", "global_batch"]
@@ -24,18 +25,21 @@ def _labels(r: dict) -> dict:
 
 
 def runs_frame(results: list[dict]) -> pd.DataFrame:
-    """One row per run: its labels, length, hardware and summary figures (absent ones empty;
-    no accuracy for a short `max_steps` run)."""
-    rows = []
+    """One row per run: its labels, setup (selection.setup_label), length, hardware and summary
+    figures (absent ones empty; no accuracy for a short `max_steps` run). A result from before
+    the step interval existed gets its own throughput as both ends of it."""
+    rows, names = [], setup_names(results)
     for r in results:
         summary, cfg = r.get("summary") or {}, r.get("config", {})
-        rows.append({**_labels(r), "steps": len(r.get("steps", [])),
+        summary = {"throughput_low_img_s": summary.get("throughput_img_s"),
+                   "throughput_high_img_s": summary.get("throughput_img_s"), **summary}
+        rows.append({**_labels(r), "setup": names[comparison_setup(r)], "steps": len(r.get("steps", [])),
                      "profile": cfg.get("profile"), "model": cfg.get("model"),
                      "parallel_units": parallel_units(r),
                      **{key: summary.get(key) for key in RUN_COLUMNS}})
         if is_short(r):  # a max_steps demonstration: its accuracy is no verdict on the method
             rows[-1]["best_val_top1"] = None
-    frame = pd.DataFrame(rows, columns=[*LABELS, "steps", "profile", "model", "parallel_units", *RUN_COLUMNS])
+    frame = pd.DataFrame(rows, columns=[*LABELS, "setup", "steps", "profile", "model", "parallel_units", *RUN_COLUMNS])
     return frame.astype({key: float for key in RUN_COLUMNS})
 
 
@@ -54,20 +58,59 @@ def steps_frame(results: list[dict]) -> pd.DataFrame:
 
 
 def comparison_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per method and world size: the mean over repeats, `repeats`, the spread of
-    throughput (`throughput_sd`, standard deviation over repeats; empty for one run), and,
-    when a `baseline` method is named, `vs_baseline`: throughput relative to that method at
-    its largest world size (the reference experiment's). `steps` says how long each trained: compare total time
-    and accuracy only at equal steps."""
-    keys = ["method", "world_size", "steps"]
-    table = runs.groupby(keys, as_index=False)[RUN_COLUMNS].mean(numeric_only=True)
-    grouped = runs.groupby(keys)["throughput_img_s"]
+    """One row per setup, method and world size: the median of each figure over the repeats,
+    `repeats`, and the method's spread: `spread_low_img_s` … `spread_high_img_s`, from the
+    lowest to the highest end of its runs' own intervals (each run's ~95 % interval of its
+    median step, as img/s: timing.median_interval) — so one run has a spread too, and two
+    repeats that disagree widen it to cover both. `throughput_sd` is the standard deviation
+    over repeats (empty for one run). Two methods whose spreads overlap are not told apart.
+
+    With a `baseline` method, `vs_baseline` is throughput ÷ the baseline's in the *same setup*
+    (at its largest world size); a setup the baseline did not run gets none: no ratio is
+    taken across runs of different length or setup."""
+    keys = ["setup", "method", "world_size", "steps"]
+    table = runs.groupby(keys, as_index=False)[RUN_COLUMNS].median(numeric_only=True)
+    grouped = runs.groupby(keys)
     table = table.merge(grouped.size().rename("repeats").reset_index(), on=keys)
-    table = table.merge(grouped.std().rename("throughput_sd").reset_index(), on=keys)
-    base = table.loc[table.method == baseline].sort_values("world_size")["throughput_img_s"]
-    if baseline and len(base):
-        table["vs_baseline"] = table["throughput_img_s"] / base.iloc[-1]
-    return table.sort_values("throughput_img_s", ascending=False, ignore_index=True)
+    for column in ("disturbed_steps", "measured_steps"):  # counted over all repeats, not a median
+        table[column] = table[keys].merge(grouped[column].sum(min_count=1).reset_index(), on=keys)[column]
+    table = table.merge(grouped["throughput_img_s"].std().rename("throughput_sd").reset_index(), on=keys)
+    table = table.merge(grouped["throughput_low_img_s"].min().rename("spread_low_img_s").reset_index(), on=keys)
+    table = table.merge(grouped["throughput_high_img_s"].max().rename("spread_high_img_s").reset_index(), on=keys)
+    table["vs_baseline"] = float("nan")
+    for setup, rows in table.groupby("setup"):
+        base = rows.loc[rows.method == baseline].sort_values("world_size")["throughput_img_s"]
+        if baseline and len(base):
+            table.loc[rows.index, "vs_baseline"] = rows["throughput_img_s"] / base.iloc[-1]
+    return table.sort_values(["setup", "throughput_img_s"], ascending=[True, False], ignore_index=True)
+
+
+def overlaps(a, b) -> bool:
+    """Whether two rows' spreads (spread_low_img_s … spread_high_img_s) overlap: a gap between
+    them is then noise."""
+    return a.spread_low_img_s <= b.spread_high_img_s and b.spread_low_img_s <= a.spread_high_img_s
+
+
+def disagreements(runs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs of runs of the same method, world size and setup whose own intervals do not
+    overlap: they should agree and do not (the machine was not the same for both). One row per
+    pair: setup, method, world_size, the two names, their throughputs, intervals and disturbed
+    steps."""
+    rows = []
+    for (setup, label, world), group in runs.groupby(["setup", "method", "world_size"]):
+        group = group.sort_values("throughput_img_s").reset_index(drop=True)
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                a, b = group.iloc[i], group.iloc[j]
+                if a.throughput_high_img_s < b.throughput_low_img_s:
+                    rows.append({"setup": setup, "method": label, "world_size": world, "slower": a["name"],
+                                 "faster": b["name"], "slower_img_s": a.throughput_img_s,
+                                 "faster_img_s": b.throughput_img_s, "slower_range": (a.throughput_low_img_s,
+                                                                                      a.throughput_high_img_s),
+                                 "faster_range": (b.throughput_low_img_s, b.throughput_high_img_s),
+                                 "disturbed": (a.disturbed_steps, b.disturbed_steps)})
+    return pd.DataFrame(rows, columns=["setup", "method", "world_size", "slower", "faster", "slower_img_s",
+                                       "faster_img_s", "slower_range", "faster_range", "disturbed"])
 
 
 def scaling_frame(runs: pd.DataFrame) -> pd.DataFrame:
@@ -140,8 +183,10 @@ def summary_frame(result: dict) -> pd.DataFrame:
 
 
 # The report's comparison columns: (column of comparison_table, heading, scale).
-REPORT_COLUMNS = [("method", "method", None), ("world_size", "ranks", None), ("steps", "steps", None),
-                  ("repeats", "repeats", None), ("throughput_img_s", "img/s", 1), ("throughput_sd", "± sd", 1),
+REPORT_COLUMNS = [("setup", "setup", None), ("method", "method", None), ("world_size", "ranks", None),
+                  ("repeats", "repeats", None), ("throughput_img_s", "img/s", 1),
+                  ("spread_low_img_s", "low", 1), ("spread_high_img_s", "high", 1),
+                  ("throughput_wall_img_s", "wall img/s", 1), ("disturbed_steps", "disturbed", 1),
                   ("vs_baseline", "vs base", 1), ("step_time_median_s", "step ms", 1e3),
                   ("sync_share_pct", "sync %", 1), ("exposed_comm_pct", "exposed %", 1),
                   ("bytes_sent_per_step", "MB/step", 1e-6), ("collectives_per_step", "calls/step", 1),
@@ -150,6 +195,7 @@ REPORT_COLUMNS = [("method", "method", None), ("world_size", "ranks", None), ("s
 
 def report_table(table: pd.DataFrame) -> pd.DataFrame:
     """The comparison table with short headings and readable units (ms, MB)."""
-    shown = {heading: table[column] * scale if scale else table[column]
-             for column, heading, scale in REPORT_COLUMNS if column in table}
-    return pd.DataFrame(shown)
+    shown = pd.DataFrame({heading: table[column] * scale if scale else table[column]
+                          for column, heading, scale in REPORT_COLUMNS if column in table})
+    counts = [c for c in ("ranks", "repeats", "disturbed") if c in shown]  # whole numbers, shown as such
+    return shown.astype({c: "Int64" for c in counts})

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .frames import epochs_frame, runs_frame, scaling_frame, steps_frame
-from .selection import is_short, method
+from .frames import comparison_table, epochs_frame, runs_frame, scaling_frame, steps_frame
+from .selection import comparison_setup, is_short, method, setup_names
 
 # seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
@@ -68,32 +68,42 @@ def _label_bars(ax, bars, texts, fontsize=8):
 
 
 def _mean_by_method(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Mean, standard deviation and count over repeats, per method and world size."""
-    table = runs.groupby(["method", "world_size"], as_index=False).agg(
-        mean=(column, "mean"), sd=(column, "std"), repeats=(column, "count"))
-    table["label"] = [_label(r) for r in table.itertuples()]
+    """Mean, standard deviation and count over repeats, per method and world size (and setup:
+    runs of different length are never pooled); labels carry the setup when several ran."""
+    keys = ["setup", "method", "world_size"] if "setup" in runs else ["method", "world_size"]
+    table = runs.groupby(keys, as_index=False).agg(mean=(column, "mean"), sd=(column, "std"),
+                                                   repeats=(column, "count"))
+    several = "setup" in table and table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
     return table
 
 
-def _note_lengths(ax, runs: pd.DataFrame):
-    if runs["steps"].nunique() > 1:
-        ax.text(0.99, 0.01, "runs of different lengths: " + ", ".join(
-            f"{m} {s}" for m, s in runs.groupby("method")["steps"].max().items()) + " steps",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3", wrap=True)
+def _length_note(runs: pd.DataFrame) -> str:
+    """The run length for a title: "8 steps × 64 img" for one setup; else that several ran."""
+    setups = runs["setup"].unique() if "setup" in runs else []
+    return f"{setups[0]} per run" if len(setups) == 1 else f"{len(setups)} setups, each labelled"
 
 
 def throughput(runs: pd.DataFrame):
-    """Images per second per method, mean over repeats, error bars ±1 standard deviation
-    (drawn where a method has 2 or more repeats; the label says how many)."""
-    table = _mean_by_method(runs, "throughput_img_s").sort_values("mean")
+    """Steady-state images per second (global batch ÷ median step) per method: the median over
+    repeats, the error bar its spread (frames.comparison_table: the lowest to highest end of the
+    repeats' own ~95 % intervals). The title gives the run length; with several setups each bar
+    says its own, and no bar is ordered against another setup's."""
+    table = comparison_table(runs).sort_values(["setup", "throughput_img_s"], ascending=[False, True])
+    several = table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
+    low = (table["throughput_img_s"] - table["spread_low_img_s"]).clip(lower=0).fillna(0)
+    high = (table["spread_high_img_s"] - table["throughput_img_s"]).clip(lower=0).fillna(0)
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(table)))
-    bars = ax.barh(table["label"], table["mean"], xerr=table["sd"].fillna(0), capsize=3,
+    bars = ax.barh(table["label"], table["throughput_img_s"], xerr=[low, high], capsize=3,
                    color=[color_of(m) for m in table["method"]])
-    _label_bars(ax, bars, [f"{m:.1f}" + (f" ± {s:.1f} (n={n})" if n > 1 else " (n=1)")
-                           for m, s, n in zip(table["mean"], table["sd"].fillna(0), table["repeats"])])
-    ax.set(title="Training throughput (higher is better; error bar: ±1 sd over repeats)",
+    _label_bars(ax, bars, [f"{m:.1f} [{lo:.1f}–{hi:.1f}] (n={n})"
+                           for m, lo, hi, n in zip(table["throughput_img_s"], table["spread_low_img_s"],
+                                                   table["spread_high_img_s"], table["repeats"])])
+    ax.set(title=f"Throughput, steady state ({_length_note(runs)}; higher is better;\n"
+                 "error bar: the spread over repeats, overlapping bars are not told apart)",
            xlabel="images / s", ylabel="method")
-    ax.set_xlim(0, 1.3 * float((table["mean"] + table["sd"].fillna(0)).max() or 1))
+    ax.set_xlim(0, 1.45 * float(table["spread_high_img_s"].fillna(table["throughput_img_s"]).max() or 1))
     fig.tight_layout()
     return fig
 
@@ -110,16 +120,18 @@ def time_breakdown(results: list[dict]):
     sync. The whisker at the end is ± the noise floor of exposed communication. A step
     shorter than the compute-only step (exposed below 0, noise) is drawn at its own length
     and labelled so. A run without a calibration shows its blocking sync only, and says so."""
-    rows = []
+    rows, names = [], setup_names(results)
     for r in results:
         s = r.get("summary") or {}
-        rows.append({"method": method(r), "world_size": r.get("world_size"),
+        rows.append({"setup": names[comparison_setup(r)], "method": method(r), "world_size": r.get("world_size"),
                      "compute_only": s.get("compute_only_step_s"), "exposed": s.get("exposed_comm_s"),
                      "blocking": s.get("sync_time_median_s"), "floor": noise_floor_s(s)})
-    frame = pd.DataFrame(rows, columns=["method", "world_size", "compute_only", "exposed", "blocking", "floor"])
+    frame = pd.DataFrame(rows, columns=["setup", "method", "world_size", "compute_only", "exposed", "blocking",
+                                        "floor"])
     frame = frame.astype({c: float for c in ("compute_only", "exposed", "blocking", "floor")})
-    table = frame.groupby(["method", "world_size"], as_index=False).mean()
-    table["label"] = [_label(r) for r in table.itertuples()]
+    table = frame.groupby(["setup", "method", "world_size"], as_index=False).median()  # runs of one length only
+    several = table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
     table = table.sort_values("label", ascending=False, ignore_index=True)
     fig, ax = plt.subplots(figsize=(8.5, 1.8 + 0.45 * len(table)))
     ms = 1e3
@@ -152,7 +164,8 @@ def time_breakdown(results: list[dict]):
     _label_points(ax, ends + floor.fillna(0), y, texts)
     ax.set_yticks(y, table["label"])
     ax.set_xlim(0, 1.45 * float(ends.max() or 1))
-    ax.set(title="Where a step's time goes: compute-only | exposed communication | blocking sync",
+    ax.set(title="Where a step's time goes: compute-only | exposed communication | blocking sync"
+                 + (f"\n({table['setup'].iloc[0]} per run, median over repeats)" if len(table) and not several else ""),
            xlabel="ms per step (median, data wait excluded)", ylabel="method")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
     fig.tight_layout()

@@ -115,3 +115,44 @@ def same_setup(result: dict, results: list[dict]) -> list[dict]:
     mine = setup(result)
     return [r for r in results if r.get("status", "ok") == "ok" and not (r.get("config") or {}).get("fault")
             and not (r.get("config") or {}).get("resume") and setup(r) == mine]
+
+
+# What makes two runs comparable, method and world size aside (keys of config.json): the same
+# work (model, data, numbers, batch, length) on the same kind of machine and links. A method's
+# figures are ranked, divided and given a verdict only against runs of the same setup.
+COMPARE_KEYS = ("profile", "model", "dataset", "image_size", "num_classes", "augment", "dtype", "amp",
+                "channels_last", "lr", "lr_warmup_steps", "seed", "workers", "warmup_steps", "nodes", "link")
+
+
+def comparison_setup(result: dict) -> tuple:
+    """The setup a run is compared within: its length (steps run), global batch, device kind
+    and the COMPARE_KEYS of its config. Not the method, not the world size: `single` on one
+    process and four ranks share a setup when they train the same global batch as long."""
+    cfg = result.get("config") or {}
+    device = str(result.get("device") or "cpu").split(":")[0]
+    return (len(result.get("steps", [])), images_per_step(result), device, *(cfg.get(k) for k in COMPARE_KEYS))
+
+
+def setup_label(result: dict) -> str:
+    """A short name for a run's setup, e.g. "8 steps × 64 img" (+ the link of emulated nodes,
+    a number type other than float32), for tables and figures."""
+    cfg = result.get("config") or {}
+    label = f"{len(result.get('steps', []))} steps × {images_per_step(result)} img"
+    if cfg.get("link"):
+        label += f", link {cfg['link']}"
+    if cfg.get("dtype") not in (None, "float32"):
+        label += f", {cfg['dtype']}"
+    return label
+
+
+def setup_names(results: list[dict]) -> dict[tuple, str]:
+    """comparison_setup → its label; labels made unique (#2, #3) where two setups differ only
+    in something the short label does not show (a learning rate, a seed)."""
+    names, used = {}, {}
+    for r in results:
+        key = comparison_setup(r)
+        if key not in names:
+            label = setup_label(r)
+            used[label] = used.get(label, 0) + 1
+            names[key] = label if used[label] == 1 else f"{label} #{used[label]}"
+    return names

@@ -10,42 +10,80 @@ from __future__ import annotations
 import pandas as pd
 
 from .costmodel import TOLERANCE, prediction_table, prediction_text
-from .frames import comparison_table, report_table, runs_frame, scaling_frame
+from .frames import comparison_table, disagreements, overlaps, report_table, runs_frame, scaling_frame
 from .selection import Selection, is_short, method
 
 
 def _table_text(frame: pd.DataFrame) -> str:
-    return frame.to_string(index=False, float_format=lambda v: f"{v:,.3f}", na_rep="—")
+    return frame.to_string(index=False, float_format=lambda v: f"{v:,.4g}", na_rep="—")  # 4 significant digits
 
 
 def _ms(seconds) -> str:
     return "—" if seconds is None else f"{1e3 * seconds:.1f} ms"
 
 
+def _row_label(row) -> str:
+    return f"{row.method} ×{int(row.world_size)}" if pd.notna(row.world_size) else str(row.method)
+
+
+def _spread(row) -> str:
+    n = int(row.repeats)
+    return (f"{row.spread_low_img_s:.1f}–{row.spread_high_img_s:.1f} over {n} repeat{'s' if n > 1 else ''}"
+            if pd.notna(row.spread_low_img_s) else f"no spread, {n} run{'s' if n > 1 else ''}")
+
+
+def ranking(group: pd.DataFrame) -> str:
+    """One setup's methods fastest first, `>` where the gap to the next is beyond both spreads,
+    `≈` where the spreads overlap (noise: the order between them is not known)."""
+    rows = list(group.sort_values("throughput_img_s", ascending=False).itertuples())
+    text = _row_label(rows[0])
+    for a, b in zip(rows, rows[1:]):
+        text += (" ≈ " if overlaps(a, b) else " > ") + _row_label(b)
+    return text
+
+
 def verdicts(table: pd.DataFrame) -> list[str]:
-    """Sentences on the fastest methods, built from the table: the leader among the runs of
-    the same world size and length (a short run's few steps are not compared with a long
-    run's), and whether its lead over the next is larger than the spread over repeats."""
+    """Sentences on the fastest methods, one setup at a time (comparison_table's `setup`: the
+    same length, global batch and recipe; never across setups): the ranking, and whether the
+    leader's gap to the next is beyond both methods' spreads or is noise."""
     lines = []
-    keys = ["world_size", "steps"] if "steps" in table else ["world_size"]
-    for key, group in table.groupby(keys, sort=True):
-        world, steps = (key, None) if len(keys) == 1 else key
+    setups = table["setup"].unique() if "setup" in table else [None]
+    if len(setups) > 1:
+        lines.append(f"{len(setups)} setups ran ({'; '.join(map(str, setups))}): each is ranked on its own, "
+                     "no figure is compared across them.")
+    for setup in setups:
+        group = table if setup is None else table[table.setup == setup]
         group = group.sort_values("throughput_img_s", ascending=False)
         best = group.iloc[0]
-        where = f"On {world} rank(s)" + (f" over {steps:.0f} steps" if steps is not None else "")
-        line = (f"{where} the fastest is {best.method} at {best.throughput_img_s:.1f} img/s" if len(group) > 1
-                else f"{where} only {best.method} ran, at {best.throughput_img_s:.1f} img/s")
-        if len(group) > 1:
-            second = group.iloc[1]
-            gap = best.throughput_img_s - second.throughput_img_s
-            spread = group.throughput_sd.iloc[:2].max()
-            if pd.isna(spread):
-                line += (f"; {second.method} is {gap:.1f} img/s behind, with no repeats to tell that gap"
-                         " from noise")
-            else:
-                verdict = "noise: within" if gap <= spread else "larger than"
-                line += f"; {second.method} is {gap:.1f} img/s behind ({verdict} the spread over repeats, {spread:.1f})"
+        where = f"Over {setup}" if setup is not None else "Here"
+        if len(group) == 1:
+            lines.append(f"{where} only {_row_label(best)} ran, at {best.throughput_img_s:.1f} img/s ({_spread(best)}).")
+            continue
+        second = group.iloc[1]
+        gap = best.throughput_img_s - second.throughput_img_s
+        line = (f"{where} the fastest is {_row_label(best)} at {best.throughput_img_s:.1f} img/s ({_spread(best)}); "
+                f"{_row_label(second)} is {gap:.1f} img/s behind ({_spread(second)})")
+        if pd.isna(best.spread_low_img_s) or pd.isna(second.spread_low_img_s):
+            line += ": no spread to tell that gap from noise"
+        elif overlaps(best, second):
+            line += ": noise — the spreads overlap, so neither is faster on this evidence"
+        else:
+            line += ": larger than both spreads"
         lines.append(line + ".")
+        lines.append(f"  ranking ('>' beyond the spreads, '≈' noise): {ranking(group)}")
+    return lines
+
+
+def disagreement_lines(runs: pd.DataFrame) -> list[str]:
+    """A sentence per pair of runs that should agree (same method, world size and setup) and
+    whose own intervals do not overlap."""
+    lines = []
+    for row in disagreements(runs).itertuples():
+        (lo_a, hi_a), (lo_b, hi_b), (da, db) = row.slower_range, row.faster_range, row.disturbed
+        lines.append(f"Disagreement: {row.method} ×{int(row.world_size)} over {row.setup} made {row.slower_img_s:.1f} "
+                     f"img/s in {row.slower} ({lo_a:.1f}–{hi_a:.1f}) and {row.faster_img_s:.1f} in {row.faster} "
+                     f"({lo_b:.1f}–{hi_b:.1f}): beyond each run's own step noise, so the machine was not the same "
+                     f"for both (disturbed steps {da:.0f} and {db:.0f}). Its spread covers both runs.")
     return lines
 
 
@@ -61,13 +99,18 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
              "Every figure is defined in docs/EXPERIMENT_GUIDE.md. sync % is the share of each step spent",
              "blocked in the method's own communication; methods that communicate inside backward hide",
              "theirs there, so exposed % = (step − data wait − compute-only step) ÷ (step − data wait) is",
-             "the figure comparable across overlapped and blocking methods. ± sd is the standard deviation of throughput over",
-             "`repeats` runs: a difference smaller than it is noise. Total time and accuracy depend on",
-             "how long a method trained: compare them at equal `steps`."
-             + (f" vs base: throughput ÷ {baseline}'s." if baseline else ""), ""]
+             "the figure comparable across overlapped and blocking methods. img/s is the steady-state",
+             "throughput (global batch ÷ median step; the median over repeats); low–high is its spread, from",
+             "the lowest to the highest end of the repeats' ~95 % intervals: methods whose spreads overlap",
+             "are not told apart. wall img/s counts every step's wall time; `disturbed` counts steps over",
+             "2 × the median (the machine was busy). Runs are compared only within one setup (length,",
+             "batch, recipe)" + (f"; vs base: throughput ÷ {baseline}'s in the same setup." if baseline else "."),
+             ""]
     if isinstance(chosen, Selection):
         lines += [f"Compared: {len(chosen.kept)} run(s); left out: {len(chosen.left_out)}."] + chosen.lines() + [""]
     lines += [_table_text(report_table(table)), ""] + verdicts(table)
+    disagree = disagreement_lines(runs)
+    lines += ["", *disagree] if disagree else []
     scaling = scaling_frame(runs)
     several = scaling.groupby("method").world_size.transform("nunique") > 1 if len(scaling) else []
     if len(scaling) and several.any():
@@ -98,7 +141,13 @@ def describe(result: dict) -> str:
     s = result.get("summary") or {}
     steps = s.get("measured_steps", len(result.get("steps", [])))
     lines = [f"{method(result)} on {result.get('world_size')} rank(s): {s.get('throughput_img_s', 0):.1f} img/s "
-             f"over {steps} measured step(s) (after {s.get('warmup_steps', 0)} warm-up step(s))."]
+             f"in steady state (global batch ÷ median step) over {steps} measured step(s) (after "
+             f"{s.get('warmup_steps', 0)} warm-up step(s))"
+             + (f"; {s['throughput_wall_img_s']:.1f} img/s by the wall clock." if s.get("throughput_wall_img_s")
+                else ".")]
+    if s.get("disturbed_steps"):
+        lines.append(f"{s['disturbed_steps']} of {steps} steps were disturbed (over {_ms(s.get('disturbed_threshold_s'))},"
+                     " twice the median): the machine was busy with something else then.")
     step = s.get("step_time_median_s")
     if step:
         sync = s.get("sync_time_median_s") or 0.0

@@ -1,0 +1,129 @@
+"""A comparison students can trust (issue 22): like with like, a gap called noise where the
+spreads overlap, disagreeing repeats flagged, and sweeps that interleave the methods.
+
+Most tests read result dicts written by hand (no torch, no torchrun); the last runs a real
+tiny sweep of two methods, two rounds."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from labkit.jobs import sweep as sweep_module
+from labkit.report import frames, selection, sentences
+
+
+def result(name, method, steps, img_s, low=None, high=None, world_size=4, disturbed=0, **config):
+    """A result.json with the fields the comparison reads; low/high: the run's own interval."""
+    return {"name": name, "strategy": method.split()[0], "method": method, "status": "ok", "world_size": world_size,
+            "global_batch": 64, "device": "cpu", "env": {"cpu_count": 2},
+            "config": {"profile": "cpu", "model": "resnet18_small", "lr": 0.02, "seed": 0, **config},
+            "steps": [{"step": i + 1, "loss": 2.3} for i in range(steps)],
+            "summary": {"throughput_img_s": img_s, "throughput_low_img_s": low if low is not None else 0.95 * img_s,
+                        "throughput_high_img_s": high if high is not None else 1.05 * img_s,
+                        "throughput_wall_img_s": 0.9 * img_s, "disturbed_steps": disturbed,
+                        "measured_steps": steps - 2, "step_time_median_s": 64 / img_s}}
+
+
+def report_of(results, baseline="ddp"):
+    return sentences.report_text(selection.Selection(kept=results), baseline=baseline)
+
+
+def test_a_5_step_and_a_30_step_run_give_no_ratio_and_no_ranking():
+    """Issue 22: "vs base" divided 5-step runs by a 30-step run, and ranked across lengths."""
+    short, long = result("ps-5", "ps", 5, 150.0), result("ddp-30", "ddp", 30, 100.0)
+    runs = frames.runs_frame([short, long])
+    assert runs.set_index("name").loc["ps-5", "setup"] != runs.set_index("name").loc["ddp-30", "setup"]
+    table = frames.comparison_table(runs, baseline="ddp").set_index("method")
+    assert pd.isna(table.loc["ps", "vs_baseline"]) and table.loc["ddp", "vs_baseline"] == 1.0
+    lines = sentences.verdicts(frames.comparison_table(runs, baseline="ddp"))
+    assert "2 setups ran" in lines[0] and "no figure is compared across them" in lines[0]
+    assert not any("fastest" in line for line in lines)  # each setup holds one method: nothing to rank
+    assert any("only ps ×4 ran" in line for line in lines) and any("only ddp ×4 ran" in line for line in lines)
+
+
+def test_a_baseline_of_the_same_setup_gives_the_ratio():
+    runs = frames.runs_frame([result("d", "ddp", 30, 100.0), result("p", "ps", 30, 150.0),
+                              result("s", "single", 30, 200.0, world_size=1)])
+    table = frames.comparison_table(runs, baseline="ddp").set_index("method")
+    assert table.loc["ps", "vs_baseline"] == pytest.approx(1.5) and table.loc["single", "vs_baseline"] == 2.0
+
+
+def test_a_gap_within_the_spreads_is_noise_and_one_beyond_them_is_not():
+    runs = frames.runs_frame([result("a1", "ps", 8, 150.0, 140.0, 160.0), result("a2", "ps", 8, 152.0, 142.0, 162.0),
+                              result("b1", "ring", 8, 145.0, 130.0, 150.0), result("b2", "ring", 8, 147.0, 135.0, 155.0),
+                              result("c1", "ddp", 8, 100.0, 95.0, 105.0), result("c2", "ddp", 8, 102.0, 97.0, 108.0)])
+    table = frames.comparison_table(runs).set_index("method")
+    assert table.loc["ps", "throughput_img_s"] == 151.0 and table.loc["ps", "repeats"] == 2
+    assert (table.loc["ps", "spread_low_img_s"], table.loc["ps", "spread_high_img_s"]) == (140.0, 162.0)
+    lines = sentences.verdicts(frames.comparison_table(runs))
+    assert "the fastest is ps ×4" in lines[0] and "noise" in lines[0]  # ps 140–162 overlaps ring 130–155
+    assert lines[1].endswith("ps ×4 ≈ ring ×4 > ddp ×4")  # ring and ddp: 130 > 108, told apart
+
+
+def test_two_repeats_that_disagree_are_flagged_and_agreeing_ones_are_not():
+    """Issue 22: DDP made 62.1 img/s in one notebook and 116.0 three minutes later, unsaid."""
+    slow = result("ddp-nb02", "ddp", 30, 62.1, 60.0, 64.0, disturbed=4)
+    fast = result("ddp-nb05", "ddp", 30, 116.0, 113.0, 119.0)
+    report = report_of([slow, fast])
+    assert "Disagreement: ddp ×4 over 30 steps × 64 img made 62.1 img/s in ddp-nb02" in report
+    assert "116.0 in ddp-nb05" in report and "disturbed steps 4 and 0" in report
+    table = frames.comparison_table(frames.runs_frame([slow, fast])).iloc[0]
+    assert (table.spread_low_img_s, table.spread_high_img_s) == (60.0, 119.0)  # the spread covers both
+    agree = report_of([result("d1", "ddp", 30, 100.0, 96.0, 104.0), result("d2", "ddp", 30, 103.0, 99.0, 107.0)])
+    assert "Disagreement" not in agree
+    # a repeat of another setup is no disagreement: it is not compared at all
+    assert "Disagreement" not in report_of([slow, result("ddp-8", "ddp", 8, 116.0, 113.0, 119.0)])
+
+
+def test_the_report_gives_the_steady_and_the_wall_figure_and_the_disturbed_steps():
+    report = report_of([result("d1", "ddp", 30, 100.0, disturbed=3), result("d2", "ddp", 30, 101.0)])
+    header = next(line for line in report.splitlines() if line.lstrip().startswith("setup"))
+    assert "low" in header and "high" in header and "disturbed" in header and "± sd" not in header
+    row = next(line for line in report.splitlines() if " ddp " in line and "×" in line and "img/s" not in line)
+    assert row.split()[row.split().index("ddp") + 3] == "100.5"  # img/s: the median of 100 and 101
+    assert row.split()[row.split().index("ddp") + 7] == "3"  # disturbed: 3 steps over the two repeats
+
+
+def test_describe_says_how_many_steps_were_disturbed():
+    r = result("p", "ps", 32, 184.0, disturbed=4)
+    r["summary"].update(measured_steps=30, disturbed_threshold_s=0.7, warmup_steps=2)
+    text = sentences.describe(r)
+    assert "184.0 img/s in steady state" in text and "165.6 img/s by the wall clock" in text
+    assert "4 of 30 steps were disturbed" in text and "the machine was busy" in text
+
+
+def test_the_sweep_interleaves_the_methods(monkeypatch, tmp_path):
+    """a b c a b c: every round gives each method the same machine."""
+    ran = []
+
+    def fake_run(cfg, progress=True):
+        ran.append((cfg.strategy, cfg.nproc, cfg.out_dir))
+        return {"name": cfg.name}
+
+    import labkit
+
+    monkeypatch.setattr(labkit, "run", fake_run)
+    sweep_module.sweep(["ddp", "ps", "ring"], repeats=2, profile="cpu", overrides={"max_steps": 2}, out=tmp_path)
+    assert [s for s, _, _ in ran] == ["ddp", "ps", "ring", "ddp", "ps", "ring"]
+    assert len({out for _, _, out in ran}) == 6 and all(out.startswith(str(tmp_path)) for _, _, out in ran)
+    assert sweep_module.plan(["a", "b"], 2, sizes=[1, 4]) == [(1, "a", 1), (1, "a", 4), (1, "b", 1), (1, "b", 4),
+                                                              (2, "a", 1), (2, "a", 4), (2, "b", 1), (2, "b", 4)]
+
+
+def test_a_real_sweep_runs_round_by_round(tmp_path, monkeypatch, capsys):
+    """Two methods, two rounds, tiny real runs: the results come back, and were written, in the
+    interleaved order; the CLI's report compares exactly those runs."""
+    from labkit.cli import main
+
+    monkeypatch.setenv("LABKIT_RESULTS", str(tmp_path / "results"))
+    code = main(["sweep", "--strategy", "ddp,allreduce", "--repeats", "2", "--profile", "cpu", "--nproc", "2",
+                 "--out", str(tmp_path / "sweep"), "--set", "model=simple_cnn", "--set", "max_steps=2",
+                 "--set", "calibration_steps=0", "--set", "workers=0"])
+    assert code == 0
+    files = sorted((tmp_path / "sweep").glob("*/result.json"), key=lambda p: p.stat().st_mtime)
+    written = [json.loads(p.read_text()) for p in files]
+    assert [r["strategy"] for r in written] == ["ddp", "allreduce", "ddp", "allreduce"]
+    assert all(r["status"] == "ok" for r in written) and [r["name"][-2:] for r in written] == ["r1", "r1", "r2", "r2"]
+    out = capsys.readouterr().out
+    assert "Compared: 4 run(s); left out: 0." in out and "ranking" in out
