@@ -127,3 +127,27 @@ def test_a_real_sweep_runs_round_by_round(tmp_path, monkeypatch, capsys):
     assert all(r["status"] == "ok" for r in written) and [r["name"][-2:] for r in written] == ["r1", "r1", "r2", "r2"]
     out = capsys.readouterr().out
     assert "Compared: 4 run(s); left out: 0." in out and "ranking" in out
+
+
+def test_the_regime_is_stated_in_numbers_from_the_runs():
+    """Issue 22's figures: 4 ranks' compute-only step 359–414 ms against 328 ms for one process;
+    gloo's ~5 ms a call; 62 calls (allreduce) against 6 (ps)."""
+    from labkit.report.regime import LINKS, oversubscription, regime_lines
+
+    runs = []
+    for name, label, world, compute, calls, mb in (("s", "single", 1, 0.328, 0, 0), ("a", "allreduce", 4, 0.414, 62, 67),
+                                                   ("p", "ps", 4, 0.359, 6, 134)):
+        r = result(name, label, 8, 150.0, world_size=world)
+        r["summary"].update(compute_only_step_s=compute, collectives_per_step=calls, bytes_sent_per_step=mb * 1e6)
+        r["env"] = {"cpu_count": 2}
+        r["steps"] = [{**step, "ops": {"all_reduce": [calls, mb * 1e6 / 1.5]}} for step in r["steps"]]
+        runs.append(r)
+    over = oversubscription(runs)
+    assert over["ranks"] == 4 and over["ratio"] == pytest.approx(((0.414 + 0.359) / 2) / 0.328)
+    fits = {"all_reduce": {"alpha_s": 5e-3, "beta_s_per_byte": 1e-9}}
+    text = "\n".join(regime_lines(runs, fits))
+    assert "ratio 1.18, so they lose before a byte moves (4 ranks on 2 cores)" in text
+    assert "α = 5.00 ms a call" in text and "allreduce's 62 calls a step cost 310 ms in latency alone" in text
+    assert all(source.split(" (")[0][:20] in text for _, _, source in LINKS.values())  # where each figure comes from
+    assert text.count("Prediction for a") == len(LINKS)
+    assert "Why this ranking" in report_of(runs)

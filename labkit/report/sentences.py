@@ -11,6 +11,7 @@ import pandas as pd
 
 from .costmodel import TOLERANCE, prediction_table, prediction_text
 from .frames import comparison_table, disagreements, overlaps, report_table, runs_frame, scaling_frame
+from .regime import regime_lines
 from .selection import Selection, is_short, method
 
 
@@ -123,6 +124,9 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
                   _table_text(communication)]
     if fits and isinstance(chosen, Selection):
         lines += ["", prediction_report(chosen.kept, fits)]
+    if isinstance(chosen, Selection) and chosen.kept:
+        lines += ["", "Why this ranking (the regime in numbers; the predictions are predictions):", "",
+                  *regime_lines(chosen.kept, fits)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,111 @@
+"""The why of a ranking, in numbers from the runs: how oversubscribed the machine is, how
+costly a call and a byte are on its links, and what that predicts for other links.
+
+- Oversubscription ratio = the compute-only step of n ranks (each on global batch ÷ n
+  images) ÷ the step of one process on the whole batch (`single`). Above 1, the n ranks
+  lose before a byte moves: on 2 cores, 4 ranks share them, and each small batch uses a
+  core less well than one large one.
+- α (seconds a call) and β (seconds a byte) of the all-reduce on this machine, fitted by
+  `labkit bench collectives` (costmodel.fit), beside NCCL-class figures for a GPU box and
+  assumed ones for a 1 Gbit/s network (LINKS, each with where it comes from).
+- Per method: its calls per step × α (latency) and bytes per step × β (bandwidth) on each
+  link — a prediction, worded as one: a method that issues many small calls loses on a
+  link with a large α, one that sends many bytes on a link with a small bandwidth.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from .costmodel import ops_per_step
+from .selection import method
+
+# Other links, for predictions. Each: α a call, bus bandwidth (GB/s, nccl-tests' busbw), the source.
+LINKS = {
+    "4-GPU NVLink box (NCCL)": (10e-6, 200.0,
+                                "NCCL all-reduce of a few bytes ≈ 10 µs on A100-SXM4 (NVIDIA/nccl issue #583); "
+                                "busbw ≈ 200 GB/s on A100 NVLink (NVIDIA/nccl-tests issue #178)"),
+    "1 Gbit/s Ethernet cluster (gloo)": (100e-6, 0.125,
+                                         "an assumption: 1 Gbit/s = 0.125 GB/s a link, α = 0.1 ms a call (a few TCP "
+                                         "round trips on a LAN); the emulated cluster (notebook 07) measures it"),
+}
+
+
+def oversubscription(results: list[dict]) -> dict | None:
+    """{"single_s", "ranks", "multi_s", "ratio"}: the median compute-only step of the runs on
+    n > 1 ranks (the largest n) ÷ single's (one process, the whole batch; its compute-only
+    step, else its median step). None without both kinds of run."""
+    def compute_only(r):
+        s = r.get("summary") or {}
+        return s.get("compute_only_step_s") or s.get("step_time_median_s")
+
+    solo = [compute_only(r) for r in results if r.get("world_size") == 1 and compute_only(r)]
+    world = max((r.get("world_size") or 1 for r in results), default=1)
+    multi = [(r.get("summary") or {}).get("compute_only_step_s") for r in results if r.get("world_size") == world > 1]
+    multi = [m for m in multi if m]
+    if not solo or not multi:
+        return None
+    single_s, multi_s = statistics.median(solo), statistics.median(multi)
+    return {"single_s": single_s, "ranks": world, "multi_s": multi_s, "ratio": multi_s / single_s}
+
+
+def per_method_costs(results: list[dict], fits: dict | None) -> list[dict]:
+    """Per method (its first run at the largest world size): calls and MB per step, and the
+    latency (calls × α) and bandwidth (bytes × β) parts of its communication — measured α, β
+    of this machine where `fits` has them, and on each of LINKS."""
+    rows, seen = [], set()
+    world = max((r.get("world_size") or 1 for r in results), default=1)
+    for r in results:
+        label, s = method(r), r.get("summary") or {}
+        if r.get("world_size") != world or world < 2 or label in seen:
+            continue
+        seen.add(label)
+        ops = ops_per_step(r)
+        calls = sum(c for c, _ in ops.values()) or s.get("collectives_per_step") or 0
+        sent = s.get("bytes_sent_per_step") or 0
+        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6}
+        if fits:
+            known = [op for op in ops if op in fits]
+            row["here_latency_ms"] = 1e3 * sum(ops[op][0] * fits[op]["alpha_s"] for op in known)
+            row["here_bandwidth_ms"] = 1e3 * sum(ops[op][1] * fits[op]["beta_s_per_byte"] for op in known)
+        for name, (alpha, busbw, _) in LINKS.items():
+            # rank 0's bytes on its own link at the link's rate; every call pays α once
+            row[f"{name}: ms"] = 1e3 * (calls * alpha + sent / (busbw * 1e9))
+        rows.append(row)
+    return rows
+
+
+def regime_lines(results: list[dict], fits: dict | None) -> list[str]:
+    """The regime in sentences, each built from the runs (or worded as a prediction)."""
+    lines = []
+    over = oversubscription(results)
+    cores = max(((r.get("env") or {}).get("cpu_count") or 0 for r in results), default=0)
+    if over:
+        verdict = ("so they lose before a byte moves" if over["ratio"] > 1 else
+                   "so the ranks' compute alone is faster than one process")
+        lines.append(f"Oversubscription: {over['ranks']} ranks' compute-only step is {1e3 * over['multi_s']:.0f} ms "
+                     f"against {1e3 * over['single_s']:.0f} ms for one process on the whole batch: ratio "
+                     f"{over['ratio']:.2f}, {verdict}" + (f" ({over['ranks']} ranks on {cores} cores)." if cores else "."))
+    else:
+        lines.append("Oversubscription: not known here (it needs a single run and a multi-rank run with a "
+                     "compute-only calibration).")
+    fit = (fits or {}).get("all_reduce")
+    if fit:
+        lines.append(f"This machine's all-reduce: α = {1e3 * fit['alpha_s']:.2f} ms a call, β = "
+                     f"{1e9 * fit['beta_s_per_byte']:.2f} ns a byte (labkit bench collectives).")
+    for name, (alpha, busbw, source) in LINKS.items():
+        lines.append(f"{name}: α ≈ {1e6 * alpha:.0f} µs a call, busbw ≈ {busbw:g} GB/s — {source}.")
+    costs = per_method_costs(results, fits)
+    if costs and fit:
+        calls = sorted(costs, key=lambda row: row["calls"])
+        few, many = calls[0], calls[-1]
+        lines.append(f"Here a call costs α = {1e3 * fit['alpha_s']:.2f} ms: {many['method']}'s {many['calls']:.0f} calls a "
+                     f"step cost {many['here_latency_ms']:.0f} ms in latency alone, {few['method']}'s "
+                     f"{few['calls']:.0f} cost {few['here_latency_ms']:.0f} ms — on this machine, fewer calls rank "
+                     f"higher.")
+    if costs:
+        for name in LINKS:
+            ordered = sorted(costs, key=lambda row: row[f"{name}: ms"])
+            lines.append(f"Prediction for a {name} (α, β above; compute not counted): communication per step "
+                         + ", ".join(f"{row['method']} {row[f'{name}: ms']:.1f} ms" for row in ordered) + ".")
+    return lines
