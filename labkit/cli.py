@@ -122,9 +122,9 @@ def cmd_compare(args) -> int:
     from labkit.report.plots import all_figures, save_all
 
     chosen = select_runs(load_results(args.runs or None), profile=args.profile)
-    for line in chosen.lines():  # every run left out, with the reason
-        print(line)
     if not chosen.kept:
+        for line in chosen.lines():  # every run left out, with the reason (else the report lists them)
+            print(line)
         raise ConfigError("no finished run to compare; run one first (labkit run --strategy ddp)")
     plots = save_all(all_figures(chosen.kept), results_root() / "plots")
     world = max(r["world_size"] for r in chosen.kept)
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="*", help="run folders (default: every run under results/runs)")
     compare.add_argument("--profile", help="compare only runs of this profile (e.g. cpu)")
     compare.add_argument("--baseline", metavar="METHOD", default=BASELINE,
-                         help=f"throughput relative to this method (default {BASELINE}, the reference experiment's)")
+                         help=f"vs base: throughput relative to this method in the same setup (default {BASELINE}, "
+                              "the reference experiment's)")
     compare.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
