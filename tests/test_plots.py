@@ -249,3 +249,9 @@ def test_short_demonstration_runs_draw_no_accuracy(kept):
     for r in kept:
         r["config"]["max_steps"] = 6
     assert "validation_accuracy" not in plots.all_figures(kept)
+
+
+def test_the_loss_plot_has_the_chance_line(kept):
+    ax = plots.loss_vs_images(frames.steps_frame(kept), classes=10).axes[0]
+    chance = next(line for line in ax.lines if line.get_label().startswith("chance"))
+    assert chance.get_ydata()[0] == pytest.approx(2.302585) and "ln 10 = 2.30" in chance.get_label()

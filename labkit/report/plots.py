@@ -197,10 +197,15 @@ def communication_volume(runs: pd.DataFrame):
     return fig
 
 
-def loss_vs_images(steps: pd.DataFrame):
+def loss_vs_images(steps: pd.DataFrame, classes: int | None = None):
     """Training loss (rank 0's batch, 5-step moving mean) against images seen (global
-    batch × step), so methods with different batches per step share one x axis."""
+    batch × step), so methods with different batches per step share one x axis. With
+    `classes`, the chance line ln(classes): the loss of a model that guesses uniformly.
+    A one-process run's loss is over its whole batch, a multi-rank run's over rank 0's
+    share of it, so theirs differ step by step by sampling alone."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    if classes:
+        ax.axhline(np.log(classes), color="0.5", ls=":", lw=1, label=f"chance: ln {classes} = {np.log(classes):.2f}")
     for label in sorted(steps["method"].unique()) if len(steps) else []:
         first = True
         for _, run in steps[steps["method"] == label].groupby("name"):
@@ -210,7 +215,7 @@ def loss_vs_images(steps: pd.DataFrame):
             first = False
     ax.set(title="Training loss against images seen (rank 0's batch, 5-step moving mean)",
            xlabel="images seen (global batch × step)", ylabel="cross-entropy")
-    if len(steps):
+    if len(steps) or classes:
         ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
@@ -337,7 +342,9 @@ def all_figures(results: list[dict]) -> dict:
     runs, steps = runs_frame(results), steps_frame(results)
     assign_colors(runs["method"])
     figures = {"throughput": throughput(runs), "time_breakdown": time_breakdown(results),
-               "communication_volume": communication_volume(runs), "loss_vs_images": loss_vs_images(steps)}
+               "communication_volume": communication_volume(runs),
+               "loss_vs_images": loss_vs_images(steps, (results[0].get("config") or {}).get("num_classes")
+                                                if results else None)}
     trained = epochs_frame([r for r in results if not is_short(r)])  # a few steps say nothing about accuracy
     if "val_top1" in trained and trained["val_top1"].notna().any():
         figures["validation_accuracy"] = validation_accuracy(trained)
