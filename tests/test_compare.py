@@ -147,7 +147,7 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
     fits = {"all_reduce": {"alpha_s": 5e-3, "beta_s_per_byte": 1e-9}}
     text = "\n".join(regime_lines(runs, fits))
     assert "ratio 1.18, so they lose before a byte moves (4 ranks on 2 cores)" in text
-    assert "α = 5.00 ms a call" in text and "allreduce's 62 calls a step cost 310 ms in latency alone" in text
+    assert "α = 5.00 ms a call" in text and "allreduce's 62 calls a step cost 310 ms in latency alone (of its 427 ms" in text
     assert all(source.split(" (")[0][:20] in text for _, _, source in LINKS.values())  # where each figure comes from
     assert text.count("Prediction for a") == len(LINKS)
     assert "Why this ranking" in report_of(runs)

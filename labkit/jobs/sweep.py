@@ -43,12 +43,13 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
     strategies = [strategies] if isinstance(strategies, str) else list(strategies)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     order = plan(strategies, repeats, sizes)
+    resolved = make_config(profile, strategy=strategies[0]).profile  # "auto" → the profile it picks, for the names
     results = []
     for i, (round_, strategy, nproc) in enumerate(order, 1):
         config = dict(overrides or {})
         if nproc:
             config["nproc"] = nproc
-        name = run_name(strategy, profile, stamp, round_, nproc)
+        name = run_name(strategy, resolved, stamp, round_, nproc)
         if out:
             config["out_dir"] = str(Path(out) / name)
         cfg = make_config(profile, strategy=strategy, name=name, **config)

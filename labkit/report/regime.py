@@ -63,7 +63,7 @@ def per_method_costs(results: list[dict], fits: dict | None) -> list[dict]:
         ops = ops_per_step(r)
         calls = sum(c for c, _ in ops.values()) or s.get("collectives_per_step") or 0
         sent = s.get("bytes_sent_per_step") or 0
-        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6}
+        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6, "step_ms": 1e3 * (s.get("step_time_median_s") or 0)}
         if fits:
             known = [op for op in ops if op in fits]
             row["here_latency_ms"] = 1e3 * sum(ops[op][0] * fits[op]["alpha_s"] for op in known)
@@ -100,9 +100,9 @@ def regime_lines(results: list[dict], fits: dict | None) -> list[str]:
         calls = sorted(costs, key=lambda row: row["calls"])
         few, many = calls[0], calls[-1]
         lines.append(f"Here a call costs α = {1e3 * fit['alpha_s']:.2f} ms: {many['method']}'s {many['calls']:.0f} calls a "
-                     f"step cost {many['here_latency_ms']:.0f} ms in latency alone, {few['method']}'s "
-                     f"{few['calls']:.0f} cost {few['here_latency_ms']:.0f} ms — on this machine, fewer calls rank "
-                     f"higher.")
+                     f"step cost {many['here_latency_ms']:.0f} ms in latency alone (of its {many['step_ms']:.0f} ms "
+                     f"median step), {few['method']}'s {few['calls']:.0f} cost {few['here_latency_ms']:.0f} ms (of "
+                     f"{few['step_ms']:.0f} ms).")
     if costs:
         for name in LINKS:
             ordered = sorted(costs, key=lambda row: row[f"{name}: ms"])
