@@ -69,6 +69,8 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     cfg.data_ranks, cfg.torchrun = method.data_ranks(cfg), method.needs_process_group
     if cfg.global_batch_size and "batch_size" not in overrides:  # the recipe's global batch, whatever
         cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks))  # the rank count (single: all)
+    if cfg.nodes > 1 and cfg.rdzv_endpoint and not cfg.name:  # a name from the clock could differ by a second
+        raise ConfigError("real nodes need the same --name on every node: it names the run and its rendezvous")
     resolve(cfg)
     validate(cfg)
     method.check(cfg)

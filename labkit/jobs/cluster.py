@@ -144,7 +144,7 @@ class EmulatedCluster:
             for k, ns in enumerate(self.network.node_ns):
                 self.handles.append(start(dataclasses.replace(
                     launch, nnodes=nodes, node_rank=k, netns=ns, rdzv_endpoint=f"{self.network.address(0)}:{RDZV_PORT}",
-                    local_addr=self.network.address(k), rdzv_conf="is_host=1" if k == 0 else "",
+                    local_addr=self.network.address(k), rdzv_conf=f"is_host={int(k == 0)}",
                     log_dir=Path(launch.logs) / f"node-{k}", queue_lock=launch.queue_lock if k == 0 else None,
                     env={**launch.env, "GLOO_SOCKET_IFNAME": "eth0"})))
         except BaseException:

@@ -40,7 +40,8 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     has imported torch, torchvision and the worker once: four fresh interpreters would each
     import them, ~7 s of CPU apiece, ~15 s a job on 2 cores. GPU jobs take turns on one lock
     (CPU jobs share the cores, so each has a lock of its own and never waits)."""
-    lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}.lock")
+    # (a node of a job on several nodes has its own: two nodes on one machine would wait for each other)
+    lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}-node{cfg.node_rank}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     out = Path(cfg.out_dir)
     ranks_here = cfg.nproc if cfg.emulated else cfg.ranks_per_node  # emulated nodes share this machine's cores
@@ -54,7 +55,9 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     if cfg.nodes > 1 and not cfg.emulated:  # a real node: torchrun's c10d rendezvous on node 0
         launch = dataclasses.replace(launch, nnodes=cfg.nodes, node_rank=cfg.node_rank,
                                      rdzv_endpoint=cfg.rdzv_endpoint, local_addr=interface_address(cfg.interface),
-                                     rdzv_conf="is_host=1" if cfg.node_rank == 0 else "",
+                                     # node 0 hosts the rendezvous store; said outright, since torch's guess
+                                     # (does the endpoint name this machine?) is yes for every node on one machine
+                                     rdzv_conf=f"is_host={int(cfg.node_rank == 0)}",
                                      log_dir=out / "logs" / f"node-{cfg.node_rank}",  # each node its own logs
                                      env={**env, **interface_env(cfg.interface)})
     return launch
