@@ -104,8 +104,10 @@ def test_the_sweep_interleaves_the_methods(monkeypatch, tmp_path):
     import labkit
 
     monkeypatch.setattr(labkit, "run", fake_run)
-    sweep_module.sweep(["ddp", "ps", "ring"], repeats=2, profile="cpu", overrides={"max_steps": 2}, out=tmp_path)
-    assert [s for s, _, _ in ran] == ["ddp", "ps", "ring", "ddp", "ps", "ring"]
+    sweep_module.sweep(["single", "ddp", "ps"], repeats=2, profile="cpu", overrides={"max_steps": 2, "nproc": 2},
+                       out=tmp_path)
+    assert [s for s, _, _ in ran] == ["single", "ddp", "ps", "single", "ddp", "ps"]
+    assert [n for _, n, _ in ran] == [1, 2, 2, 1, 2, 2]  # nproc for every method but the one-process one
     assert len({out for _, _, out in ran}) == 6 and all(out.startswith(str(tmp_path)) for _, _, out in ran)
     assert sweep_module.plan(["a", "b"], 2, sizes=[1, 4]) == [(1, "a", 1), (1, "a", 4), (1, "b", 1), (1, "b", 4),
                                                               (2, "a", 1), (2, "a", 4), (2, "b", 1), (2, "b", 4)]
@@ -151,3 +153,40 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
     assert all(source.split(" (")[0][:20] in text for _, _, source in LINKS.values())  # where each figure comes from
     assert text.count("Prediction for a") == len(LINKS)
     assert "Why this ranking" in report_of(runs)
+
+
+@pytest.mark.slow
+def test_a_cpu_hog_during_one_repeat_is_flagged_or_stays_within_the_spread(tmp_path):
+    """Issue 22's test: two repeats of one method, a CPU hog on both cores during the second.
+    Either the comparison flags the two as disagreeing, or the busy repeat's steady figure
+    stays within the quiet one's interval — never a silent 2× gap."""
+    import subprocess
+    import sys
+
+    import labkit
+
+    real_run = labkit.run
+
+    def run_beside_a_hog(cfg, progress=True):
+        if not cfg.name.endswith("-r2"):
+            return real_run(cfg, progress=progress)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # both cores
+        try:
+            return real_run(cfg, progress=progress)
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(labkit, "run", run_beside_a_hog)
+        results = sweep_module.sweep(["ddp"], repeats=2, profile="cpu", out=tmp_path, progress=False,
+                                     overrides={"model": "simple_cnn", "max_steps": 14, "calibration_steps": 0,
+                                                "workers": 0, "nproc": 2})
+    runs = frames.runs_frame(results)
+    quiet, busy = runs.iloc[0], runs.iloc[1]
+    flagged = len(frames.disagreements(runs)) == 1
+    within = quiet.throughput_low_img_s <= busy.throughput_img_s <= quiet.throughput_high_img_s
+    assert flagged or within, runs[["name", "throughput_img_s", "throughput_low_img_s", "throughput_high_img_s"]]
+    if flagged:
+        assert "Disagreement: ddp ×2" in report_of(results)

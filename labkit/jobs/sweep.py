@@ -36,9 +36,12 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
           sizes: list[int] | None = None, out: str | Path | None = None, progress: bool = True) -> list[dict]:
     """Run every method `repeats` times, interleaved (plan()), and return their results in
     that order. `overrides` are RunConfig fields and method options for every run (e.g.
-    max_steps); `out` is the folder the runs go into (default results/runs/<name>)."""
+    max_steps); an `nproc` there sets the ranks of every method that does not fix its own
+    (a one-process method keeps its one). `out` is the folder the runs go into (default
+    results/runs/<name>)."""
     from labkit import run
     from labkit.profiles import make_config
+    from labkit.strategies import load_strategy
 
     strategies = [strategies] if isinstance(strategies, str) else list(strategies)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -47,6 +50,8 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
     results = []
     for i, (round_, strategy, nproc) in enumerate(order, 1):
         config = dict(overrides or {})
+        if "nproc" in load_strategy(strategy).defaults:  # the method fixes its ranks (one process)
+            config.pop("nproc", None)
         if nproc:
             config["nproc"] = nproc
         name = run_name(strategy, resolved, stamp, round_, nproc)
