@@ -255,3 +255,12 @@ def test_the_loss_plot_has_the_chance_line(kept):
     ax = plots.loss_vs_images(frames.steps_frame(kept), classes=10).axes[0]
     chance = next(line for line in ax.lines if line.get_label().startswith("chance"))
     assert chance.get_ydata()[0] == pytest.approx(2.302585) and "ln 10 = 2.30" in chance.get_label()
+
+
+def test_every_figure_lists_the_methods_in_one_order(kept):
+    """The throughput figure's order (fastest on top) in the time breakdown and the volume too."""
+    runs = frames.runs_frame(kept)
+    order = [t.get_text() for t in plots.throughput(runs).axes[0].get_yticklabels()]
+    breakdown = [t.get_text() for t in plots.time_breakdown(kept).axes[0].get_yticklabels()]
+    volume = [t.get_text() for t in plots.communication_volume(runs).axes[0].get_yticklabels()]
+    assert order == breakdown == volume and order[-1] == "alpha ×4"  # alpha (85 img/s) on top

@@ -78,6 +78,23 @@ def _mean_by_method(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     return table
 
 
+def _throughput_order(runs: pd.DataFrame) -> pd.DataFrame:
+    """comparison_table's rows labelled as the bars are, slowest first (barh draws bottom-up,
+    so the fastest is on top), setups apart."""
+    table = comparison_table(runs).sort_values(["setup", "throughput_img_s"], ascending=[False, True],
+                                               ignore_index=True)
+    several = table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
+    return table
+
+
+def _ranked(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """`table` (one row per `label`) in the throughput figure's order, so every figure lists
+    the methods alike."""
+    rank = {label: i for i, label in enumerate(_throughput_order(runs)["label"])}
+    return table.assign(rank=table["label"].map(rank)).sort_values("rank", ignore_index=True).drop(columns="rank")
+
+
 def _length_note(runs: pd.DataFrame) -> str:
     """The run length for a title: "8 steps × 64 img" for one setup; else that several ran."""
     setups = runs["setup"].unique() if "setup" in runs else []
@@ -89,9 +106,7 @@ def throughput(runs: pd.DataFrame):
     repeats, the error bar its spread (frames.comparison_table: the lowest to highest end of the
     repeats' own ~95 % intervals). The title gives the run length; with several setups each bar
     says its own, and no bar is ordered against another setup's."""
-    table = comparison_table(runs).sort_values(["setup", "throughput_img_s"], ascending=[False, True])
-    several = table["setup"].nunique() > 1
-    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
+    table = _throughput_order(runs)
     low = (table["throughput_img_s"] - table["spread_low_img_s"]).clip(lower=0).fillna(0)
     high = (table["spread_high_img_s"] - table["throughput_img_s"]).clip(lower=0).fillna(0)
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(table)))
@@ -133,7 +148,7 @@ def time_breakdown(results: list[dict]):
     table = frame.groupby(["setup", "method", "world_size"], as_index=False).median()  # runs of one length only
     several = table["setup"].nunique() > 1
     table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
-    table = table.sort_values("label", ascending=False, ignore_index=True)
+    table = _ranked(table, runs_frame(results))
     fig, ax = plt.subplots(figsize=(8.5, 1.8 + 0.45 * len(table)))
     ms = 1e3
     # A step shorter than the compute-only step (exposed < 0: noise) is drawn at its own length.
@@ -177,8 +192,8 @@ def communication_volume(runs: pd.DataFrame):
     """Two panels on log axes (the values span orders of magnitude): MB rank 0 sent per
     step, and collective or point-to-point calls per step. A method that sends nothing has
     no bar on a log axis: its label says 0."""
-    mb = _mean_by_method(runs.assign(mb=runs["bytes_sent_per_step"] / 1e6), "mb").sort_values("label")
-    calls = _mean_by_method(runs, "collectives_per_step").sort_values("label")
+    mb = _ranked(_mean_by_method(runs.assign(mb=runs["bytes_sent_per_step"] / 1e6), "mb"), runs)
+    calls = _ranked(_mean_by_method(runs, "collectives_per_step"), runs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.1 + 0.42 * len(mb)), sharey=True)
     for ax, table, title, unit in ((axes[0], mb, "MB sent per step (rank 0)", "MB"),
                                    (axes[1], calls, "calls per step (rank 0)", "calls")):
