@@ -24,6 +24,7 @@ from labkit.strategies.base import Strategy
 from labkit.training import checkpoint
 from labkit.training.faults import inject_fault
 from labkit.training.heartbeat import Heartbeat
+from labkit.training.links import LinkMeter
 from labkit.training.process_group import all_reduce_sum
 from labkit.training.timing import StepTimer
 
@@ -41,6 +42,7 @@ class StepRecorder:
         self.heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
         self.timer = StepTimer(device)  # train_step marks each phase on it
         self.progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
+        self.links = LinkMeter(cfg)  # several nodes: what crossed this node's link, per step
 
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
@@ -54,10 +56,12 @@ class StepRecorder:
         for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
             group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
         self.strategy.wire.reset()
+        self.links.before()
 
     def after(self, step: int, loss: float):
         cfg, state = self.cfg, self.state
         times = self.timer.stop()
+        self.links.after()
         self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
         state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
         if self.has_data:

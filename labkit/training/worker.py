@@ -100,9 +100,11 @@ def main(config_path: str):
     total_time = time.perf_counter() - started
     rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
     timeline = gather_timeline(timer.intervals, rank)
+    topology = recorder.links.topology(cfg.warmup_steps)  # several nodes: each node's link bytes
     if rank == 0:
-        write_json(out / "result.json", build_result(cfg, method.label(cfg), world, device, state.steps,
-                                                     state.epochs, total_time, rank_medians, compute_only_s, timeline))
+        result = build_result(cfg, method.label(cfg), world, device, state.steps, state.epochs, total_time,
+                              rank_medians, compute_only_s, timeline)
+        write_json(out / "result.json", {**result, "topology": topology})
     recorder.close()
     finish()
 
