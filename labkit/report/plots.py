@@ -207,6 +207,7 @@ def communication_volume(runs: pd.DataFrame):
         _label_bars(ax, bars, [f"{v:,.3g} {unit}" if v else f"0 {unit} (none)" for v in values])
         ax.set_xscale("log")
         ax.set_xlim(low, (positive.max() if len(positive) else 1) * 10)
+        ax.set_ylim(-0.5, len(table) - 0.5)  # a zero bar (drawn as nothing) at an end keeps its row
         ax.set(title=title, xlabel=f"{unit} (log scale)")
     axes[0].set_ylabel("method")
     fig.tight_layout()
