@@ -150,8 +150,14 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
     text = "\n".join(regime_lines(runs, fits))
     assert "ratio 1.18, so they lose before a byte moves (4 ranks on 2 cores)" in text
     assert "α = 5.00 ms a call" in text and "allreduce's 62 calls a step cost 310 ms in latency alone (of its 427 ms" in text
-    assert all(source.split(" (")[0][:20] in text for _, _, source in LINKS.values())  # where each figure comes from
-    assert text.count("Prediction for a") == len(LINKS)
+    assert all(source.split(" (")[0][:20] in text for _, _, source, _ in LINKS.values())  # where each comes from
+    assert text.count("Prediction for") == len(LINKS)
+    # these nodes on 1 Gbit/s: compute-only + calls × 0.1 ms + bytes at 0.125 GB/s (blocking: neither has a busbw
+    # here, but they send: counted as overlapping, the larger of compute and communication)
+    assert "ps 1073 ms" in text and "allreduce 542 ms" in text and "order allreduce > ps" in text
+    emulated = result("e", "ps", 8, 50.0, link="1gbit")
+    emulated["summary"]["step_time_median_s"] = 1.2
+    assert "ps 1073 ms (measured at link=1gbit: 1200 ms)" in "\n".join(regime_lines(runs, fits, [emulated]))
     assert "Why this ranking" in report_of(runs)
 
 

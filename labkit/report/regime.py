@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import statistics
 
-from .costmodel import ops_per_step
+from .costmodel import TOLERANCE, ops_per_step
 from .selection import method
 
-# Other links, for predictions. Each: α a call, bus bandwidth (GB/s, nccl-tests' busbw), the source.
+# Other links, for predictions: name → (α a call, bus bandwidth in GB/s as nccl-tests defines
+# busbw, where the figures come from, the `link=` rate of an emulated cluster at that speed or
+# None where these CPUs would not be the nodes).
 LINKS = {
     "4-GPU NVLink box (NCCL)": (10e-6, 200.0,
                                 "NCCL all-reduce of a few bytes ≈ 10 µs on A100-SXM4 (NVIDIA/nccl issue #583); "
-                                "busbw ≈ 200 GB/s on A100 NVLink (NVIDIA/nccl-tests issue #178)"),
+                                "busbw ≈ 200 GB/s on A100 NVLink (NVIDIA/nccl-tests issue #178)", None),
+    "10 Gbit/s Ethernet cluster (gloo)": (50e-6, 1.25, "an assumption: 10 Gbit/s = 1.25 GB/s a link, α = 50 µs a "
+                                                       "call", "10gbit"),
     "1 Gbit/s Ethernet cluster (gloo)": (100e-6, 0.125,
                                          "an assumption: 1 Gbit/s = 0.125 GB/s a link, α = 0.1 ms a call (a few TCP "
-                                         "round trips on a LAN); the emulated cluster (notebook 07) measures it"),
+                                         "round trips on a LAN); the emulated cluster (notebook 07) measures it",
+                                         "1gbit"),
 }
 
 
@@ -63,20 +68,54 @@ def per_method_costs(results: list[dict], fits: dict | None) -> list[dict]:
         ops = ops_per_step(r)
         calls = sum(c for c, _ in ops.values()) or s.get("collectives_per_step") or 0
         sent = s.get("bytes_sent_per_step") or 0
-        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6, "step_ms": 1e3 * (s.get("step_time_median_s") or 0)}
+        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6, "step_ms": 1e3 * (s.get("step_time_median_s") or 0),
+               "compute_only_ms": 1e3 * s["compute_only_step_s"] if s.get("compute_only_step_s") else None,
+               # communication inside backward (no busbw of its own, for that reason) can hide behind compute
+               "overlapped": bool(sent) and s.get("achieved_busbw_gb_s") is None}
         if fits:
             known = [op for op in ops if op in fits]
             row["here_latency_ms"] = 1e3 * sum(ops[op][0] * fits[op]["alpha_s"] for op in known)
             row["here_bandwidth_ms"] = 1e3 * sum(ops[op][1] * fits[op]["beta_s_per_byte"] for op in known)
-        for name, (alpha, busbw, _) in LINKS.items():
+        for name, (alpha, busbw, _, _) in LINKS.items():
             # rank 0's bytes on its own link at the link's rate; every call pays α once
             row[f"{name}: ms"] = 1e3 * (calls * alpha + sent / (busbw * 1e9))
         rows.append(row)
     return rows
 
 
-def regime_lines(results: list[dict], fits: dict | None) -> list[str]:
-    """The regime in sentences, each built from the runs (or worded as a prediction)."""
+def predicted_step_ms(row: dict, link: str) -> float | None:
+    """These nodes' step on `link`: the compute-only step measured here plus the link's
+    communication, or the larger of the two for a method that overlaps it with backward
+    (the best overlap can do). None without a compute-only step."""
+    compute, comm = row["compute_only_ms"], row[f"{link}: ms"]
+    if compute is None:
+        return None
+    return max(compute, comm) if row["overlapped"] else compute + comm
+
+
+def predicted_order(known: list[tuple[float, str]]) -> str:
+    """(step ms, method) fastest first, joined by '>' or, where the next step is within the
+    cost model's tolerance of this one, '≈': the model cannot order those two."""
+    text = known[0][1]
+    for (a, _), (b, label) in zip(known, known[1:]):
+        text += (" ≈ " if b <= a * (1 + TOLERANCE) else " > ") + label
+    return text
+
+
+def measured_on(link_rate: str | None, elsewhere: list[dict]) -> dict[str, float]:
+    """method → median step (ms) of the finished runs in `elsewhere` made on emulated nodes
+    linked at `link_rate` (config `link`), e.g. notebook 07's."""
+    steps = {}
+    for r in elsewhere:
+        s = r.get("summary") or {}
+        if link_rate and (r.get("config") or {}).get("link") == link_rate and s.get("step_time_median_s"):
+            steps.setdefault(method(r), []).append(1e3 * s["step_time_median_s"])
+    return {label: statistics.median(values) for label, values in steps.items()}
+
+
+def regime_lines(results: list[dict], fits: dict | None, elsewhere: list[dict] | None = None) -> list[str]:
+    """The regime in sentences, each built from the runs or worded as a prediction; `elsewhere`:
+    runs on emulated links, whose measured step stands beside the prediction for that link."""
     lines = []
     over = oversubscription(results)
     cores = max(((r.get("env") or {}).get("cpu_count") or 0 for r in results), default=0)
@@ -93,7 +132,7 @@ def regime_lines(results: list[dict], fits: dict | None) -> list[str]:
     if fit:
         lines.append(f"This machine's all-reduce: α = {1e3 * fit['alpha_s']:.2f} ms a call, β = "
                      f"{1e9 * fit['beta_s_per_byte']:.2f} ns a byte (labkit bench collectives).")
-    for name, (alpha, busbw, source) in LINKS.items():
+    for name, (alpha, busbw, source, _) in LINKS.items():
         lines.append(f"{name}: α ≈ {1e6 * alpha:.0f} µs a call, busbw ≈ {busbw:g} GB/s — {source}.")
     costs = per_method_costs(results, fits)
     if costs and fit:
@@ -103,9 +142,20 @@ def regime_lines(results: list[dict], fits: dict | None) -> list[str]:
                      f"step cost {many['here_latency_ms']:.0f} ms in latency alone (of its {many['step_ms']:.0f} ms "
                      f"median step), {few['method']}'s {few['calls']:.0f} cost {few['here_latency_ms']:.0f} ms (of "
                      f"{few['step_ms']:.0f} ms).")
-    if costs:
-        for name in LINKS:
+    for name, (_, _, _, rate) in LINKS.items() if costs else ():
+        if rate is None:  # other hardware: its compute is not measured here, so communication alone
             ordered = sorted(costs, key=lambda row: row[f"{name}: ms"])
-            lines.append(f"Prediction for a {name} (α, β above; compute not counted): communication per step "
-                         + ", ".join(f"{row['method']} {row[f'{name}: ms']:.1f} ms" for row in ordered) + ".")
+            lines.append(f"Prediction for a {name} (α, β above; its compute is not measured here): communication "
+                         "per step " + ", ".join(f"{row['method']} {row[f'{name}: ms']:.1f} ms" for row in ordered) + ".")
+            continue
+        steps = {row["method"]: predicted_step_ms(row, name) for row in costs}
+        known = sorted((ms, label) for label, ms in steps.items() if ms is not None)
+        if not known:
+            continue
+        seen = measured_on(rate, elsewhere or [])
+        lines.append(f"Prediction for these nodes on a {name} (compute-only step measured here + communication "
+                     "at α, β above; a method overlapping backward: the larger of the two): step "
+                     + ", ".join(f"{label} {ms:.0f} ms" + (f" (measured at link={rate}: {seen[label]:.0f} ms)"
+                                                           if label in seen else "") for ms, label in known)
+                     + f"; order {predicted_order(known)} ('≈': within the model's ±{TOLERANCE:.0%}).")
     return lines

@@ -71,7 +71,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
         else:
             line += ": larger than both spreads"
         lines.append(line + ".")
-        lines.append(f"  ranking ('>' beyond the spreads, '≈' noise): {ranking(group)}")
+        lines.append(f"  ranking ('>' beyond the spreads, '≈' noise; each sign compares neighbours): {ranking(group)}")
     return lines
 
 
