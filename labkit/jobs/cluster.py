@@ -111,9 +111,11 @@ class Network:
 
     def shape(self, ns: str, device: str) -> None:
         rate = parse_rate(self.link)
-        # tbf's bucket must hold at least one timer tick of traffic (rate / HZ, HZ ≤ 1000), and a
-        # few full-size packets; latency bounds the queue (past it, tbf drops and TCP slows down).
-        burst = max(int(rate / 8 / 250), 64 * 1024)
+        # tbf's bucket: what may pass at once, at full speed, after a quiet moment. Kept to ~4 ms of
+        # traffic (two full-size packets at least): a bigger one would let each step's first burst
+        # through unshaped (a 64 KB bucket halved a 125 KB step's time at 5 Mbit/s). latency bounds
+        # the queue (past it, tbf drops and TCP slows down).
+        burst = max(int(rate / 8 / 250), 2 * 1514)
         sh("tc", "-n", ns, "qdisc", "add", "dev", device, "root", "tbf", "rate", f"{int(rate)}bit",
            "burst", str(burst), "latency", "100ms")
 

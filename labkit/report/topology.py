@@ -1,0 +1,79 @@
+"""Runs on several (emulated) nodes, side by side: what crossed the links, and what a slower
+link will cost, predicted from a run on a faster one (notebook 07).
+
+The prediction is the simplest one the bytes allow. A method moves the same bytes over the
+busiest node link whatever its rate (result.json's `topology`, from the kernel's counters), so
+going from rate r_fast to r_slow adds, per step, at most
+
+    busiest link bytes × (1/r_slow − 1/r_fast)
+
+to the step: exactly that when the link is the bottleneck and nothing hides it (a blocking
+method), less when the transfer overlaps with backward (ddp, overlap, powersgd). The slow run
+says which.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from labkit.report.selection import method
+
+
+def link_frame(results: list[dict]) -> pd.DataFrame:
+    """One row per run with a topology: method, link, steady step time and what crossed the links."""
+    rows = []
+    for r in results:
+        topo, s = r.get("topology") or {}, r.get("summary") or {}
+        if not topo.get("link_rate_bytes_s"):
+            continue
+        rows.append({"method": method(r), "link": topo["link"], "rate_bytes_s": topo["link_rate_bytes_s"],
+                     "step_ms": 1e3 * s["step_time_median_s"], "sync_ms": 1e3 * s["sync_time_median_s"],
+                     "img_s": s["throughput_img_s"],
+                     "counted_MB_per_rank": s["bytes_sent_per_step"] / 1e6,
+                     "busiest_link_MB": topo["busiest_link_bytes_per_step"] / 1e6,
+                     "link_ms_at_rate": 1e3 * topo["link_time_per_step_s"]})
+    return pd.DataFrame(rows)
+
+
+def predicted_vs_measured(frame: pd.DataFrame, fast: str, slow: str) -> pd.DataFrame:
+    """Each method's step at the `slow` link predicted from its run at `fast`, beside the measured one."""
+    by = {link: group.set_index("method") for link, group in frame.groupby("link")}
+    if fast not in by or slow not in by:
+        return pd.DataFrame()
+    quick, slow_runs = by[fast], by[slow]
+    rows = []
+    for name in quick.index.intersection(slow_runs.index):
+        q = quick.loc[name]
+        extra_ms = 1e3 * q["busiest_link_MB"] * 1e6 * (1 / slow_runs.loc[name, "rate_bytes_s"] - 1 / q["rate_bytes_s"])
+        predicted = q["step_ms"] + extra_ms
+        measured = slow_runs.loc[name, "step_ms"]
+        rows.append({"method": name, f"step at {fast} (ms)": q["step_ms"], "busiest link (MB/step)": q["busiest_link_MB"],
+                     f"predicted at {slow} (ms)": predicted, f"measured at {slow} (ms)": measured,
+                     "measured / predicted": measured / predicted, "reading": reading(measured / predicted)})
+    return pd.DataFrame(rows).sort_values(f"measured at {slow} (ms)").reset_index(drop=True)
+
+
+def reading(ratio: float) -> str:
+    """What a ratio of measured to predicted says (within 25 %: the link's bytes explain it)."""
+    if ratio > 1.25:
+        return "slower than its bytes: transfers one after the other (a push, then a pull), per-message latency, or TCP backing off"
+    if ratio < 0.75:
+        return "faster than its bytes allow: transfer hidden behind compute, or the fast run was disturbed"
+    return "the link's bytes explain it (within 25 %)"
+
+
+def ranking(frame: pd.DataFrame, link: str) -> list[str]:
+    """Methods from fastest to slowest (median step) on `link`."""
+    return list(frame[frame["link"] == link].sort_values("step_ms")["method"])
+
+
+def ranking_sentence(frame: pd.DataFrame, links: list[str]) -> str:
+    """What the runs say about the ranking, computed from them."""
+    orders = {link: ranking(frame, link) for link in links if ranking(frame, link)}
+    if len(orders) < 2:
+        return "Only one link rate ran: no change of ranking can be seen."
+    parts = [f"at {link}: {' < '.join(order)}" for link, order in orders.items()]
+    first, last = list(orders.values())[0], list(orders.values())[-1]
+    moved = [m for m in first if m in last and first.index(m) != last.index(m)]
+    verdict = (f"{len(moved)} of {len(first)} methods changed place" if moved else "the order did not change")
+    return "Fastest to slowest step, " + "; ".join(parts) + f" — {verdict}."
