@@ -190,6 +190,12 @@ def test_bandwidth_plot_is_log_log_with_the_fitted_line():
     assert "all_reduce measured" in labels and any(label.startswith("all_reduce fit") for label in labels)
     fitted = next(line for line in ax.lines if line.get_label().startswith("all_reduce fit"))
     assert fitted.get_ydata()[-1] == pytest.approx(1.5 * 1e7 / (1e-4 + 1e-2) / 1e9)
+    assert "α=100 µs, β=1.00 ns/B" in fitted.get_label() and "busbw = algbw" in ax.get_title()
+    run = fake_result("a", "alpha", 4, 80.0)
+    run["steps"] = [{**step, "ops": {"all_reduce": [4, 4e6]}} for step in run["steps"]]  # 1 MB a call
+    marked = plots.bandwidth({"rows": rows, "fits": {}, "world_size": 4, "backend": "gloo"}, [run]).axes[0]
+    line = next(line for line in marked.lines if line.get_label() == "alpha")
+    assert line.get_xdata()[0] == pytest.approx(1e6)
 
 
 def test_a_method_keeps_its_colour_in_every_figure(kept):

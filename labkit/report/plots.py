@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .costmodel import ops_per_step
 from .frames import comparison_table, epochs_frame, runs_frame, scaling_frame, steps_frame
 from .selection import comparison_setup, is_short, method, setup_names
 
@@ -326,13 +327,15 @@ def timelines(results: list[dict], window_steps: int | None = None):
     return fig
 
 
-def bandwidth(bench: dict):
+def bandwidth(bench: dict, results: list[dict] | None = None):
     """Bus bandwidth of each collective against message size, on log–log axes: measured
     points, and the line of the fitted alpha–beta model, busbw(S) = factor · S / (α + β·S)
-    (factor = busbw / algbw of the op, as nccl-tests defines it)."""
+    (busbw = algbw × factor, factor = 2(n−1)/n for all-reduce, as nccl-tests defines it; α and β
+    in the legend). With `results`, a dotted line marks each method's mean message size (its
+    counted message bytes ÷ calls per step): where on the curve its calls sit."""
     rows = pd.DataFrame(bench.get("rows", []))
     fits = bench.get("fits") or {}
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (op, group) in enumerate(rows.groupby("op") if len(rows) else []):
         group = group.sort_values("size_bytes")
         color = PALETTE[i % len(PALETTE)]  # operations, not methods: colours by their sorted order
@@ -342,13 +345,21 @@ def bandwidth(bench: dict):
             factor = float((group["busbw_gb_s"] / group["algbw_gb_s"]).median()) if "algbw_gb_s" in group else 1.0
             sizes = np.geomspace(group["size_bytes"].min(), group["size_bytes"].max(), 60)
             model = factor * sizes / (fit["alpha_s"] + fit["beta_s_per_byte"] * sizes) / 1e9
-            ax.plot(sizes, model, "-", color=color, alpha=0.7, label=f"{op} fit: α={fit['alpha_s'] * 1e6:.0f} µs")
+            ax.plot(sizes, model, "-", color=color, alpha=0.7,
+                    label=f"{op} fit: α={fit['alpha_s'] * 1e6:.0f} µs, β={fit['beta_s_per_byte'] * 1e9:.2f} ns/B")
+    for r in results or []:
+        label, ops = method(r), ops_per_step(r)
+        calls, size = sum(c for c, _ in ops.values()), sum(b for _, b in ops.values())
+        if calls and label not in {t.get_label() for t in ax.lines}:
+            ax.axvline(size / calls, color=color_of(label), ls=":", lw=1.2, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set(title=f"Bus bandwidth, {bench.get('world_size', '?')} ranks, {bench.get('backend', '?')}: "
-                 "measured and the α–β model", xlabel="message size S (bytes, log)", ylabel="busbw (GB/s, log)")
+    ax.set_title(f"Bus bandwidth, {bench.get('world_size', '?')} ranks, {bench.get('backend', '?')}: measured and the "
+                 "α–β model\n(busbw = algbw × 2(n−1)/n for all-reduce, as nccl-tests; dotted: a method's mean message)",
+                 fontsize=9)
+    ax.set(xlabel="message size S (bytes, log)", ylabel="busbw (GB/s, log)")
     if len(rows):
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
 
