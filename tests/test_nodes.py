@@ -112,8 +112,16 @@ def test_a_shaped_link_caps_all_reduce_bandwidth(tmp_path):
 @needs_namespaces
 def test_hierarchical_on_two_emulated_nodes_equals_ddp(ddp4, tmp_path):
     links = host_links()
-    _, checkpoint = run_to(tmp_path / "hier", "hierarchical", 4, *EXACT, "nodes=2", "link=10gbit")
+    result, checkpoint = run_to(tmp_path / "hier", "hierarchical", 4, *EXACT, "nodes=2", "link=10gbit")
     assert max_param_diff(ddp4, checkpoint) < TIGHT
+    # What crossed each node's link (the kernel's count): one leader per node all-reduces the
+    # gradients with the other, S each way (2(n−1)/n · S for n = 2 leaders), plus TCP's headers.
+    gradients = sum(t.numel() * t.element_size() for t in checkpoint["model"].values() if t.is_floating_point()
+                    and t.dim() > 0)
+    topology = result["topology"]
+    assert topology["nodes"] == 2 and topology["ranks_per_node"] == 2 and topology["link"] == "10gbit"
+    for node in topology["link_bytes_per_step"]:
+        assert gradients <= node["tx_bytes"] <= 1.3 * gradients, (node, gradients)
     assert_no_namespace_left(links)
 
 

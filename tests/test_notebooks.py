@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # the lab (
 def test_there_is_a_notebook_per_method():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["00_setup", "01_single_gpu", "02_ddp", "03_manual_allreduce", "04_parameter_server",
-                     "05_advanced_allreduce", "06_compare"]
+                     "05_advanced_allreduce", "06_compare", "07_beyond_one_machine"]
     assert [p.stem for p in ALL_NOTEBOOKS if p not in NOTEBOOKS] == ["00b_collectives_primer"]  # tests/test_primer.py
 
 
