@@ -353,7 +353,7 @@ class MyParameterServer(Strategy):
         name="ex6_ps_sharded", title="Exercise 6 · A sharded server: reduce-scatter, step the shard, all-gather",
         minutes=45, points=(6, 4), file="my_sharded.py", cls="MySharded", method="ps_sharded",
         objectives=["split the parameter server over every rank (each owns 1/n of the parameters and of the optimizer state)",
-                    "use `dist.reduce_scatter_tensor` and `dist.all_gather_into_tensor`",
+                    "use `dist.reduce_scatter_single` and `dist.all_gather_single`",
                     "pad a buffer whose length n does not divide"],
         idea="""Instead of one server, every rank owns one slice (*shard*) of the flat parameter vector and
 the optimizer state for it (ZeRO stage 1's memory saving). A step is:
@@ -402,7 +402,7 @@ class MySharded(Strategy):
         ### BEGIN SOLUTION
         grads = self.pad(flatten([p.grad for p in self.params])) / self.world
         self.shard.grad = torch.empty_like(self.shard)
-        dist.reduce_scatter_tensor(self.shard.grad, grads, op=dist.ReduceOp.SUM)
+        dist.reduce_scatter_single(self.shard.grad, grads, op=dist.ReduceOp.SUM)
         moved = (self.world - 1) / self.world * nbytes(grads)
         self.wire.count(sent=moved, received=moved)
         ### END SOLUTION
@@ -415,7 +415,7 @@ class MySharded(Strategy):
     def sync_parameters(self, model):  # all-gather: everyone gets every updated slice
         ### BEGIN SOLUTION
         flat = torch.empty(self.padded, dtype=self.shard.dtype)
-        dist.all_gather_into_tensor(flat, self.shard.detach())
+        dist.all_gather_single(flat, self.shard.detach())
         with torch.no_grad():
             unflatten_into(flat, self.params)
         moved = (self.world - 1) / self.world * nbytes(flat)

@@ -208,6 +208,41 @@ def test_an_exception_is_shown_with_the_students_line(tmp_path):
     assert "mine.py line 7 in sync_gradients: return chunks[self.world]" in str(report)
 
 
+SKIPS_THE_BROADCAST = '''import torch.distributed as dist
+from labkit.strategies.base import Strategy, grads_of, nbytes
+
+
+class Skips(Strategy):
+    broadcasts_in_prepare = True  # DDP's promise, without DDP: every rank keeps its own initial weights
+
+    def sync_gradients(self, model):
+        for grad in grads_of(model):
+            dist.all_reduce(grad)
+            grad /= self.world
+            self.wire.all_reduce(nbytes(grad))
+'''
+
+
+def test_a_method_that_skips_the_initial_broadcast_is_told_why(tmp_path):
+    """The check seeds every rank differently: averaging gradients is not enough when the
+    ranks start from different weights, and the report says that, not just "differs"."""
+    import labkit
+
+    mine = tmp_path / "skips.py"
+    mine.write_text(SKIPS_THE_BROADCAST)
+    report = labkit.check(f"{mine}:Skips", method="allreduce", worlds=(2,), verbose=False)
+    assert not report.ok
+    assert "rank 1 did not start from rank 0's state: after prepare" in str(report)
+    assert "relies on every rank drawing the same random numbers" in str(report)
+    # without the false promise the contract's broadcast makes it pass, and counts it as setup
+    mine.write_text(SKIPS_THE_BROADCAST.replace("    broadcasts_in_prepare = True", "    pass  #"))
+    report = labkit.check(f"{mine}:Skips", method="allreduce", worlds=(2,), verbose=False)
+    assert report.ok, report
+    setup = report.outcomes[0].setup[0]
+    assert setup["ops"] == {"broadcast": [1, setup["ops"]["broadcast"][1]]} and setup["collectives"] == 1
+    assert report.outcomes[0].counts[0]["collectives"] == 6  # the steps' counts hold no broadcast
+
+
 def test_check_strategy_cli_passes_the_package_ring(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "labkit.cli", "check-strategy", "ring", "--method", "ring",
                            "--nproc", "3", "--model", "odd"], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -151,6 +151,9 @@ BAD_FILES = [
     ("class NotAStrategy:\n    pass\n", "NotAStrategy", "NotAStrategy is not a Strategy subclass"),
     (MY_AVERAGE.replace('"my_divisor_check"', '"lr"'), "MyAverage", "declares option(s) ['lr'] that the lab already uses"),
     ("import does_not_exist\n", "X", "importing it failed: ModuleNotFoundError"),
+    ("from labkit.strategies.base import Strategy\n\n\nclass Mine(Strategy):\n"
+     "    def broadcast_initial_state(self, model):\n        pass\n", "Mine",
+     "Mine overrides Strategy.broadcast_initial_state: every method starts from rank 0's state"),
 ]
 
 
@@ -183,6 +186,14 @@ def test_ps_sharded_keeps_every_ranks_momentum_across_a_restart(tmp_path):
     result, restarted = run_to(tmp_path / "restarted", "ps_sharded", 4, *sets, max_steps=6)
     assert len(result["steps"]) == 6
     assert max_param_diff(straight, restarted) < 1e-9
+    assert not old_torch_names(tmp_path), old_torch_names(tmp_path)  # its reduce-scatter and all-gather
+
+
+def old_torch_names(folder) -> list[str]:
+    """The FutureWarnings torch.distributed wrote into the rank logs under `folder`: a name
+    the lab teaches that torch has deprecated (reduce_scatter_tensor, all_gather_into_tensor)."""
+    return [f"{log}: {line}" for log in sorted(folder.rglob("*.log")) for line in log.read_text().splitlines()
+            if "FutureWarning" in line and "distributed" in line]
 
 
 def test_a_diverged_run_fails_and_names_the_step(tmp_path):

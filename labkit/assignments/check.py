@@ -6,8 +6,9 @@ in plain words, what happened.
 
 One torchrun job per world size (2, 3 and 4 gloo ranks on the CPU) runs
 check_worker.py: a small float64 model trained a few steps by DDP and by the student's
-strategy side by side. This process watches the ranks' report files and reports
-the first thing wrong: an exception (with the student's own line), a deadlock (no
+strategy side by side, every rank seeded differently (so a method must start from rank
+0's state, as the contract's broadcast makes it, and never rely on equal seeds). This process watches the ranks' report files and reports
+the first thing wrong: a rank that did not start from rank 0's state, an exception (with the student's own line), a deadlock (no
 rank moved for `timeout_s`: each rank dumps its stack, we name the rank and the call
 it waits in), parameters that differ from DDP's (how much, which layer, after which
 step), or bytes and collectives that differ from the analytic counts of `method`.
@@ -38,6 +39,7 @@ class WorldOutcome:
     message: str
     seconds: float
     counts: dict = field(default_factory=dict)  # rank → {bytes_sent, bytes_received, collectives} of the last step
+    setup: dict = field(default_factory=dict)  # rank → what the initial broadcast of rank 0's state sent (not a step)
 
 
 @dataclass
@@ -149,7 +151,8 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         returncode = handle.returncode
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, returncode)
-    return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2])
+        setup = {rank: e["setup"] for rank, evs in events.items() for e in evs if e["event"] == "start_state"}
+    return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2], setup)
 
 
 # -- watching the ranks --------------------------------------------------------------
@@ -210,6 +213,10 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         return False, f"{name}: " + describe_error(errors, file), {}
     if stalled:
         return False, f"{name}: " + describe_deadlock(events, out, file, timeout_s, world), {}
+    started = {rank: e for rank, evs in events.items() for e in evs if e["event"] == "start_state"}
+    diverged = sorted((r for r, e in started.items() if e["max_diff"] > TOLERANCE), key=lambda r: -started[r]["max_diff"])
+    if diverged:
+        return False, f"{name}: " + describe_start(diverged, started), {}
     steps = {rank: [e for e in evs if e["event"] == "step"] for rank, evs in events.items()}
     if returncode != 0 or not all(any(e["event"] == "done" for e in evs) for evs in events.values()):
         tail = (out / "torchrun.log").read_text()[-1500:]
@@ -223,6 +230,9 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
     counts = {rank: {k: steps[rank][-1][k] for k in ("bytes_sent", "bytes_received", "collectives")} for rank in range(world)}
     message = (f"{name}: parameters match DDP after {len(steps[0])} steps "
                f"(largest difference {max(s['max_diff'] for st in steps.values() for s in st):.1e})")
+    old_names = sorted({e["message"].rstrip(".") for e in events[0] if e["event"] == "warning"})
+    if old_names:  # it works, but torch will remove what it calls
+        message += "; note: torch says " + " and ".join(old_names)
     if method is None:
         return True, message + "; counted per step on rank 0: " + describe_counts(counts[0]), counts
     for rank in range(world):
@@ -305,6 +315,16 @@ def source_line(path, line) -> str:
         return Path(path).read_text().splitlines()[line - 1].strip()
     except (OSError, IndexError):
         return ""
+
+
+def describe_start(diverged, started) -> str:
+    worst = started[diverged[0]]
+    return (f"rank{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))} did not start from rank 0's "
+            f"state: after prepare, rank {diverged[0]}'s parameters differ from rank 0's by up to "
+            f"{worst['max_diff']:.3g} (layer {worst['layer']}). The check seeds every rank differently, so a method "
+            f"that relies on every rank drawing the same random numbers fails here. The contract broadcasts rank 0's "
+            f"parameters and buffers before prepare (Strategy.broadcast_initial_state) unless the class sets "
+            f"broadcasts_in_prepare = True: remove that line, or make prepare broadcast them itself")
 
 
 def describe_mismatch(worst, rank, rows, world) -> str:

@@ -1,9 +1,13 @@
 """One rank of the instant check, run under torchrun by check.py:
 `python -m labkit.assignments.check_worker job.json`.
 
-The idea: every rank builds the same small model twice (float64, same seed). One
-copy is wrapped in PyTorch's DDP (on a process group of its own, so a student's
-stray collective cannot pair with DDP's); the other goes to the student's strategy.
+The idea: every rank builds a small float64 model twice, from a seed of its own (rank
+r draws other random numbers than rank 0, as nothing in a real job promises otherwise).
+One copy is wrapped in PyTorch's DDP (on a process group of its own, so a student's
+stray collective cannot pair with DDP's), whose constructor broadcasts rank 0's state;
+the other goes to the student's strategy, whose contract broadcasts it before prepare.
+After prepare this rank checks it holds rank 0's parameters (a method that relies on
+equal seeds fails here, and is told so).
 Both see the same per-rank batch every step; after each step this rank compares the
 two copies parameter by parameter. Everything it learns goes, line by line, into
 check-RANK.jsonl, flushed at once: the checker reads it even after a deadlock.
@@ -22,6 +26,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,17 +76,25 @@ def main(job_path):
     faulthandler.register(signal.SIGUSR1, file=stack, all_threads=False)
     faulthandler.dump_traceback_later(job["timeout_s"] * 6 + 60, exit=True, file=stack)  # the checker is gone
     say(event="start", pid=os.getpid())
+    show = warnings.showwarning
+
+    def deprecated(message, category, filename, lineno, file=None, line=None):  # torch's old names, said once
+        if issubclass(category, (FutureWarning, DeprecationWarning)) and "distributed" in f"{filename} {message}":
+            say(event="warning", message=str(message).splitlines()[0])
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = deprecated
     watch_parent(job["checker_pid"])
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=timedelta(seconds=job["timeout_s"] * 6 + 60))
     reference_group = dist.new_group(backend="gloo")
 
     widths = MODELS[job["model"]]
-    torch.manual_seed(job["seed"])
+    torch.manual_seed(job["seed"] + 7919 * rank)  # every rank its own initial weights
     reference = build(widths)
     mine = copy.deepcopy(reference)
+    ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)  # → rank 0's state
     initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
-    ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)
     ref_optimizer = torch.optim.SGD(ddp.parameters(), lr=job["lr"], momentum=0.9)
     from labkit.strategies.buckets import make_buckets
 
@@ -98,6 +111,8 @@ def main(job_path):
         my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
         mine = strategy.prepare(mine, my_optimizer)
+        say(event="start_state", **compare(parameters(ddp), parameters(mine), initial, 0),
+            setup=strategy.setup_wire.as_dict())
         shard = strategy.data_shard()
         if shard != (rank, world):
             raise ValueError(f"data_shard() returned {shard}; the check needs every rank to train "

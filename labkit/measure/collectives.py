@@ -48,8 +48,8 @@ def make_call(op: str, numel: int, rank: int, n: int, device):
         "all_reduce": lambda: dist.all_reduce(full),
         "broadcast": lambda: dist.broadcast(full, src=0),
         "reduce": lambda: dist.reduce(full, dst=0),
-        "all_gather": lambda: dist.all_gather_into_tensor(full, part),
-        "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, full),
+        "all_gather": lambda: dist.all_gather_single(full, part),
+        "reduce_scatter": lambda: dist.reduce_scatter_single(part, full),
         "send_recv": lambda: [r.wait() for r in dist.batch_isend_irecv(
             [dist.P2POp(dist.isend, full, right), dist.P2POp(dist.irecv, inbox, left)])],
     }[op], numel * 4

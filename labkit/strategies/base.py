@@ -12,9 +12,15 @@ A `Strategy` has three parts, each its own section below:
    them: `prepare` (once, before training), `data_shard` (which data this rank reads),
    `after_step` (bookkeeping outside the timed window), `state_dict` for checkpoints.
 
+   Every method starts from rank 0's state: before any `prepare` runs (a subclass's
+   own included), the contract broadcasts rank 0's parameters and buffers to every
+   rank, as DDP's constructor does (`broadcast_initial_state`; a subclass may not
+   override it). So no method relies on every rank drawing the same random numbers.
+
 2. How it is COUNTED: `self.wire`, a `Wire`. The method says what it put on the wire
    (`self.wire.all_reduce(nbytes(grad))`, `self.wire.count(sent=...)`); the loop resets
-   it before each step and writes `self.wire.as_dict()` into the step record.
+   it before each step and writes `self.wire.as_dict()` into the step record. The
+   initial broadcast is setup, not a step: it is counted apart, on `self.setup_wire`.
 
 3. How it DESCRIBES itself, at class level, read before any process starts (so a
    student's file outside the package works the same way as ours):
@@ -27,12 +33,15 @@ A `Strategy` has three parts, each its own section below:
        data_ranks   how many ranks compute gradients
        label(cfg)   its name in comparisons (options that change the wire included)
        needs_process_group   False: one plain process, no torchrun
+       broadcasts_in_prepare True: prepare itself makes every rank start from rank 0's
+                             state (DDP's constructor), so the contract's broadcast is skipped
        overlaps_backward     True if it communicates inside backward (what timing can see)
        cost_model_note       a short phrase: what the alpha-beta cost model leaves out
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -133,6 +142,18 @@ class Wire:
                 "collectives": self.collectives, "ops": {op: list(v) for op, v in self.ops.items()}}
 
 
+def starts_from_rank0(prepare):
+    """`prepare`, run after the contract's broadcast of rank 0's state (once per method,
+    also when a subclass's prepare calls super().prepare)."""
+    @functools.wraps(prepare)  # inspect.getsource still shows the method's own prepare
+    def prepare_from_rank0(self, model, optimizer):
+        if not getattr(self, "_started_from_rank0", False):
+            self._started_from_rank0 = True
+            self.broadcast_initial_state(model)
+        return prepare(self, model, optimizer)
+    return prepare_from_rank0
+
+
 class Strategy:
     """A method that does nothing on the wire: the plain training loop. Subclasses
     override the part they change; a docstring at the top of their file says the idea."""
@@ -142,9 +163,36 @@ class Strategy:
         self.cfg, self.rank, self.world = cfg, rank, world
         self.options = type(self).options_of(cfg)  # this run's values: self.options.bucket_mb
         self.wire = Wire(world)  # 2. how it is counted: the method says what it sent, here
+        self.setup_wire = Wire(world)  # what the initial broadcast sent: setup, not a step
 
+    def __init_subclass__(cls, **kwargs):
+        # Whatever a subclass's prepare does, rank 0's state reaches every rank first.
+        super().__init_subclass__(**kwargs)
+        if "broadcast_initial_state" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides Strategy.broadcast_initial_state: every method starts "
+                            f"from rank 0's state (the contract broadcasts it before prepare); do your own "
+                            f"setup in prepare instead")
+        if "prepare" in vars(cls):
+            cls.prepare = starts_from_rank0(vars(cls)["prepare"])
+
+    def broadcast_initial_state(self, model):
+        """Rank 0's parameters and buffers to every rank, one broadcast per dtype (DDP's
+        constructor does the same): every rank starts from the same model, whatever its seed."""
+        if self.world == 1 or not is_distributed() or self.broadcasts_in_prepare:
+            return
+        tensors = [*model.parameters(), *model.buffers()]
+        with torch.no_grad():
+            for dtype in dict.fromkeys(t.dtype for t in tensors):  # in first-seen order: every rank alike
+                group = [t for t in tensors if t.dtype == dtype]
+                flat = flatten(group)
+                dist.broadcast(flat, src=0)
+                unflatten_into(flat, group)
+                self.setup_wire.broadcast(nbytes(flat))
+
+    @starts_from_rank0
     def prepare(self, model, optimizer):
-        """Once, before training: wrap the model or build buffers; returns the model to train."""
+        """Once, before training: wrap the model or build buffers; returns the model to train.
+        (Rank 0's state has been broadcast when it runs: see broadcast_initial_state.)"""
         return model
 
     def data_shard(self):
@@ -179,6 +227,7 @@ class Strategy:
     options: tuple[Option, ...] = ()  # on the class its Options; on a running method their values
     defaults: dict = {}  # config values this method prefers, unless the user sets them
     needs_process_group = True  # False: one plain process, no torchrun
+    broadcasts_in_prepare = False  # True: prepare itself starts every rank from rank 0's state (DDP)
     # True: its communication runs inside backward (hooks), so the loop's blocking sync time
     # does not hold it, and no bandwidth can be computed from that time
     overlaps_backward = False

@@ -32,6 +32,7 @@ DDP_OPTIONS = (
 
 class TorchDDP(Strategy):
     overlaps_backward = True  # all-reduces launched from autograd hooks
+    broadcasts_in_prepare = True  # DDP's constructor broadcasts rank 0's parameters and buffers itself
     options = DDP_OPTIONS + (Option("ddp_hook", "none", "compress buckets on the wire with a DDP comm hook",
                                     choices=("none", "fp16", "bf16")),)
 

@@ -62,7 +62,7 @@ class ShardedServer(Strategy):
     def sync_gradients(self, model):  # reduce-scatter: each owner gets the sum of its slice
         grads = self.pad(flatten([p.grad for p in self.params])) / self.world
         self.shard.grad = torch.empty_like(self.shard)
-        dist.reduce_scatter_tensor(self.shard.grad, grads, op=dist.ReduceOp.SUM)
+        dist.reduce_scatter_single(self.shard.grad, grads, op=dist.ReduceOp.SUM)
         self.wire.reduce_scatter(nbytes(grads))
 
     def update(self, optimizer, scaler=None):
@@ -72,7 +72,7 @@ class ShardedServer(Strategy):
 
     def sync_parameters(self, model):  # all-gather: everyone gets every updated slice
         flat = torch.empty(self.padded, dtype=self.shard.dtype, device=self.shard.device)
-        dist.all_gather_into_tensor(flat, self.shard.detach())
+        dist.all_gather_single(flat, self.shard.detach())
         with torch.no_grad():
             unflatten_into(flat, self.params)
         self.wire.all_gather(nbytes(flat))
