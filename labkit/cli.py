@@ -188,7 +188,8 @@ def cmd_bench_collectives(args) -> int:
     out = Path(args.out) if args.out else results_root() / "bench"
     from labkit.measure.bench import default_ranks
 
-    bench = run_collectives(args.nproc or default_ranks(), out, max_mb=args.max_mb, repeats=args.repeats)
+    nproc = args.nproc or (args.nodes if args.nodes > 1 else default_ranks())  # emulated: one rank per node
+    bench = run_collectives(nproc, out, max_mb=args.max_mb, repeats=args.repeats, nodes=args.nodes, link=args.link)
     print(collectives_table(bench))
     print(f"written: {out / 'collectives.json'}, {out / 'collectives.png'}")
     return 0
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     coll.add_argument("--out", help="folder (default results/bench)")
     coll.add_argument("--max-mb", dest="max_mb", type=float, default=128)
     coll.add_argument("--repeats", type=int, default=5)
+    coll.add_argument("--nodes", type=int, default=1, help="emulated nodes the ranks are spread over (needs root)")
+    coll.add_argument("--link", default="", help="their link rate, e.g. 1gbit: then α and β are the link's")
     coll.set_defaults(func=cmd_bench_collectives)
     harn = bench.add_parser("harness", help="labkit's ddp against a plain DDP script, alternated")
     harn.add_argument("--nproc", type=int, help="ranks (default: one per GPU, else 4)")

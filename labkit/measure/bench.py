@@ -49,7 +49,9 @@ def gpu_lock() -> Path | None:
 
 
 def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int = 5, ops: tuple | None = None,
-                    min_kb: float = 1) -> dict:
+                    min_kb: float = 1, nodes: int = 1, link: str = "") -> dict:
+    """The microbenchmark on `nproc` ranks; with `nodes` > 1, across that many emulated nodes
+    (labkit.jobs.cluster) whose links run at `link`: α and β of the link, not of loopback."""
     from labkit.report.plots import bandwidth
 
     from .collectives import OPS
@@ -58,13 +60,35 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     check_ranks(nproc)
     path = out_dir / "collectives.json"
     args = [str(path), str(max_mb), str(min_kb), "2", str(repeats), ",".join(ops or OPS)]
-    run(Launch("labkit.measure.collectives", args, nproc=nproc, run_dir=out_dir, run_id="collectives",
-               queue_lock=gpu_lock(), cwd=LAB_ROOT))
+    launch = Launch("labkit.measure.collectives", args, nproc=nproc // nodes, run_dir=out_dir, run_id="collectives",
+                    queue_lock=gpu_lock(), cwd=LAB_ROOT)
+    if nodes > 1:
+        run_emulated(launch, nodes, link)
+    else:
+        run(launch)
     bench = json.loads(path.read_text())
+    bench.update(nodes=nodes, link=link or None)
     bench["fits"] = fit(bench)
     path.write_text(json.dumps(bench, indent=1))
     bandwidth(bench).savefig(out_dir / "collectives.png", dpi=120)
     return bench
+
+
+def run_emulated(launch: Launch, nodes: int, link: str, timeout_s: float = 1800) -> None:
+    from labkit.config import parse_rate
+    from labkit.jobs.cluster import EmulatedCluster
+
+    if link:
+        parse_rate(link)  # a one-line error for a rate tc cannot read, before any namespace is made
+    job = EmulatedCluster(launch, nodes, link)
+    try:
+        code = job.wait(timeout_s)
+    finally:
+        job.kill()
+        job.close()
+    if code != 0:
+        raise RuntimeError(f"the microbenchmark on {nodes} emulated nodes failed (exit code {code}):\n"
+                           f"{job.handles[0].output()}")
 
 
 def collectives_table(bench: dict) -> str:
