@@ -29,6 +29,11 @@ def link_frame(results: list[dict]) -> pd.DataFrame:
         rows.append({"method": method(r), "link": topo["link"], "rate_bytes_s": topo["link_rate_bytes_s"],
                      "step_ms": 1e3 * s["step_time_median_s"], "sync_ms": 1e3 * s["sync_time_median_s"],
                      "img_s": s["throughput_img_s"],
+                     # the ~95 % interval of the median step (timing.py), where the run has one
+                     "step_low_ms": 1e3 * s["throughput_img_s"] * s["step_time_median_s"] / s["throughput_high_img_s"]
+                     if s.get("throughput_high_img_s") else None,
+                     "step_high_ms": 1e3 * s["throughput_img_s"] * s["step_time_median_s"] / s["throughput_low_img_s"]
+                     if s.get("throughput_low_img_s") else None,
                      "counted_MB_per_rank": s["bytes_sent_per_step"] / 1e6,
                      "busiest_link_MB": topo["busiest_link_bytes_per_step"] / 1e6,
                      "link_ms_at_rate": 1e3 * topo["link_time_per_step_s"]})
@@ -53,6 +58,17 @@ def predicted_vs_measured(frame: pd.DataFrame, fast: str, slow: str) -> pd.DataF
     return pd.DataFrame(rows).sort_values(f"measured at {slow} (ms)").reset_index(drop=True)
 
 
+def noise_note(frame: pd.DataFrame, link: str) -> str:
+    """How many neighbours in the order are within each other's step interval (one run each:
+    their order there is noise, not a verdict)."""
+    rows = frame[frame["link"] == link].sort_values("step_ms")
+    if rows["step_high_ms"].isna().any() or len(rows) < 2:
+        return " (one run each, no interval: read small gaps as noise)"
+    lows, highs = list(rows["step_low_ms"]), list(rows["step_high_ms"])
+    tied = sum(highs[i] >= lows[i + 1] for i in range(len(rows) - 1))
+    return f" ({tied} of {len(rows) - 1} neighbours within each other's step interval: their order is noise)"
+
+
 def reading(ratio: float) -> str:
     """What a ratio of measured to predicted says (within 25 %: the link's bytes explain it)."""
     if ratio > 1.25:
@@ -72,7 +88,7 @@ def ranking_sentence(frame: pd.DataFrame, links: list[str]) -> str:
     orders = {link: ranking(frame, link) for link in links if ranking(frame, link)}
     if len(orders) < 2:
         return "Only one link rate ran: no change of ranking can be seen."
-    parts = [f"at {link}: {' < '.join(order)}" for link, order in orders.items()]
+    parts = [f"at {link}: {' < '.join(order)}" + noise_note(frame, link) for link, order in orders.items()]
     first, last = list(orders.values())[0], list(orders.values())[-1]
     moved = [m for m in first if m in last and first.index(m) != last.index(m)]
     verdict = (f"{len(moved)} of {len(first)} methods changed place" if moved else "the order did not change")
