@@ -158,6 +158,9 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
     emulated = result("e", "ps", 8, 50.0, link="1gbit")
     emulated["summary"]["step_time_median_s"] = 1.2
     assert "ps 1073 ms (measured at link=1gbit: 1200 ms)" in "\n".join(regime_lines(runs, fits, [emulated]))
+    other = result("o", "ps", 8, 50.0, link="1gbit", model="simple_cnn")  # other work: never set beside
+    other["summary"]["step_time_median_s"] = 0.05
+    assert "measured at link" not in "\n".join(regime_lines(runs, fits, [other]))
     assert "Why this ranking" in report_of(runs)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import statistics
 
 from .costmodel import TOLERANCE, ops_per_step
-from .selection import method
+from .selection import comparison_setup, method
 
 # Other links, for predictions: name → (α a call, bus bandwidth in GB/s as nccl-tests defines
 # busbw, where the figures come from, the `link=` rate of an emulated cluster at that speed or
@@ -102,13 +102,15 @@ def predicted_order(known: list[tuple[float, str]]) -> str:
     return text
 
 
-def measured_on(link_rate: str | None, elsewhere: list[dict]) -> dict[str, float]:
+def measured_on(link_rate: str | None, elsewhere: list[dict], like: dict) -> dict[str, float]:
     """method → median step (ms) of the finished runs in `elsewhere` made on emulated nodes
-    linked at `link_rate` (config `link`), e.g. notebook 07's."""
-    steps = {}
+    linked at `link_rate` (config `link`, e.g. notebook 07's) with the same work as `like`:
+    its setup but for the nodes and the link (like with like)."""
+    steps, setup = {}, comparison_setup(like, ignore=("nodes", "link"))
     for r in elsewhere:
         s = r.get("summary") or {}
-        if link_rate and (r.get("config") or {}).get("link") == link_rate and s.get("step_time_median_s"):
+        if (link_rate and (r.get("config") or {}).get("link") == link_rate and s.get("step_time_median_s")
+                and comparison_setup(r, ignore=("nodes", "link")) == setup):
             steps.setdefault(method(r), []).append(1e3 * s["step_time_median_s"])
     return {label: statistics.median(values) for label, values in steps.items()}
 
@@ -152,7 +154,7 @@ def regime_lines(results: list[dict], fits: dict | None, elsewhere: list[dict] |
         known = sorted((ms, label) for label, ms in steps.items() if ms is not None)
         if not known:
             continue
-        seen = measured_on(rate, elsewhere or [])
+        seen = measured_on(rate, elsewhere or [], results[0])
         lines.append(f"Prediction for these nodes on a {name} (compute-only step measured here + communication "
                      "at α, β above; a method overlapping backward: the larger of the two): step "
                      + ", ".join(f"{label} {ms:.0f} ms" + (f" (measured at link={rate}: {seen[label]:.0f} ms)"

@@ -124,13 +124,16 @@ COMPARE_KEYS = ("profile", "model", "dataset", "image_size", "num_classes", "aug
                 "channels_last", "lr", "lr_warmup_steps", "seed", "workers", "warmup_steps", "nodes", "link")
 
 
-def comparison_setup(result: dict) -> tuple:
+def comparison_setup(result: dict, ignore: tuple = ()) -> tuple:
     """The setup a run is compared within: its length (steps run), global batch, device kind
-    and the COMPARE_KEYS of its config. Not the method, not the world size: `single` on one
-    process and four ranks share a setup when they train the same global batch as long."""
+    and the COMPARE_KEYS of its config (less `ignore`: e.g. nodes and link, to set a run on
+    emulated links beside the same work on one machine). Not the method, not the world size:
+    `single` on one process and four ranks share a setup when they train the same global batch
+    as long."""
     cfg = result.get("config") or {}
     device = str(result.get("device") or "cpu").split(":")[0]
-    return (len(result.get("steps", [])), images_per_step(result), device, *(cfg.get(k) for k in COMPARE_KEYS))
+    return (len(result.get("steps", [])), images_per_step(result), device,
+            *(cfg.get(k) for k in COMPARE_KEYS if k not in ignore))
 
 
 def setup_label(result: dict) -> str:
