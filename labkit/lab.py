@@ -32,6 +32,9 @@ NOTEBOOKS = LAB_ROOT / "notebooks"
 # Notices a kernel prints on start that say nothing about the lab; anything else is shown.
 KERNEL_NOTICES = re.compile(r"Kernel is running over TCP without encryption"
                             r"|^\d+\.\d+s - "  # pydevd: "0.00s - Debugger warning: ... frozen modules"
+                            # jupyter_client interrupts (SIGINT) every kernel it shuts down, finished or not
+                            # (KernelManager.shutdown_kernel); an interrupted *cell* fails the notebook itself
+                            r"|\[IPKernelApp\] ERROR \| KeyboardInterrupt caught in kernel"
                             r"|^\s*$")
 
 

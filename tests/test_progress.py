@@ -171,6 +171,7 @@ def test_kernel_log_echo_filters_known_notices_only(tmp_path, capsys):
     log = tmp_path / "k.log"
     log.write_text("[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All ...\n"
                    "0.00s - Debugger warning: It seems that frozen modules are being used\n"
+                   "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n"  # at shutdown, after the last cell
                    "Segmentation fault in libfoo\n"
                    "half a li")
     reporter = lab.CellReporter("01_x", 3, log, out=sys.stdout)
