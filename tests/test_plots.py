@@ -270,3 +270,17 @@ def test_every_figure_lists_the_methods_in_one_order(kept):
     breakdown = [t.get_text() for t in plots.time_breakdown(kept).axes[0].get_yticklabels()]
     volume = [t.get_text() for t in plots.communication_volume(runs).axes[0].get_yticklabels()]
     assert order == breakdown == volume and order[-1] == "alpha ×4"  # alpha (85 img/s) on top
+
+
+def test_the_timeline_names_the_straggler(kept):
+    run = next(r for r in kept if r["world_size"] == 4)
+    for event in run["timeline"]:  # rank 2's backward ends 0.2 s late in both steps
+        if event["rank"] == 2 and event["phase"] == "compute_s":
+            event["end"] += 0.2
+    title = plots.timelines([run]).axes[0].get_title(loc="left")
+    assert "straggler: rank 2 finished compute last in 2 of 2 steps" in title
+    run["timeline"] = [e for e in run["timeline"] if e["step"] == 0 or e["rank"] != 2]  # step 1: rank 3 last
+    for event in run["timeline"]:
+        if event["step"] == 1 and event["rank"] == 3 and event["phase"] == "compute_s":
+            event["end"] += 0.5
+    assert "no steady straggler" in plots.timelines([run]).axes[0].get_title(loc="left")

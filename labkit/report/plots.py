@@ -280,6 +280,21 @@ def scaling(runs: pd.DataFrame):
     return fig
 
 
+def straggler_note(events: pd.DataFrame) -> str:
+    """"; straggler: rank 2 finished compute last in 3 of 4 steps (the others wait for it)" — the
+    rank whose forward + backward ended last in more than half the steps, from the timeline
+    itself: the straggler, told apart from the ranks that wait for it (in their sync, or inside
+    backward for a method that overlaps). Empty with one rank or no compute phases."""
+    compute = events[events["phase"] == "compute_s"]
+    if compute["rank"].nunique() < 2:
+        return ""
+    last = compute.loc[compute.groupby("step")["end"].idxmax(), "rank"]  # per step, who ended last
+    rank, count = last.value_counts().idxmax(), int(last.value_counts().max())
+    if 2 * count <= len(last):
+        return "; no steady straggler (the last to finish compute changes from step to step)"
+    return f"; straggler: rank {rank} finished compute last in {count} of {len(last)} steps (the others wait for it)"
+
+
 def timelines(results: list[dict], window_steps: int | None = None):
     """One panel per run, all on one shared x axis (ms since the run's first recorded
     phase). Each rank has two lanes: compute (data wait, forward + backward, optimizer)
@@ -313,8 +328,8 @@ def timelines(results: list[dict], window_steps: int | None = None):
         ax.set_yticks(ticks, names, fontsize=7)
         ax.invert_yaxis()  # rank 0 on top
         label = method(result)
-        ax.set_title(f"{label} ({result.get('name', '')}, {len(ranks)} ranks)", fontsize=9, color=color_of(label),
-                     loc="left")
+        ax.set_title(f"{label} ({result.get('name', '')}, {len(ranks)} ranks){straggler_note(events)}", fontsize=9,
+                     loc="left")  # black: a pale method colour is not legible as text
     legend = {}
     for ax in axes:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
