@@ -199,3 +199,10 @@ def test_a_cpu_hog_during_one_repeat_is_flagged_or_stays_within_the_spread(tmp_p
     assert flagged or within, runs[["name", "throughput_img_s", "throughput_low_img_s", "throughput_high_img_s"]]
     if flagged:
         assert "Disagreement: ddp ×2" in report_of(results)
+
+
+def test_many_disagreeing_repeats_make_one_sentence():
+    runs = [result(f"d{i}", "ddp", 30, img_s, img_s - 2, img_s + 2) for i, img_s in enumerate((100.0, 101.0, 120.0))]
+    lines = sentences.disagreement_lines(frames.runs_frame(runs))
+    assert len(lines) == 1 and "its 3 runs made 100.0 (98.0–102.0), 101.0 (99.0–103.0), 120.0" in lines[0]
+    assert "2 pairs of them" in lines[0]

@@ -76,15 +76,26 @@ def verdicts(table: pd.DataFrame) -> list[str]:
 
 
 def disagreement_lines(runs: pd.DataFrame) -> list[str]:
-    """A sentence per pair of runs that should agree (same method, world size and setup) and
-    whose own intervals do not overlap."""
+    """A sentence per method, world size and setup whose runs should agree and do not: some two
+    of them have own intervals that do not overlap (frames.disagreements)."""
     lines = []
-    for row in disagreements(runs).itertuples():
-        (lo_a, hi_a), (lo_b, hi_b), (da, db) = row.slower_range, row.faster_range, row.disturbed
-        lines.append(f"Disagreement: {row.method} ×{int(row.world_size)} over {row.setup} made {row.slower_img_s:.1f} "
-                     f"img/s in {row.slower} ({lo_a:.1f}–{hi_a:.1f}) and {row.faster_img_s:.1f} in {row.faster} "
-                     f"({lo_b:.1f}–{hi_b:.1f}): beyond each run's own step noise, so the machine was not the same "
-                     f"for both (disturbed steps {da:.0f} and {db:.0f}). Its spread covers both runs.")
+    pairs = disagreements(runs)
+    for (setup, label, world), group in pairs.groupby(["setup", "method", "world_size"], sort=False):
+        if len(group) == 1:
+            row = group.iloc[0]
+            (lo_a, hi_a), (lo_b, hi_b), (da, db) = row.slower_range, row.faster_range, row.disturbed
+            lines.append(f"Disagreement: {label} ×{int(world)} over {setup} made {row.slower_img_s:.1f} img/s in "
+                         f"{row.slower} ({lo_a:.1f}–{hi_a:.1f}) and {row.faster_img_s:.1f} in {row.faster} "
+                         f"({lo_b:.1f}–{hi_b:.1f}): beyond each run's own step noise, so the machine was not the same "
+                         f"for both (disturbed steps {da:.0f} and {db:.0f}). Its spread covers both runs.")
+            continue
+        mine = runs[(runs.setup == setup) & (runs.method == label) & (runs.world_size == world)]
+        figures = ", ".join(f"{r.throughput_img_s:.1f} ({r.throughput_low_img_s:.1f}–{r.throughput_high_img_s:.1f})"
+                            for r in mine.sort_values("throughput_img_s").itertuples())
+        lines.append(f"Disagreement: {label} ×{int(world)} over {setup}: its {len(mine)} runs made {figures} img/s; "
+                     f"{len(group)} pairs of them lie beyond each other's step noise, so the machine was not the "
+                     f"same for all (disturbed steps {', '.join(f'{d:.0f}' for d in mine.disturbed_steps)}). "
+                     "Its spread covers them all.")
     return lines
 
 
