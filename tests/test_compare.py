@@ -206,3 +206,12 @@ def test_many_disagreeing_repeats_make_one_sentence():
     lines = sentences.disagreement_lines(frames.runs_frame(runs))
     assert len(lines) == 1 and "its 3 runs made 100.0 (98.0–102.0), 101.0 (99.0–103.0), 120.0" in lines[0]
     assert "2 pairs of them" in lines[0]
+
+
+def test_scaling_is_computed_within_one_setup():
+    """A 30-step run on one rank is not the base of an 8-step run's scaling."""
+    runs = frames.runs_frame([result("a1", "ddp", 8, 100.0, world_size=1), result("a2", "ddp", 8, 150.0, world_size=2),
+                              result("b1", "ddp", 30, 90.0, world_size=1), result("b2", "ddp", 30, 120.0, world_size=2)])
+    scaling = frames.scaling_frame(runs).set_index(["setup", "world_size"])
+    assert scaling.loc[("8 steps × 64 img", 2), "scaling_efficiency"] == pytest.approx(0.75)
+    assert scaling.loc[("30 steps × 64 img", 2), "scaling_efficiency"] == pytest.approx(120 / 180)

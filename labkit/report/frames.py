@@ -123,14 +123,14 @@ def scaling_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
     More ranks than devices cannot add compute, so the bound stops growing at U (on a
     2-core machine, 4 ranks can at best match 2). Without U (an old result) the bound is
-    linear in n."""
-    keys = ["method", "world_size"]
+    linear in n. Runs of different setups (length, batch, recipe) are scaled apart."""
+    keys = ["setup", "method", "world_size"] if "setup" in runs else ["method", "world_size"]
     table = runs.groupby(keys, as_index=False).agg(throughput_img_s=("throughput_img_s", "mean"),
                                                    throughput_sd=("throughput_img_s", "std"),
                                                    repeats=("throughput_img_s", "size"),
                                                    parallel_units=("parallel_units", "max"))
     rows = []
-    for _, group in table.groupby("method"):
+    for _, group in table.groupby(keys[:-1]):  # per setup and method
         group = group.sort_values("world_size")
         first = group.iloc[0]
 

@@ -260,10 +260,11 @@ def scaling(runs: pd.DataFrame):
     vertical line marks how many devices (GPUs, or CPU cores) the machine has."""
     table = scaling_frame(runs)
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    for label, group in table.groupby("method"):
+    apart = table["setup"].nunique() > 1  # one line per setup and method: lengths are not joined
+    for (setup, label), group in table.groupby(["setup", "method"]):
         color = color_of(label)
         ax.errorbar(group["world_size"], group["throughput_img_s"], yerr=group["throughput_sd"].fillna(0),
-                    marker="o", capsize=3, color=color, label=label)
+                    marker="o", capsize=3, color=color, label=f"{label} · {setup}" if apart else label)
         ax.plot(group["world_size"], group["hardware_bound_img_s"], "--", color=color, alpha=0.6)
     units = table["parallel_units"].dropna()
     if len(units):

@@ -124,7 +124,7 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
     disagree = disagreement_lines(runs)
     lines += ["", *disagree] if disagree else []
     scaling = scaling_frame(runs)
-    several = scaling.groupby("method").world_size.transform("nunique") > 1 if len(scaling) else []
+    several = scaling.groupby(["setup", "method"]).world_size.transform("nunique") > 1 if len(scaling) else []
     if len(scaling) and several.any():
         lines += ["", "Scaling against what the hardware allows (bound = smallest world size's throughput ×",
                   "min(n, devices) / min(n₀, devices); devices = GPUs, or CPU cores on a CPU run):", "",
