@@ -64,7 +64,8 @@ def cmd_run(args) -> int:
 
 def print_summary(result: dict) -> None:
     s = result["summary"]
-    rows = [("throughput", f"{s['throughput_img_s']:.1f} img/s"), ("total time", f"{s['total_time_s']:.1f} s"),
+    rows = [("throughput", f"{s['throughput_img_s']:.1f} img/s steady (median step); "
+                           f"{s.get('throughput_wall_img_s', float('nan')):.1f} img/s wall-clock"), ("total time", f"{s['total_time_s']:.1f} s"),
             ("step time median / p90", f"{s['step_time_median_s'] * 1e3:.1f} / {s['step_time_p90_s'] * 1e3:.1f} ms"),
             ("sync share", f"{s['sync_share_pct']:.1f} %"),
             ("bytes sent per step", f"{s['bytes_sent_per_step'] / 1e6:.2f} MB"),

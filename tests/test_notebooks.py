@@ -40,9 +40,12 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
             assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} shows no figure"
     assert len(list((tmp_path / "plots").glob("*.png"))) >= 5
     report = (tmp_path / "performance_report.txt").read_text()
-    for strategy in ("single", "ddp", "allreduce", "ps", "bucketed", "overlap", "ring", "ps_sharded", "powersgd"):
+    for strategy in ("single", "ddp", "allreduce", "ps", "bucketed", "ring"):  # 06's interleaved sweep
         assert f" {strategy} " in report or f"\n{strategy} " in report, strategy
-    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
-    assert len(results) == 4 + 7 + 1  # 01–04, 05's seven variants, 02's killed-and-resumed demo
+    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("**/result.json")]
+    # 01–04, 05's seven variants, 02's killed-and-resumed demo, 06's 6 methods × 2 rounds, and
+    # 07's 8 methods × 2 link rates where this machine can emulate nodes
+    from labkit.jobs.cluster import missing_capability
+    assert len(results) == 4 + 7 + 1 + 12 + (16 if missing_capability() is None else 0)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)

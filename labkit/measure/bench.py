@@ -127,12 +127,12 @@ def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: d
     if gpu:  # the synthetic profile: one epoch of `steps` batches, as the plain script
         cfg = make_config("synthetic", strategy=BASELINE, nproc=nproc, epochs=1, synthetic_steps=steps,
                           max_steps=steps, warmup_steps=warmup, out_dir=str(out), **gpu)
-        return run(cfg, progress=False)["summary"]["throughput_img_s"]
+        return run(cfg, progress=False)["summary"]["throughput_wall_img_s"]  # wall-clock, as the plain script
     # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
     # batch_size=16 per rank, as the plain script (the profile's recipe would divide its global batch)
     cfg = make_config("cpu", strategy=BASELINE, nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
                       batch_size=16, out_dir=str(out))
-    return run(cfg, progress=False)["summary"]["throughput_img_s"]
+    return run(cfg, progress=False)["summary"]["throughput_wall_img_s"]  # wall-clock, as the plain script
 
 
 def harness(nproc: int | None = None, steps: int = 40, warmup: int = 5, repeats: int = 3, out_dir: Path | None = None,
