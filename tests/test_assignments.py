@@ -39,7 +39,12 @@ BUGS = {
     "bug_ps": ("ex5_ps", "for dst in range(1, self.world)]", "for dst in range(1, self.world - 1)]",
                ["deadlock: no rank made progress for 10 s", "is stuck in step 1, sync_parameters",
                 "dist.recv(flat, src=SERVER)"]),
+    # the shard length rounded down: caught by the visible check's model (517 values: no world size divides it)
+    "bug_padding": ("ex6_ps_sharded", "math.ceil(total / self.world)", "total // self.world",
+                    ["the flat buffer holds 516 values but the 6 tensors need 517", "in step 1, sync_parameters",
+                     "my_sharded.py line"]),
 }
+VISIBLE_CATCHES = {"bug_padding"}  # bugs the visible check itself must catch (not only the hidden tests)
 
 
 def nbgrader(root: Path, env: dict, *args, timeout=3600) -> str:
@@ -56,7 +61,12 @@ def submit(root: Path, student: str, exercise: str, nb) -> None:
 
 
 def solution_cell(nb):
-    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "code")
+
+
+def answer_cell(nb):
+    """The written answers: a markdown cell nbgrader leaves to be graded by hand."""
+    return next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution") and c.cell_type == "markdown")
 
 
 def leftovers(root: Path) -> list[str]:
@@ -112,11 +122,19 @@ def scores(root: Path, student: str) -> dict:
         return {s.assignment.name: (s.score, s.max_score) for s in gradebook.student_submissions(student)}
 
 
-def graded_errors(root: Path, student: str, exercise: str) -> str:
+def graded_errors(root: Path, student: str, exercise: str, grade_id: str = "") -> str:
+    """The errors in a graded notebook's outputs (of the cells whose grade id ends with `grade_id`)."""
     nb = json.loads((root / "autograded" / student / exercise / f"{exercise}.ipynb").read_text())
     return "\n".join("\n".join(o.get("traceback", [])) + o.get("evalue", "")
-                     for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
-                     if o["output_type"] == "error")
+                     for c in nb["cells"] if c["cell_type"] == "code"
+                     and c["metadata"].get("nbgrader", {}).get("grade_id", "").endswith(grade_id)
+                     for o in c.get("outputs", []) if o["output_type"] == "error")
+
+
+def graded_outputs(root: Path, student: str, exercise: str) -> str:
+    nb = nbformat.read(root / "autograded" / student / exercise / f"{exercise}.ipynb", 4)  # texts joined
+    return "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") + o.get("evalue", "")
+                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def test_there_are_six_exercises_with_points():
@@ -125,6 +143,8 @@ def test_there_are_six_exercises_with_points():
         nb = nbformat.read(COURSE / "source" / exercise / f"{exercise}.ipynb", 4)
         cells = [c.metadata.get("nbgrader", {}) for c in nb.cells]
         assert sum(c.get("points", 0) for c in cells if c.get("grade")) == 10, exercise
+        answers = answer_cell(nb).metadata["nbgrader"]  # written answers, graded by hand in the formgrader
+        assert answers["grade"] and answers["points"] > 0 and not answers["locked"], exercise
         assert any("### BEGIN HIDDEN TESTS" in c.source for c in nb.cells), exercise
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{exercise}: commit it stripped"
 
@@ -141,13 +161,35 @@ def test_release_never_contains_a_solution(course):
         written = {line.strip() for region, _ in regions for line in region.splitlines()} - {""}
         written = {line for line in written if line not in given}
         hidden = next(c.source for c in source.cells if "BEGIN HIDDEN TESTS" in c.source).splitlines()[2]
-        for line in [line for line in written if len(line) > 12] + [hidden]:
-            assert json.dumps(line)[1:-1] not in release, f"{exercise}: the release contains `{line}`"
+        answers = [line.strip() for line in answer_cell(source).source.splitlines() if len(line.strip()) > 12]
+        # the hints the student opens on purpose may name a line of it (the last tier nearly is the answer)
+        unhinted = "\n".join(c.source for c in nbformat.reads(release, 4).cells
+                             if not c.metadata.get("nbgrader", {}).get("grade_id", "").endswith("_task"))
+        for line in [line for line in written if len(line) > 12] + [hidden] + answers:
+            assert line not in unhinted, f"{exercise}: the release contains `{line}`"
+        assert answer_cell(nbformat.reads(release, 4)).source.strip() == "YOUR ANSWER HERE", exercise
 
 
 def test_solutions_get_full_marks(course):
-    got = scores(course, "solution")
-    assert got == {e: (10.0, 10.0) for e in GRADED}, got
+    """Every automatic point, and the written answers left for the instructor: graded by hand
+    (the formgrader writes a manual score), the solution reaches 10 of 10."""
+    from nbgrader.api import Gradebook
+
+    automatic = 10 - 2  # the answers' 2 points are graded by hand
+    assert scores(course, "solution") == {e: (float(automatic), 10.0) for e in GRADED}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for exercise in GRADED:
+            submission = gradebook.find_submission(exercise, "solution")
+            assert submission.needs_manual_grade, exercise
+            grade = gradebook.find_grade(f"{exercise}_answers", exercise, exercise, "solution")
+            assert grade.auto_score is None and grade.max_score == 2
+            grade.manual_score = 2  # what the formgrader does when the instructor gives full marks
+        gradebook.db.commit()
+    assert scores(course, "solution") == {e: (10.0, 10.0) for e in GRADED}
+    # the predictions are set beside the measured figures, and no torch name is out of date
+    outputs = graded_outputs(course, "solution", GRADED[0])
+    assert "not measured: the check did not run on 4 ranks" in outputs and "no prediction written" in outputs
+    assert "torch says" not in outputs and "FutureWarning" not in outputs
 
 
 def test_untouched_release_scores_zero(course):
@@ -168,6 +210,8 @@ def test_planted_bug_fails_with_its_own_message(course, student):
     for other, (_, _, _, (signature, *_)) in BUGS.items():
         if other != student and not any(signature in m for m in messages):
             assert signature not in errors, f"{student}: the report says `{signature}`, which is {other}'s"
+    if student in VISIBLE_CATCHES:  # the check the student runs says it, not only the hidden tests
+        assert messages[0] in graded_errors(course, student, exercise, "_check")
 
 
 def test_nothing_left_running_after_grading(course):
@@ -206,6 +250,55 @@ def test_an_exception_is_shown_with_the_students_line(tmp_path):
     assert not report.ok
     assert "in step 1, sync_gradients: IndexError: list index out of range" in str(report)
     assert "mine.py line 7 in sync_gradients: return chunks[self.world]" in str(report)
+
+
+def test_make_sources_check_passes_on_the_committed_tree_and_fails_on_a_change(tmp_path):
+    run = [sys.executable, str(COURSE / "make_sources.py"), "--check"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shutil.copytree(COURSE / "source", tmp_path / "source")
+    changed = tmp_path / "source" / "ex4_ring" / "ex4_ring.ipynb"
+    nb = nbformat.read(changed, 4)
+    solution_cell(nb).source = solution_cell(nb).source.replace("% world]", "% world] ")
+    nbformat.write(nb, changed)
+    proc = subprocess.run(run + ["--source", str(tmp_path / "source")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "ex4_ring.ipynb: differs from what make_sources.py generates" in proc.stdout
+
+
+SOLUTIONS = {exercise: next(COURSE.glob(f"solutions/{name}")) for exercise, name in
+             [("ex1_allreduce", "my_allreduce.py"), ("ex2_bucketed", "my_bucketed.py"), ("ex3_overlap", "my_overlap.py"),
+              ("ex4_ring", "my_ring.py"), ("ex5_ps", "my_ps.py"), ("ex6_ps_sharded", "my_sharded.py")]}
+
+
+def test_solutions_are_files_the_lab_loads():
+    """Each exercise's %%writefile cell is its solution file, which the lab imports like any method."""
+    from labkit.strategies import load_strategy
+    from labkit.strategies.base import Strategy
+
+    for exercise, path in SOLUTIONS.items():
+        cell = solution_cell(nbformat.read(COURSE / "source" / exercise / f"{exercise}.ipynb", 4)).source
+        head, code = cell.split("\n", 1)
+        assert head == f"%%writefile {path.name}" and code == path.read_text(), exercise
+        spec = next(line.split('"')[1] for line in nbformat.read(COURSE / "source" / exercise / f"{exercise}.ipynb", 4)
+                    .cells[9].source.splitlines() if "labkit.check(" in line)
+        assert issubclass(load_strategy(f"{path.parent / spec}"), Strategy)
+
+
+# (exercise, the package's method): in `make test` one pair, the one whose padding no world size escapes
+PAIRS = [pytest.param(e, m, marks=[] if e == "ex6_ps_sharded" else [pytest.mark.slow], id=e) for e, m in
+         [("ex1_allreduce", "allreduce"), ("ex2_bucketed", "bucketed"), ("ex3_overlap", "overlap"), ("ex4_ring", "ring"),
+          ("ex5_ps", "ps"), ("ex6_ps_sharded", "ps_sharded")]]
+
+
+@pytest.mark.parametrize("exercise,method", PAIRS)
+def test_a_solution_counts_what_the_package_method_counts(exercise, method):
+    import labkit
+
+    spec = f"{SOLUTIONS[exercise]}:" + next(line.split(":")[1].split('"')[0] for line in nbformat.read(
+        COURSE / "source" / exercise / f"{exercise}.ipynb", 4).cells[9].source.splitlines() if "labkit.check(" in line)
+    mine, theirs = (labkit.check(s, method=method, worlds=(3,), verbose=False) for s in (spec, method))
+    assert mine.ok and theirs.ok, (mine, theirs)
+    assert mine.outcomes[0].counts == theirs.outcomes[0].counts
 
 
 SKIPS_THE_BROADCAST = '''import torch.distributed as dist

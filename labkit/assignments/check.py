@@ -62,6 +62,12 @@ class CheckReport:
         return pd.DataFrame([dict(world=o.world, rank=rank, **counts, seconds=round(o.seconds, 1))
                              for o in self.outcomes for rank, counts in o.counts.items()])
 
+    def figure(self, key: str, world: int, rank: int = 0):
+        """What `rank` counted (`key`: bytes_sent, bytes_received or collectives) in its last step
+        on `world` ranks; None when the check did not run (or reach) that world size."""
+        outcome = next((o for o in self.outcomes if o.world == world), None)
+        return outcome.counts.get(rank, {}).get(key) if outcome else None
+
     def __str__(self) -> str:
         name = Path(self.spec.rsplit(":", 1)[0]).name + ":" + self.spec.rsplit(":", 1)[1] if ":" in self.spec else self.spec
         head = f"{name}: " + ("all checks passed" if self.ok else "FAILED")
@@ -96,6 +102,25 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
         if not outcome.ok:
             break
     return CheckReport(spec, outcomes)
+
+
+def side_by_side(report: CheckReport, predicted: dict, measured: dict):
+    """A student's predictions beside the figures the check measured: `measured` maps each
+    prediction's name to (key, world, rank) in the report (see CheckReport.figure)."""
+    import pandas as pd
+
+    rows = []
+    for name, (key, world, rank) in measured.items():
+        value, guess = report.figure(key, world, rank), predicted.get(name)
+        verdict = ("not measured: the check did not run on {} ranks".format(world) if value is None else
+                   "no prediction written" if guess is None else
+                   "as predicted" if abs(float(guess) - value) <= max(1.0, 0.01 * abs(value)) else "differs: why?")
+        rows.append(dict(prediction=name, predicted=guess, measured=value, what=f"{key}, rank {rank} of {world}",
+                         verdict=verdict))
+    for name in sorted(set(predicted) - set(measured)):  # a prediction the check cannot measure: answer it in words
+        rows.append(dict(prediction=name, predicted=predicted[name], measured=None, what="not counted by the check",
+                         verdict="say in your answers whether it held"))
+    return pd.DataFrame(rows).set_index("prediction")
 
 
 def resolve(spec: str) -> str:

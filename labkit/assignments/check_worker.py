@@ -36,8 +36,10 @@ import torch.nn.functional as F
 
 from labkit.config import RunConfig
 
-# Small BatchNorm-free MLPs: layer widths. "odd" has 58 parameters, which 3 and 4 do not divide.
-MODELS = {"mlp": [10, 16, 16, 4], "odd": [7, 5, 3], "deep": [9, 8, 8, 8, 8, 5]}
+# Small BatchNorm-free MLPs: layer widths. The check's own "mlp" has 517 parameters (6 tensors), which
+# 2, 3 and 4 do not divide: uneven ring chunks and a padded shard are part of every visible check.
+# The hidden cases add others of the same kinds: "odd" (58: 3 and 4 do not divide it), "deep" (10 tensors).
+MODELS = {"mlp": [9, 16, 16, 5], "odd": [7, 5, 3], "deep": [9, 8, 8, 8, 8, 5]}
 BATCH = 4  # samples per rank per step
 
 

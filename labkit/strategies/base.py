@@ -281,7 +281,12 @@ def flatten(tensors) -> torch.Tensor:
 
 def unflatten_into(flat: torch.Tensor, tensors) -> None:
     """Copy slices of `flat` back into `tensors` (the inverse of flatten); copy_ keeps
-    each tensor's own memory format (channels_last stays channels_last)."""
+    each tensor's own memory format (channels_last stays channels_last). `flat` may be
+    longer (padding at its end is ignored), never shorter."""
+    needed = sum(t.numel() for t in tensors)
+    if flat.numel() < needed:
+        raise ValueError(f"unflatten_into: the flat buffer holds {flat.numel()} values but the {len(tensors)} tensors "
+                         f"need {needed}: it lost {needed - flat.numel()} on the way (a padded length rounded down?)")
     offset = 0
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view(t.shape))

@@ -1,0 +1,52 @@
+"""My parameter server: workers push gradients to rank 0, it steps, parameters come back."""
+import torch
+import torch.distributed as dist
+
+from labkit.strategies.base import Strategy, flatten, nbytes, unflatten_into
+
+SERVER = 0
+
+
+class MyParameterServer(Strategy):
+    def sync_gradients(self, model):
+        """Push: the server ends with the average of every rank's gradients in its .grad;
+        count each message with self.wire.count(sent=..., received=...)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        ### BEGIN SOLUTION
+        flat = flatten([p.grad for p in params])
+        if self.rank != SERVER:
+            dist.send(flat, dst=SERVER)
+            self.wire.count(sent=nbytes(flat))
+            return
+        inbox = [torch.empty_like(flat) for _ in range(1, self.world)]
+        requests = [dist.irecv(buf, src=src) for src, buf in enumerate(inbox, start=1)]
+        for request, buf in zip(requests, inbox):
+            request.wait()
+            flat += buf
+            self.wire.count(received=nbytes(buf))
+        unflatten_into(flat / self.world, [p.grad for p in params])
+        ### END SOLUTION
+
+    def update(self, optimizer, scaler=None):
+        """Step: only the server keeps optimizer state and steps."""
+        ### BEGIN SOLUTION
+        if self.rank == SERVER:
+            super().update(optimizer, scaler)
+        ### END SOLUTION
+
+    def sync_parameters(self, model):
+        """Pull: every worker ends with the server's parameters."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        ### BEGIN SOLUTION
+        flat = flatten([p.detach() for p in params])
+        if self.rank == SERVER:
+            requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
+            for request in requests:
+                request.wait()
+            self.wire.count(sent=nbytes(flat) * (self.world - 1), calls=self.world - 1)
+        else:
+            dist.recv(flat, src=SERVER)
+            self.wire.count(received=nbytes(flat))
+            with torch.no_grad():
+                unflatten_into(flat, params)
+        ### END SOLUTION
