@@ -10,13 +10,15 @@ from conftest import REPO
 LAUNCHER = REPO / "labkit" / "jobs" / "launcher.py"
 # torchrun itself (it reads those arguments) and this test (it names them) may say them too.
 ALLOWED = {LAUNCHER, REPO / "labkit" / "jobs" / "torchrun.py", Path(__file__).resolve()}
-# Words that only a torchrun command line holds (as a string, not in a docstring or comment).
+# Words that only a torchrun command line holds (as a string or an f-string's start, not in a
+# docstring or comment). Not --rdzv-endpoint: `labkit run` has that flag too (several nodes).
 TORCHRUN_WORDS = ("labkit.jobs.torchrun", "torch.distributed.run", "torchrun", "--nproc-per-node",
-                  "--nproc_per_node", "--rdzv-endpoint", "--rdzv_endpoint", "--standalone", "--run-path")
+                  "--nproc_per_node", "--rdzv-backend", "--rdzv_backend", "--standalone", "--run-path")
 
 
 def torchrun_strings(source: str) -> list[tuple[int, str]]:
-    """(line, text) of every string constant that spells part of a torchrun command."""
+    """(line, text) of every string constant that spells part of a torchrun command (an
+    f-string's literal parts are constants too)."""
     tree = ast.parse(source)
     docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
     return [(node.lineno, node.value) for node in ast.walk(tree)
@@ -26,8 +28,9 @@ def torchrun_strings(source: str) -> list[tuple[int, str]]:
 
 def test_the_scan_finds_a_torchrun_command():
     assert torchrun_strings('import subprocess\nsubprocess.Popen(["python", "-m", "torch.distributed.run", '
-                            '"--nproc-per-node=2", "x.py"])\n"""torchrun in a docstring is fine"""\n') == [
-        (2, "torch.distributed.run"), (2, "--nproc-per-node=2")]
+                            '"--nproc-per-node=2", f"--rdzv-backend={b}", "x.py"])\n'
+                            '"""torchrun in a docstring is fine"""\n') == [
+        (2, "torch.distributed.run"), (2, "--nproc-per-node=2"), (2, "--rdzv-backend=")]
 
 
 def test_nothing_but_the_launcher_builds_a_torchrun_command():

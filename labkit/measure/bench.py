@@ -33,7 +33,7 @@ def check_ranks(nproc: int) -> None:
     from labkit.profiles import check_devices
 
     if hardware.gpu_count():
-        check_devices(SimpleNamespace(device="cuda", nproc=nproc, amp="off", backend="nccl"))
+        check_devices(SimpleNamespace(device="cuda", nproc=nproc, ranks_per_node=nproc, amp="off", backend="nccl"))
 
 
 def gpu_lock() -> Path | None:
