@@ -177,14 +177,15 @@ How many point-to-point exchanges (messages) per sync on 4 ranks?""",
         questions=["From the table: how do the bytes sent per rank grow from 2 to 3 to 4 ranks? What is the limit as n "
                    "grows? Why do ranks of the same world size differ by a few bytes?",
                    "From the table, the ring's messages per sync on 2, 3 and 4 ranks against exercise 1's collectives "
-                   "per step (6 whatever n): from which world size on does the ring send more messages? Which would "
-                   "you pick on a network where each message pays a long latency, and at which size?",
+                   "per step (6 whatever n): at which world size of the table are they equal, and what does the ring's "
+                   "count become beyond it? Which would you pick on a network where each message pays a long latency?",
                    "Replace the exchange by a blocking `dist.send` then `dist.recv`. What does the check report?"],
         answers="""1. 4,136 → 5,520 → 6,208 B on rank 0: 2(n−1)/n·S, which tends to 2·S. Chunks differ by one value
    (517 = 173 + 172 + 172 on 3 ranks), so a rank that sends the longer chunk more often counts 8 B more
    (rank 1 on 3 ranks: 5,512).
-2. 2(n−1) messages: 2, 4, 6 against 6: equal at n = 4 and more from n = 5 on. With a long latency per message,
-   exercise 1's fixed count wins at large n, the ring at small n; the ring moves the bytes best.
+2. 2(n−1) messages: 2, 4, 6 against 6: equal at n = 4, more beyond (8 at 5 ranks). With a long latency per
+   message the ring wins below 4 ranks and loses above, where exercise 1's count stays at one per tensor;
+   the ring always moves the fewest bytes per link.
 3. gloo buffers small messages, so it may pass; with larger chunks (or NCCL) every rank blocks in send:
    "deadlock: no rank made progress", each rank stuck at its dist.send line.""",
     ),
