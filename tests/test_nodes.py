@@ -127,17 +127,19 @@ def test_hierarchical_on_two_emulated_nodes_equals_ddp(ddp4, tmp_path):
 
 @needs_namespaces
 def test_at_a_slow_link_the_designs_decide_the_ranking(tmp_path):
-    """4 nodes × 1 rank at 1 Gbit/s, resnet18_small (45 MB of gradients): the parameter server's
-    link carries 3 × 45 MB each way, DDP's ring 2·3/4 × 45 MB, PowerSGD a fraction of 1 MB
-    (compressing from step 2: steps 3 and 4 are measured)."""
+    """4 nodes × 1 rank at 5 Mbit/s, simple_cnn (S = 80 KB of gradients, so compute is short and
+    the link decides): the parameter server's node takes 3 · S in and gives 3 · S back, one after
+    the other; DDP's ring puts 2·3/4 · S on each link both ways at once; PowerSGD a few KB
+    (compressing from step 2: steps 3 and 4 are measured). At 1 Gbit/s with resnet18_small the
+    same order held once (6.5, 2.5, 1.4 s a step) and not the next time: compute decided there."""
     step = {}
     for strategy, options in (("ddp", {}), ("ps", {}), ("powersgd", {"powersgd_start_iter": 2})):
-        result = labkit.run(profile="cpu", strategy=strategy, nproc=4, nodes=4, link="1gbit", max_steps=4,
-                            warmup_steps=2, calibration_steps=0, workers=0, progress=False,
+        result = labkit.run(profile="cpu", strategy=strategy, nproc=4, nodes=4, link="5mbit", model="simple_cnn",
+                            max_steps=4, warmup_steps=2, calibration_steps=0, workers=0, progress=False,
                             out_dir=str(tmp_path / strategy), **options)
-        assert result["config"]["link"] == "1gbit"
+        assert result["config"]["link"] == "5mbit"
         step[strategy] = result["summary"]["step_time_median_s"]
-    assert step["ps"] > 1.3 * step["ddp"] and step["powersgd"] < step["ddp"], step
+    assert step["ps"] > 1.5 * step["ddp"] and step["powersgd"] < step["ddp"], step
     assert not cluster.namespaces()
 
 
