@@ -23,9 +23,9 @@ EXPECTED = r"""#!/bin/bash
 
 set -euo pipefail
 # sbatch starts in the folder it was submitted from: submit it from the labkit checkout
-HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 # the rendezvous store listens on the head node's eth1 address only: ask the head for it
-HEAD=$(srun --nodes=1 --ntasks=1 -w "$HEAD" ip -4 -o addr show dev eth1 | awk '{print $4}' | cut -d/ -f1 | head -n1)
+HEAD=$(srun --nodes=1 --ntasks=1 -w "$HEAD" ip -4 -o addr show dev eth1 | awk '{print $4}' | cut -d/ -f1 | sed -n 1p)
 export HEAD
 echo "labkit: 2 node(s), rendezvous on $HEAD:29500"
 

@@ -2,7 +2,7 @@
 
 The pattern is torchtitan's multinode_trainer.slurm (github.com/pytorch/torchtitan): one
 SLURM task per node, each starting one torchrun agent for that node's GPUs; the first
-node of the allocation (`scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1`) hosts
+node of the allocation (`scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p`) hosts
 torchrun's c10d rendezvous; `srun --kill-on-bad-exit=1` stops every node when one fails,
 instead of leaving the others waiting at a collective. Here each task runs `labkit run`
 with the multi-node flags, so a SLURM job is the same run as one started by hand on each
@@ -60,11 +60,12 @@ def sbatch_script(nodes: int, gpus_per_node: int, run_args=(), interface: str = 
     quoted = " ".join(shlex.quote(a) for a in run_args)
     if "--name" not in run_args and "--resume" not in run_args:  # the batch shell expands it: one name for all
         quoted += f' --name "{job_name}-$SLURM_JOB_ID"'
-    head = ['HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)']
+    # sed, not head: head exits after one line, the writer gets SIGPIPE, and pipefail fails the job
+    head = ['HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)']
     if interface:  # the store listens on the head's address on this interface only: connect to that one
         head += [f"# the rendezvous store listens on the head node's {interface} address only: ask the head for it",
                  f"HEAD=$(srun --nodes=1 --ntasks=1 -w \"$HEAD\" ip -4 -o addr show dev {interface} "
-                 "| awk '{print $4}' | cut -d/ -f1 | head -n1)"]
+                 "| awk '{print $4}' | cut -d/ -f1 | sed -n 1p)"]
     per_node = (f'exec .venv/bin/labkit run --nnodes "$SLURM_NNODES" --node-rank "$SLURM_NODEID" \\\n    '
                 f'--rdzv-endpoint "$HEAD:{port}" --nproc $((SLURM_NNODES * {gpus_per_node}))'
                 + (f" --interface {interface}" if interface else "") + ' "$@"')
