@@ -82,7 +82,7 @@ class ParameterServer(Strategy):
             for request in requests:
                 request.wait()
             self.wire.count(sent=nbytes(flat) * (self.world - 1), calls=self.world - 1,
-                       op="send_recv", message_bytes=nbytes(flat) * (self.world - 1))
+                            op="send_recv", message_bytes=nbytes(flat) * (self.world - 1))
         else:
             dist.recv(flat, src=SERVER)
             self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
