@@ -99,6 +99,12 @@ class RunConfig:
     # fault injection, for tests and for teaching fault tolerance: "RANK:STEP:KIND",
     # KIND one of raise / exit / kill / hang; fires on a run's first attempt only
     fault: str = ""
+    # a slow worker, for every method: "RANK:FACTOR" makes RANK's compute take FACTOR × as long
+    # (it sleeps (FACTOR − 1) × its own forward + backward time each step); "" = none
+    straggler: str = ""
+    # gradient accumulation: each optimizer step takes this many micro-batches of batch_size per
+    # rank, synchronizing only after the last (the global batch grows by this factor)
+    accumulate: int = 1
 
     # -- JSON round trip -------------------------------------------------------
     def to_dict(self) -> dict:

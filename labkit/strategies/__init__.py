@@ -30,6 +30,11 @@ REGISTRY = {
     "ps_sharded": "ps_sharded:ShardedServer",
     "powersgd": "powersgd:PowerSGD",
     "hierarchical": "hierarchical:Hierarchical",
+    # communicate less, hold less
+    "localsgd": "localsgd:LocalSGD",
+    "diloco": "diloco:DiLoCo",
+    "ssp": "ssp:StaleSynchronousServer",
+    "fsdp": "fsdp:FullyShardedDP",
 }
 
 
