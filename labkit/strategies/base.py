@@ -32,6 +32,7 @@ A `Strategy` has three parts, each its own section below:
        check(cfg)   refuse a combination it cannot do: raise ConfigError("one line")
        data_ranks   how many ranks compute gradients
        label(cfg)   its name in comparisons (options that change the wire included)
+       sync_period(cfg)      steps between synchronizations (1; local SGD: H), for the figures
        needs_process_group   False: one plain process, no torchrun
        broadcasts_in_prepare True: prepare itself makes every rank start from rank 0's
                              state (DDP's constructor), so the contract's broadcast is skipped
@@ -236,6 +237,12 @@ class Strategy:
     @classmethod
     def check(cls, cfg) -> None:
         """Refuse a configuration this method cannot run (raise ConfigError, one line)."""
+
+    @classmethod
+    def sync_period(cls, cfg) -> int:
+        """Steps from one synchronization to the next (local SGD: H). The summary takes its
+        figures over whole periods (timing.per_period), so the dear step is not outvoted."""
+        return 1
 
     @classmethod
     def data_ranks(cls, cfg) -> int:

@@ -34,7 +34,8 @@ def build_result(cfg, method, world, device, steps, epochs, total_time, rank_med
 
     strategy = load_strategy(cfg.strategy)
     overlaps = getattr(strategy, "overlaps_backward", None)
-    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s, overlaps_backward=overlaps)
+    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s, overlaps_backward=overlaps,
+                        period=strategy.sync_period(cfg))  # local SGD: figures per period of H steps
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
     val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,

@@ -124,8 +124,23 @@ def disturbed(step_s: list[float]) -> list[bool]:
     return [t > DISTURBED_FACTOR * median for t in step_s]
 
 
+def per_period(steps: list[dict], period: int) -> list[dict]:
+    """A method that synchronizes every `period` steps (local SGD: H) has cheap steps and one
+    dear one per period; a median over single steps would report the cheap ones and hide the
+    dear one. So its figures are taken over whole periods: one record per complete period
+    (steps kH+1 … (k+1)H), each timing and count the period's mean per step."""
+    if period <= 1:
+        return steps
+    summed = ("step_s", "data_s", "compute_s", "sync_s", "optimizer_s", "bytes_sent", "bytes_received", "collectives")
+    windows = {}
+    for s in steps:
+        windows.setdefault((s["step"] - 1) // period, []).append(s)
+    return [{**group[-1], **{key: sum(s.get(key, 0) for s in group) / period for key in summed if key in group[-1]}}
+            for group in windows.values() if len(group) == period]
+
+
 def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: dict | float | None = None,
-              overlaps_backward: bool | None = None) -> dict:
+              overlaps_backward: bool | None = None, period: int = 1) -> dict:
     """Summary figures over the measured (post-warm-up) steps of rank 0, each defined so
     that it cannot come out physically impossible (docs/EXPERIMENT_GUIDE.md, "What every
     figure means"):
@@ -149,6 +164,7 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
       to divide by: null, with `achieved_busbw_reason`.
     `calibration` is calibrate()'s dict (or a bare compute-only time in seconds)."""
     measured = steps[warmup:] if len(steps) > warmup else steps
+    measured = per_period(measured, period) or measured  # a run shorter than one period: its steps
     if not measured:
         return {}
     step_s = [s["step_s"] for s in measured]
