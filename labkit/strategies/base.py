@@ -11,6 +11,10 @@ A `Strategy` has three parts, each its own section below:
    and times each call, so a method never times or prints anything itself. Around
    them: `prepare` (once, before training), `data_shard` (which data this rank reads),
    `after_step` (bookkeeping outside the timed window), `state_dict` for checkpoints.
+   With `--set accumulate=K` a step runs forward/backward on K micro-batches, the first
+   K−1 inside `with strategy.no_sync(model):`: their backward must only add into .grad.
+   A method that communicates in sync_gradients needs nothing (the default); one that
+   communicates inside backward (hooks) holds that back there, as DDP's `no_sync()` does.
 
    Every method starts from rank 0's state: before any `prepare` runs (a subclass's
    own included), the contract broadcasts rank 0's parameters and buffers to every
@@ -42,6 +46,7 @@ A `Strategy` has three parts, each its own section below:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -202,6 +207,11 @@ class Strategy:
 
     def sync_gradients(self, model):
         """After backward: make every rank's gradients the average over the global batch."""
+
+    def no_sync(self, model):
+        """Around forward + backward of every micro-batch but the last (accumulate=K): a
+        context in which backward only accumulates gradients. Nothing to hold back here."""
+        return contextlib.nullcontext()
 
     def update(self, optimizer, scaler=None):
         """The optimizer step (with the fp16 loss scaler when there is one)."""
