@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     harn.set_defaults(func=cmd_bench_harness)
 
     sweep = sub.add_parser("sweep", help="methods side by side: interleaved runs (a b c a b c …), K repeats each")
-    sweep.add_argument("--strategy", required=True, help="comma-separated methods, e.g. ddp,ps,ring (" +
+    sweep.add_argument("--strategy", required=True, help="comma-separated methods, each with settings of its own if any, e.g. \"ddp,ddp accumulate=4,ps\" (" +
                        STRATEGY_HELP + ")")
     sweep.add_argument("--repeats", type=int, default=1, help="rounds; each round runs every method once")
     sweep.add_argument("--nproc", help="comma-separated world sizes, e.g. 1,2,4 for scaling "

@@ -215,3 +215,10 @@ def test_scaling_is_computed_within_one_setup():
     scaling = frames.scaling_frame(runs).set_index(["setup", "world_size"])
     assert scaling.loc[("8 steps × 64 img", 2), "scaling_efficiency"] == pytest.approx(0.75)
     assert scaling.loc[("30 steps × 64 img", 2), "scaling_efficiency"] == pytest.approx(120 / 180)
+
+
+def test_a_sweep_method_may_carry_its_own_settings():
+    from labkit.jobs.sweep import method_spec, run_name
+    assert method_spec("localsgd sync_every=4 accumulate=2") == ("localsgd", {"sync_every": "4", "accumulate": 2})
+    assert method_spec("ddp") == ("ddp", {})
+    assert run_name("ddp accumulate=4", "cpu", "s", 1, None) == "ddp-accumulate_4-cpu-s-r1"

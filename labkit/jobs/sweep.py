@@ -2,6 +2,7 @@
 drifting machine cannot flip.
 
     sweep(["ddp", "ps"], repeats=2, profile="cpu")   # runs ddp ps ddp ps, one after another
+    sweep(["ddp", "ddp accumulate=4", "localsgd sync_every=4"], repeats=2)   # a method with its own settings
 
 Why interleaved: a machine drifts while it works (another program starts, a laptop clocks
 down as it heats, a cache warms). Run all of ddp's repeats and then all of ps's, and a
@@ -25,10 +26,19 @@ def plan(strategies: list[str], repeats: int = 1, sizes: list[int] | None = None
     return [(k, strategy, n) for k in range(1, repeats + 1) for strategy in strategies for n in (sizes or [None])]
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """'localsgd sync_every=4' → ("localsgd", {"sync_every": 4}): a method and settings of its
+    own (config fields or the method's options, as --set takes them)."""
+    from labkit.config import parse_overrides
+
+    strategy, *settings = spec.split()
+    return strategy, parse_overrides(settings)
+
+
 def run_name(strategy: str, profile: str, stamp: str, round_: int, nproc: int | None) -> str:
     """A run folder name that says what ran: e.g. ddp-cpu-20260101-120000-r2 (-n4 with sizes).
     A file spec (path/to/mine.py:Mine) keeps only its letters, digits, '.', '_' and '-'."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strategy.split("/")[-1]).strip("_")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strategy.split("/")[-1].replace(" ", "-")).strip("_")
     return f"{stem}-{profile}-{stamp}-r{round_}" + (f"-n{nproc}" if nproc else "")
 
 
@@ -46,19 +56,20 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
     strategies = [strategies] if isinstance(strategies, str) else list(strategies)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     order = plan(strategies, repeats, sizes)
-    resolved = make_config(profile, strategy=strategies[0]).profile  # "auto" → the profile it picks, for the names
+    resolved = make_config(profile, strategy=method_spec(strategies[0])[0]).profile  # "auto" → the profile it picks, for the names
     results = []
-    for i, (round_, strategy, nproc) in enumerate(order, 1):
-        config = dict(overrides or {})
+    for i, (round_, spec, nproc) in enumerate(order, 1):
+        strategy, own = method_spec(spec)
+        config = {**(overrides or {}), **own}
         if "nproc" in load_strategy(strategy).defaults:  # the method fixes its ranks (one process)
             config.pop("nproc", None)
         if nproc:
             config["nproc"] = nproc
-        name = run_name(strategy, resolved, stamp, round_, nproc)
+        name = run_name(spec, resolved, stamp, round_, nproc)
         if out:
             config["out_dir"] = str(Path(out) / name)
         cfg = make_config(profile, strategy=strategy, name=name, **config)
-        print(f"== run {i}/{len(order)}, round {round_}/{repeats}: {strategy} on {cfg.nproc} rank(s) → {cfg.out_dir}",
+        print(f"== run {i}/{len(order)}, round {round_}/{repeats}: {spec} on {cfg.nproc} rank(s) → {cfg.out_dir}",
               flush=True)
         results.append(run(cfg, progress=progress))
     return results

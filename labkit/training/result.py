@@ -41,6 +41,9 @@ def build_result(cfg, method, world, device, steps, epochs, total_time, rank_med
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,
                    best_val_top1=max(val) if val else None, best_val_top5=max(val5) if val5 else None,
                    rank_step_time_median_s=rank_medians)
+    # settings that change every method make another method in a comparison
+    method += (f" accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "") + \
+        (f" straggler={cfg.straggler}" if cfg.straggler else "")
     return {
         "schema": 1, "name": cfg.name, "strategy": cfg.strategy_name, "method": method, "status": "ok",
         "config": cfg.to_dict(), "env": hardware.environment(), "world_size": world,
