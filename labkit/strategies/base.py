@@ -11,6 +11,9 @@ A `Strategy` has three parts, each its own section below:
    and times each call, so a method never times or prints anything itself. Around
    them: `prepare` (once, before training), `data_shard` (which data this rank reads),
    `after_step` (bookkeeping outside the timed window), `state_dict` for checkpoints.
+   A method that shards the model itself (fsdp) also says how to see it whole:
+   `full_state` (the model's and optimizer's full tensors for checkpoint.pt) and
+   `evaluating` (around validation: a forward that needs no other rank). Every rank calls both.
    With `--set accumulate=K` a step runs forward/backward on K micro-batches, the first
    K−1 inside `with strategy.no_sync(model):`: their backward must only add into .grad.
    A method that communicates in sync_gradients needs nothing (the default); one that
@@ -233,6 +236,17 @@ class Strategy:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def full_state(self, model, optimizer) -> tuple[dict, dict]:
+        """(model state, optimizer state) as one plain process holds them, for rank 0 to
+        write into checkpoint.pt. Every rank calls it: a sharded method gathers here."""
+        return model.state_dict(), optimizer.state_dict()
+
+    def evaluating(self, model):
+        """Around validation, on every rank: a context giving the model to evaluate. The
+        ranks' val shards may hold different numbers of batches, so a forward must need no
+        collective (a sharded method gathers its parameters once, here)."""
+        return contextlib.nullcontext(model)
 
     # == 3. how the method describes itself (class level) ============================
     options: tuple[Option, ...] = ()  # on the class its Options; on a running method their values
