@@ -1,0 +1,175 @@
+"""Accuracy against cost: what a method gives up (validation accuracy) for what it saves
+(bytes on the wire, time, memory per rank), for runs of equal length.
+
+Every figure comes from result.json (docs/EXPERIMENT_GUIDE.md, "Accuracy against cost"):
+
+- top1_pct: the last epoch's validation top-1 (the accuracy the run ends with).
+- top1_se_pct: its binomial standard error for the validation set's N images,
+  100·sqrt(p(1−p)/N): how much a second draw of N images would move it.
+- MB_sent: what rank 0 sent in the whole run (every step's bytes_sent summed), so a
+  method that sends every H steps is charged for what it really sent.
+- time_s: the training time (summary total_time_s); step_ms the steady-state step.
+- state_MB: parameters + gradients + optimizer state one rank holds (the largest rank),
+  counted from the tensors; peak_MB the measured peak (result["memory"]).
+
+A gap in accuracy between two methods is called real only where it exceeds both the
+repeats' spread and twice the binomial error: else the sentence says it is not told apart.
+Names no method; imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .selection import method
+
+MB = 1e6
+
+
+def final_accuracy(result: dict) -> tuple[float | None, int | None]:
+    """(last epoch's val top-1 in %, the validation images it was measured on)."""
+    epochs = [e for e in result.get("epochs", []) if e.get("val_top1") is not None]
+    if not epochs:
+        return None, None
+    return epochs[-1]["val_top1"], epochs[-1].get("val_images")
+
+
+def binomial_se_pct(top1_pct: float | None, images: int | None) -> float | None:
+    """The standard error of an accuracy measured on `images` images, in points."""
+    if top1_pct is None or not images:
+        return None
+    p = top1_pct / 100
+    return 100 * math.sqrt(p * (1 - p) / images)
+
+
+def memory_row(result: dict) -> dict:
+    """The largest rank's held state and measured peak, in MB (empty when not recorded)."""
+    ranks = rank_memory(result)
+    if not ranks:
+        return {"state_MB": None, "peak_MB": None}
+    held = [sum(r.get(k) or 0 for k in ("params_bytes", "grads_bytes", "optimizer_state_bytes")) for r in ranks]
+    peaks = [r.get("peak_bytes") for r in ranks if r.get("peak_bytes")]
+    return {"state_MB": max(held) / MB, "peak_MB": max(peaks) / MB if peaks else None}
+
+
+def rank_memory(result: dict) -> list[dict]:
+    """result["memory"] as one dict per rank (a list, or {"ranks": [...]})."""
+    ranks = result.get("memory") or []
+    if isinstance(ranks, dict):
+        ranks = ranks.get("ranks") or list(ranks.values())
+    return [r for r in ranks if isinstance(r, dict)]
+
+
+def memory_table(results: list[dict], baseline: str) -> pd.DataFrame:
+    """One row per method: the MB of parameters, gradients and optimizer state its largest
+    rank holds (the median over repeats), their sum, and that sum against the baseline's."""
+    rows = []
+    for r in results:
+        ranks = rank_memory(r)
+        if not ranks:
+            continue
+        biggest = max(ranks, key=lambda m: sum(m.get(k) or 0 for k in ("params_bytes", "grads_bytes",
+                                                                         "optimizer_state_bytes")))
+        row = {"method": method(r), "world_size": r.get("world_size"),
+               **{k.replace("_bytes", "_MB"): (biggest.get(k) or 0) / MB
+                  for k in ("params_bytes", "grads_bytes", "optimizer_state_bytes")}}
+        row["state_MB"] = row["params_MB"] + row["grads_MB"] + row["optimizer_state_MB"]
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=["method", "world_size", "params_MB", "grads_MB", "optimizer_state_MB",
+                                     "state_MB", "vs_baseline"])
+    table = pd.DataFrame(rows).groupby(["method", "world_size"], sort=False).median().reset_index()
+    base = table.loc[table.method == baseline, "state_MB"]
+    table["vs_baseline"] = table.state_MB / base.iloc[0] if len(base) else float("nan")
+    return table
+
+
+def tradeoff_runs(results: list[dict]) -> pd.DataFrame:
+    """One row per run: accuracy, its binomial error, bytes, time and memory."""
+    rows = []
+    for r in results:
+        top1, images = final_accuracy(r)
+        summary = r.get("summary") or {}
+        steps = r.get("steps") or []
+        rows.append({"method": method(r), "name": r.get("name"), "epochs": len(r.get("epochs", [])),
+                     "steps": len(steps), "top1_pct": top1, "val_images": images,
+                     "top1_se_pct": binomial_se_pct(top1, images),
+                     "MB_sent": sum(s.get("bytes_sent", 0) for s in steps) / MB,
+                     "time_s": summary.get("total_time_s"),
+                     "step_ms": 1e3 * summary["step_time_median_s"] if summary.get("step_time_median_s") else None,
+                     **memory_row(r)})
+    return pd.DataFrame(rows)
+
+
+def tradeoff_table(results: list[dict]) -> pd.DataFrame:
+    """One row per method: the median over its repeats of every figure, `repeats`, and the
+    spread of its accuracy (top1_low … top1_high, the lowest and highest repeat)."""
+    runs = tradeoff_runs(results)
+    if runs.empty:
+        return runs
+    figures = ["top1_pct", "top1_se_pct", "MB_sent", "time_s", "step_ms", "state_MB", "peak_MB", "steps", "epochs"]
+    runs = runs.astype({column: float for column in figures})  # an absent figure: NaN, not a dropped column
+    grouped = runs.groupby("method", sort=False)
+    table = grouped[figures].median(numeric_only=True)
+    table["top1_low"] = grouped["top1_pct"].min()
+    table["top1_high"] = grouped["top1_pct"].max()
+    table["repeats"] = grouped.size()
+    return table.reset_index()
+
+
+def equal_length(results: list[dict]) -> bool:
+    """Whether every run saw the same images (same epochs, nothing stopped early by max_steps):
+    only then do their accuracies compare."""
+    lengths = {(len(r.get("epochs", [])), bool((r.get("config") or {}).get("max_steps"))) for r in results}
+    return len(lengths) == 1 and not next(iter(lengths))[1]
+
+
+def accuracy_lines(table: pd.DataFrame, baseline: str) -> list[str]:
+    """One sentence per method: its accuracy against the baseline's, called a gap only when
+    it exceeds both spreads and twice the binomial error."""
+    if table.empty or baseline not in set(table.method):
+        return [f"no {baseline} run among these: no accuracy is compared"]
+    base = table[table.method == baseline].iloc[0]
+    lines = []
+    for row in table.itertuples():
+        if row.method == baseline or math.isnan(row.top1_pct):
+            continue
+        gap = row.top1_pct - base.top1_pct
+        errors = [2 * se for se in (row.top1_se_pct, base.top1_se_pct) if not math.isnan(se)]
+        noise = max(errors + [row.top1_high - row.top1_low, base.top1_high - base.top1_low])
+        verdict = (f"{'above' if gap > 0 else 'below'} {baseline} by {abs(gap):.1f} points, beyond the noise ({noise:.1f})"
+                   if abs(gap) > noise else f"not told apart from {baseline}: {gap:+.1f} points within the noise of {noise:.1f}")
+        bytes_ratio = row.MB_sent / base.MB_sent if base.MB_sent else float("nan")
+        lines.append(f"{row.method}: top-1 {row.top1_pct:.1f} % ({verdict}), sending {bytes_ratio:.2f} × {baseline}'s "
+                     f"bytes in {row.time_s / base.time_s:.2f} × its time")
+    return lines
+
+
+def accuracy_vs_cost(table: pd.DataFrame, baseline: str | None = None):
+    """Two panels: top-1 against MB sent, and against training time; one point per method
+    (the median of its repeats) in the method's colour, the vertical bar its accuracy
+    spread over repeats widened by ± the binomial error."""
+    import matplotlib.pyplot as plt
+
+    from .plots import assign_colors
+
+    colors = assign_colors(table.method)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, column, label in ((axes[0], "MB_sent", "MB sent by rank 0 in the whole run"),
+                              (axes[1], "time_s", "training time (s)")):
+        for row in table.itertuples():
+            se = row.top1_se_pct if row.top1_se_pct == row.top1_se_pct and row.top1_se_pct else 0.0
+            low, high = row.top1_low - se, row.top1_high + se
+            ax.errorbar([getattr(row, column)], [row.top1_pct], yerr=[[row.top1_pct - low], [high - row.top1_pct]],
+                        fmt="o", color=colors[row.method], capsize=3, label=row.method)
+            ax.annotate(row.method, (getattr(row, column), row.top1_pct), textcoords="offset points", xytext=(5, 3),
+                        fontsize=8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation top-1 (%)")
+    runs = int(table.repeats.max()) if len(table) else 0
+    fig.suptitle(f"Accuracy against cost: median of {runs} repeat(s); bars: the repeats' range ± binomial error")
+    fig.tight_layout()
+    return fig
