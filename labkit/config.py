@@ -170,6 +170,22 @@ def parse_rate(text: str) -> float:
     return float(match[1]) * RATE_UNITS[match[2]]
 
 
+def parse_straggler(text: str, nproc: int) -> tuple[int, float] | None:
+    """`straggler=RANK:FACTOR` → (rank, factor), None for "", or a one-line ConfigError.
+    FACTOR ≥ 1: the rank's forward + backward takes FACTOR × its own time (1 = not slowed)."""
+    if not text:
+        return None
+    rank, _, factor = text.partition(":")
+    try:
+        rank, factor = int(rank), float(factor)
+    except ValueError:
+        rank = factor = None
+    if rank is None or not (0 <= rank < nproc and 1 <= factor < float("inf")):  # NaN fails too
+        raise ConfigError(f"straggler='{text}': expected RANK:FACTOR with 0 <= RANK < {nproc} and FACTOR >= 1 "
+                          f"(e.g. 1:3, rank 1 computing 3 × slower)")
+    return rank, factor
+
+
 def is_file_spec(spec: str) -> bool:
     """'path/to/file.py:ClassName' (a method outside the package) rather than a registry name."""
     return ":" in spec and spec.rsplit(":", 1)[0].endswith(".py")

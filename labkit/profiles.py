@@ -14,7 +14,7 @@ from pathlib import Path
 
 from labkit import hardware
 from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
-                           parse_rate, results_root)
+                           parse_rate, parse_straggler, results_root)
 from labkit.datasets import tiny
 from labkit.datasets.folders import check_image_folder, data_root
 from labkit.strategies import BASELINE, load_strategy  # light: a method's file is read when chosen
@@ -115,6 +115,7 @@ def validate(cfg: RunConfig) -> None:
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
     require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
             f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
+    parse_straggler(cfg.straggler, cfg.nproc)  # a one-line ConfigError for text it cannot read
     check_devices(cfg)
     check_data(cfg)
     require(not finished_ok(Path(cfg.out_dir)),

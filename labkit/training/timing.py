@@ -73,6 +73,15 @@ class StepTimer:
             self.intervals.append((self.steps_done + 1, phase, self.last + self.wall_offset, now + self.wall_offset))
         self.last = now
 
+    def so_far_s(self) -> float:
+        """Seconds since the last mark: the current phase so far (what a straggler multiplies).
+        On a GPU it waits for the work queued since then, as a loss.item() just before does."""
+        if self.cuda:
+            now = self._event()
+            now.synchronize()
+            return self.events[-1][1].elapsed_time(now) / 1e3
+        return self._now() - self.last
+
     def _read_events(self):
         """CUDA: the phases from this step's events, after one synchronize on the last."""
         last = self.events[-1][1]
