@@ -10,7 +10,8 @@ A `Strategy` has three parts, each its own section below:
 
    and times each call, so a method never times or prints anything itself. Around
    them: `prepare` (once, before training), `data_shard` (which data this rank reads),
-   `after_step` (bookkeeping outside the timed window), `state_dict` for checkpoints.
+   `after_step` (bookkeeping outside the timed window), `step_record` (figures of its own
+   for this step's record, e.g. ssp's staleness), `state_dict` for checkpoints.
    A method that shards the model itself (fsdp) also says how to see it whole:
    `full_state` (the model's and optimizer's full tensors for checkpoint.pt) and
    `evaluating` (around validation: a forward that needs no other rank). Every rank calls both.
@@ -229,6 +230,11 @@ class Strategy:
 
     def after_step(self, model):
         """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
+
+    def step_record(self) -> dict:
+        """Figures of this method's own for this rank's step record (plain JSON types), merged
+        into it after the step, e.g. {"staleness": [0, 1, 0]}; result.json keeps rank 0's."""
+        return {}
 
     def state_dict(self) -> dict:
         """State this method owns that a checkpoint must keep (per rank)."""

@@ -68,7 +68,7 @@ class StepRecorder:
             state.loss_sum, state.seen = state.loss_sum + loss, state.seen + 1
         finite = math.isfinite(loss)
         state.steps.append(dict(step=step, epoch=self.epoch, loss=loss if finite else None,
-                                **self.strategy.wire.as_dict(), **times))
+                                **self.strategy.wire.as_dict(), **times, **self.strategy.step_record()))
         if self.progress:  # json.dumps: a NaN loss must still make a line json.loads can read
             self.progress.write(json.dumps({"epoch": self.epoch, "step": step, "total_steps": self.total_steps,
                                             "loss": loss if finite else str(loss),
