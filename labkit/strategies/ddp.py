@@ -10,6 +10,10 @@ In step 1 DDP does not yet know the order in which gradients arrive: it reduces 
 in one bucket when backward ends, then rebuilds its buckets in arrival order (the
 all-reduce count per step goes from 1 to several; `after_step` reads it from DDP).
 
+Gradient accumulation (`--set accumulate=K`): DDP's own `no_sync()` around the first
+K−1 micro-batches (forward included: DDP decides in forward whether backward reduces),
+so a step still all-reduces every gradient once, on the last micro-batch.
+
 Options: `ddp_bucket_cap_mb`, `ddp_gradient_as_bucket_view` (no gradient copy into
 buckets), `ddp_static_graph`, and `ddp_hook` = fp16 / bf16 to compress buckets on
 the wire with PyTorch's built-in communication hooks. Compare with `overlap`, the
@@ -59,6 +63,9 @@ class TorchDDP(Strategy):
     def register_hook(self, ddp):
         if self.options.ddp_hook in COMPRESSION_HOOKS:
             ddp.register_comm_hook(state=None, hook=COMPRESSION_HOOKS[self.options.ddp_hook])
+
+    def no_sync(self, model):
+        return model.no_sync()  # DDP's own: backward only accumulates into .grad
 
     def sync_gradients(self, model):
         # Already done inside backward(): one all-reduce per bucket. Nothing to wait for.

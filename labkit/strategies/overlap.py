@@ -7,6 +7,10 @@ its all-reduce is launched asynchronously, and backward carries on computing the
 earlier layers while the network moves the bytes. Before the optimizer step we
 only wait for the handles still in flight.
 
+Gradient accumulation (`--set accumulate=K`): inside `no_sync` the hooks launch nothing,
+so the first K−1 backward passes only add into .grad; the last one's hooks fire on the
+summed gradients and reduce them once (DDP's `no_sync()`, by hand).
+
 Communication: the bytes of `bucketed`, started during backward: the blocking sync
 time shrinks; whether the exposed communication shrinks too depends on spare
 resources — on CPU ranks sharing cores the all-reduce competes with backward (compare
@@ -14,6 +18,7 @@ its `exposed_comm_s` with `bucketed`'s). Every rank runs the
 same graph, so the hooks fire and the collectives start in the same order everywhere.
 """
 
+import contextlib
 import functools
 
 import torch.distributed as dist
@@ -26,6 +31,7 @@ class Overlap(Strategy):
     overlaps_backward = True  # all-reduces launched from autograd hooks
     options = BUCKET_OPTIONS
     label = classmethod(compressed_label)
+    accumulating = False  # True inside no_sync: a micro-batch before the last
 
     def prepare(self, model, optimizer):
         self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
@@ -38,6 +44,8 @@ class Overlap(Strategy):
         return model
 
     def on_grad_ready(self, index, param):  # called by autograd, inside backward
+        if self.accumulating:  # not the last micro-batch: its gradient stays in .grad, to be summed
+            return
         self.arrived[index] += 1
         if self.arrived[index] == len(self.buckets[index]):
             self.launch(index)
@@ -47,6 +55,14 @@ class Overlap(Strategy):
         work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
         self.in_flight.append((index, wire, work))
         self.wire.all_reduce(nbytes(wire))
+
+    @contextlib.contextmanager
+    def no_sync(self, model):
+        self.accumulating = True
+        try:
+            yield
+        finally:
+            self.accumulating = False
 
     def sync_gradients(self, model):
         launched = {index for index, _, _ in self.in_flight}

@@ -40,9 +40,10 @@ def calibrate(model, cfg, device, rounds: int = CALIBRATION_ROUNDS) -> dict | No
 
     def step_s() -> float:
         timer.start()
-        with autocast(cfg, device):
-            loss = F.cross_entropy(twin(images), labels)
-        loss.backward()
+        for _ in range(cfg.accumulate):  # a step of the run holds accumulate micro-batches
+            with autocast(cfg, device):
+                loss = F.cross_entropy(twin(images), labels)
+            (loss / cfg.accumulate).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timer.mark("compute_s")

@@ -2,7 +2,9 @@
 
 Every rank reads a disjoint shard of each epoch through DistributedSampler, so the
 global batch at step t is the same whatever the world size — that is what lets the
-tests compare strategies (and world sizes) parameter for parameter.
+tests compare strategies (and world sizes) parameter for parameter. With gradient
+accumulation an optimizer step takes `accumulate` consecutive loader batches of this
+shard (`epoch_steps`): the very images one batch `accumulate` times larger would hold.
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ class SyntheticLoader:
     def __init__(self, cfg: RunConfig, device: torch.device, data_rank: int = 0):
         self.cfg, self.device, self.data_rank = cfg, device, data_rank
         self.generator = torch.Generator(device=device)  # drawn where it is used: no host work, no copy
-        self.steps = cfg.synthetic_steps
+        self.steps = cfg.synthetic_steps * cfg.accumulate  # batches: synthetic_steps optimizer steps an epoch
         self.sampler = None
 
     def __len__(self):
         return self.steps
 
     def batch(self, step: int):
-        """The batch of this rank at global step `step` (0-based)."""
+        """The batch of this rank at global step `step` (0-based; micro-batch, when accumulating)."""
         cfg = self.cfg
         self.generator.manual_seed((cfg.seed * 1_000_003 + self.data_rank) * 1_000_003 + step)
         images = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=self.generator,
@@ -63,7 +65,7 @@ class SyntheticLoader:
         return images, labels
 
     def epoch(self, epoch: int, skip_steps: int = 0):
-        """The batches of one epoch from step `skip_steps` on (none of the skipped is drawn)."""
+        """The batches of one epoch from batch `skip_steps` on (none of the skipped is drawn)."""
         return (self.batch(epoch * self.steps + i) for i in range(skip_steps, self.steps))
 
     def __iter__(self):
@@ -82,7 +84,7 @@ class ResumableSampler(DistributedSampler):
 
 
 def epoch_batches(loader, epoch: int, skip_steps: int, batch_size: int):
-    """The batches of one epoch, from step `skip_steps` on (0 unless resuming)."""
+    """The batches of one epoch, from batch `skip_steps` on (0 unless resuming)."""
     if isinstance(loader.sampler, ResumableSampler):
         loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         loader.sampler.skip = skip_steps * batch_size
@@ -90,6 +92,22 @@ def epoch_batches(loader, epoch: int, skip_steps: int, batch_size: int):
     if isinstance(loader, SyntheticLoader):
         return loader.epoch(epoch, skip_steps)
     return itertools.islice(iter(loader), skip_steps, None)
+
+
+def steps_per_epoch(loader, accumulate: int) -> int:
+    """Optimizer steps in one epoch: whole groups of `accumulate` batches (a short tail is dropped,
+    as drop_last drops a short batch: every step averages the same number of images)."""
+    return len(loader) // accumulate
+
+
+def epoch_steps(loader, epoch: int, step_in_epoch: int, cfg: RunConfig):
+    """The optimizer steps left in one epoch (from `step_in_epoch` on: a resume skips
+    accumulate × that many batches), each a group of cfg.accumulate micro-batches. A group
+    is drawn lazily as train_step takes it: one micro-batch in memory at a time, and each
+    one's loading timed where it happens (its data_s)."""
+    batches = epoch_batches(loader, epoch, step_in_epoch * cfg.accumulate, cfg.batch_size)
+    for _ in range(steps_per_epoch(loader, cfg.accumulate) - step_in_epoch):
+        yield itertools.islice(batches, cfg.accumulate)  # train_step takes all of it before the next
 
 
 def build_loaders(cfg: RunConfig, data_rank: int, data_ranks: int, rank: int, world: int, device):
