@@ -136,7 +136,8 @@ class RunConfig:
 
     @property
     def global_batch(self) -> int:
-        return self.batch_size * (self.data_ranks or self.nproc)
+        """Images in one optimizer step over every rank: batch_size × data ranks × accumulate."""
+        return self.batch_size * (self.data_ranks or self.nproc) * self.accumulate
 
     @property
     def strategy_name(self) -> str:

@@ -68,12 +68,14 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     cfg = RunConfig(**values, options=options)
     cfg.data_ranks, cfg.torchrun = method.data_ranks(cfg), method.needs_process_group
     if cfg.global_batch_size and "batch_size" not in overrides:  # the recipe's global batch, whatever
-        cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks))  # the rank count (single: all)
+        # the rank count (single: all) and the micro-batches of a step (accumulate)
+        cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks * cfg.accumulate))
     if cfg.nodes > 1 and cfg.rdzv_endpoint and not cfg.name:  # a name from the clock could differ by a second
         raise ConfigError("real nodes need the same --name on every node: it names the run and its rendezvous")
     resolve(cfg)
     validate(cfg)
     method.check(cfg)
+    check_accumulate(cfg, method)
     return cfg
 
 
@@ -110,7 +112,7 @@ def validate(cfg: RunConfig) -> None:
             f"run name '{cfg.name}' may hold only letters, digits, '.', '_' and '-'")
     require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
     check_nodes(cfg)
-    for key in ("epochs", "batch_size", "image_size", "num_classes"):
+    for key in ("epochs", "batch_size", "image_size", "num_classes", "accumulate"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
     require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
     require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
@@ -120,6 +122,16 @@ def validate(cfg: RunConfig) -> None:
     check_data(cfg)
     require(not finished_ok(Path(cfg.out_dir)),
             f"{cfg.out_dir} already holds a finished run; choose another --name or --out")
+
+
+def check_accumulate(cfg: RunConfig, method) -> None:
+    """accumulate=K: a method that communicates inside backward (hooks) must hold that back on
+    the first K−1 micro-batches with its own no_sync(model); without one, each would reduce."""
+    from labkit.strategies.base import Strategy
+
+    if cfg.accumulate > 1 and method.overlaps_backward and method.no_sync is Strategy.no_sync:
+        raise ConfigError(f"accumulate={cfg.accumulate}: {cfg.strategy_name} communicates inside backward and "
+                          f"has no no_sync(model) to hold that back on all but the last micro-batch; use accumulate=1")
 
 
 def check_nodes(cfg: RunConfig) -> None:
@@ -179,7 +191,7 @@ def check_data(cfg: RunConfig) -> None:
         return
     root = Path(cfg.data_dir)
     ranks = cfg.data_ranks
-    needed = cfg.batch_size * ranks
+    needed = cfg.batch_size * ranks * cfg.accumulate  # one optimizer step's micro-batches
     if cfg.dataset == "tiny" and not tiny.is_made(root):  # generated when its job starts, not by a check:
         classes, found = tiny.TINY_SHAPE["classes"], tiny.TINY_SHAPE["train_images"]  # check its known shape
     else:
@@ -188,8 +200,9 @@ def check_data(cfg: RunConfig) -> None:
         found = count_images(root / "train", stop_at=needed)
     require(classes == cfg.num_classes, f"{root / 'train'} has {classes} classes but num_classes={cfg.num_classes}; "
             f"use --set num_classes={classes}")
-    require(found >= needed, f"batch_size={cfg.batch_size} per rank × {ranks} ranks needs {needed} training images "
-            f"but {root / 'train'} has {found}; lower --set batch_size or --nproc")
+    micro = f" × accumulate={cfg.accumulate}" if cfg.accumulate > 1 else ""
+    require(found >= needed, f"batch_size={cfg.batch_size} per rank × {ranks} ranks{micro} needs {needed} training images "
+            f"but {root / 'train'} has {found}; lower --set batch_size{' or accumulate' if micro else ''} or --nproc")
 
 
 def count_images(folder: Path, stop_at: int) -> int:
