@@ -21,7 +21,7 @@ from labkit.strategies import load_strategy
 from labkit.training import checkpoint
 from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
-from labkit.training.data import build_loaders, epoch_batches
+from labkit.training.data import build_loaders, epoch_steps, steps_per_epoch
 from labkit.training.evaluate import validate
 from labkit.training.models import build_model
 from labkit.training.process_group import finish, setup, sync_buffers
@@ -60,7 +60,7 @@ def main(config_path: str):
 
     data_rank, data_ranks = shard or (0, cfg.data_ranks)
     train_loader, val_loader = build_loaders(cfg, data_rank, data_ranks, rank, world, device)
-    total_steps = len(train_loader) * cfg.epochs
+    total_steps = steps_per_epoch(train_loader, cfg.accumulate) * cfg.epochs  # optimizer steps
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
@@ -75,14 +75,14 @@ def main(config_path: str):
             break
         recorder.start_epoch(epoch)
         if shard:
-            batches = epoch_batches(train_loader, epoch, state.step_in_epoch, cfg.batch_size)
+            batches = epoch_steps(train_loader, epoch, state.step_in_epoch, cfg)  # each: accumulate micro-batches
         else:  # a dedicated server takes part in every step without data
-            batches = iter([(None, None)] * (len(train_loader) - state.step_in_epoch))
+            batches = iter([[(None, None)]] * (steps_per_epoch(train_loader, cfg.accumulate) - state.step_in_epoch))
         timer.start()  # the wait for the first batch is the first step's data time
-        for batch in batches:
+        for micro_batches in batches:  # one optimizer step each
             step = state.global_step + 1
             recorder.before(step)  # fault injection, heartbeat, lr schedule, wire counters reset
-            loss = train_step(model, batch, strategy, optimizer, scaler, timer, cfg, device)
+            loss = train_step(model, micro_batches, strategy, optimizer, scaler, timer, cfg, device)
             recorder.after(step, loss)  # step record, progress line, non-finite check, checkpoint
             if step >= total_steps:
                 break
