@@ -168,6 +168,42 @@ def communication_frame(results: list[dict], fits: dict | None) -> pd.DataFrame:
     return frame.groupby(["method", "world_size"], as_index=False).mean()
 
 
+MEMORY_KINDS = ["params_bytes", "grads_bytes", "optimizer_state_bytes"]
+
+
+def memory_frame(results: list[dict]) -> pd.DataFrame:
+    """Memory per rank (result.json `memory`), in MB, one row per setup, method and world size
+    (the median over repeats): params, grads and optimizer state of the rank that holds the
+    most; `held_MB` their sum on that rank and `held_least_MB` on the rank that holds the least
+    (a parameter server's workers hold no optimizer state); `peak_MB` the highest measured
+    peak of any rank, `peak_added_MB` the most any rank's peak rose above what it held when
+    training began (peak_bytes − start_bytes), and `peak_source` what that peak is (GPU tensors,
+    or a CPU process's RSS). A run from before the count existed has no row."""
+    rows, names = [], setup_names(results)
+    for r in results:
+        ranks = [m for m in r.get("memory") or [] if m and m.get("params_bytes") is not None]
+        if not ranks:
+            continue
+        held = [sum(m[kind] for kind in MEMORY_KINDS) / 1e6 for m in ranks]
+        peaks = [m["peak_bytes"] for m in ranks if m.get("peak_bytes") is not None]
+        added = [m["peak_bytes"] - m["start_bytes"] for m in ranks if m.get("start_bytes") is not None]
+        rows.append({"setup": names[comparison_setup(r)], "method": method(r), "world_size": r.get("world_size"),
+                     **{kind.replace("_bytes", "_MB"): max(m[kind] for m in ranks) / 1e6 for kind in MEMORY_KINDS},
+                     "held_MB": max(held), "held_least_MB": min(held),
+                     "peak_MB": max(peaks) / 1e6 if peaks else float("nan"),
+                     "peak_added_MB": max(added) / 1e6 if added else float("nan"),
+                     "peak_source": ranks[0]["peak_source"]})
+    keys = ["setup", "method", "world_size"]
+    columns = [*keys, "params_MB", "grads_MB", "optimizer_state_MB", "held_MB", "held_least_MB", "peak_MB",
+               "peak_added_MB"]
+    if not rows:
+        return pd.DataFrame(columns=[*columns, "peak_source"])
+    frame = pd.DataFrame(rows)
+    table = frame.groupby(keys, as_index=False)[columns[3:]].median()
+    sources = frame.groupby(keys, as_index=False)["peak_source"].first()
+    return table.merge(sources, on=keys).sort_values(["setup", "held_MB"], ignore_index=True)
+
+
 def summary_frame(result: dict) -> pd.DataFrame:
     """One run's summary figures as a two-column table of text, for a notebook: numbers to
     4 significant digits, a missing figure as —, a reason as written; no accuracy for a

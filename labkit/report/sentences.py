@@ -10,7 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from .costmodel import TOLERANCE, prediction_table, prediction_text
-from .frames import comparison_table, disagreements, overlaps, report_table, runs_frame, scaling_frame
+from .frames import (comparison_table, disagreements, memory_frame, overlaps, report_table, runs_frame,
+                     scaling_frame)
 from .regime import regime_lines
 from .selection import Selection, is_short, method
 
@@ -123,6 +124,8 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
     lines += [_table_text(report_table(table)), ""] + verdicts(table)
     disagree = disagreement_lines(runs)
     lines += ["", *disagree] if disagree else []
+    if isinstance(chosen, Selection):
+        lines += memory_lines(memory_frame(chosen.kept))
     scaling = scaling_frame(runs)
     several = scaling.groupby(["setup", "method"]).world_size.transform("nunique") > 1 if len(scaling) else []
     if len(scaling) and several.any():
@@ -139,6 +142,24 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
         lines += ["", "Why this ranking (the regime in numbers; the predictions are predictions):", "",
                   *regime_lines(chosen.kept, fits)]
     return "\n".join(lines) + "\n"
+
+
+MEMORY_HEADINGS = {"setup": "setup", "method": "method", "world_size": "ranks", "params_MB": "params MB",
+                   "grads_MB": "grads MB", "optimizer_state_MB": "optimizer MB", "held_MB": "held MB",
+                   "held_least_MB": "least MB", "peak_MB": "peak MB", "peak_added_MB": "added MB"}
+
+
+def memory_lines(memory: pd.DataFrame) -> list[str]:
+    """The report's memory table (frames.memory_frame), with what each column means."""
+    if not len(memory):
+        return []
+    shown = memory[list(MEMORY_HEADINGS)].rename(columns=MEMORY_HEADINGS).astype({"ranks": "Int64"})
+    return ["", "Memory per rank, in MB: parameters, gradients and optimizer state counted from the tensors",
+            "(a sharded tensor: this rank's shard) at the end of the first measured step, for the rank that",
+            "holds the most; held = their sum there, least = the sum on the rank that holds the least.",
+            "Buffers, communication buffers and activations are not counted: they are in the measured peak;",
+            "added = how far a rank's peak rose above what it held when training began.", "",
+            _table_text(shown), ""] + [f"peak: {source}." for source in memory.peak_source.unique()]
 
 
 def prediction_report(results: list[dict], fits: dict) -> str:
@@ -187,6 +208,13 @@ def describe(result: dict) -> str:
     else:
         lines.append("Exposed communication: not known — "
                      + (s.get("exposed_comm_reason") or "no compute-only calibration in this run") + ".")
+    memory = {m["rank"]: m for m in result.get("memory") or [] if m and m.get("params_bytes") is not None}
+    if 0 in memory:  # result.json's `memory`, defined in memory.py and docs/EXPERIMENT_GUIDE.md
+        m = memory[0]
+        lines.append(f"Rank 0 holds {m['params_bytes'] / 1e6:.3g} MB of parameters, {m['grads_bytes'] / 1e6:.3g} MB "
+                     f"of gradients and {m['optimizer_state_bytes'] / 1e6:.3g} MB of optimizer state (counted); "
+                     f"its measured peak is {m['peak_bytes'] / 1e6:.4g} MB, {m['start_bytes'] / 1e6:.4g} MB of it "
+                     f"held when training began ({m['peak_source']}).")
     if s.get("achieved_busbw_gb_s") is not None:
         lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
     elif s.get("achieved_busbw_reason"):

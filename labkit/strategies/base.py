@@ -11,7 +11,9 @@ A `Strategy` has three parts, each its own section below:
    and times each call, so a method never times or prints anything itself. Around
    them: `prepare` (once, before training), `data_shard` (which data this rank reads),
    `after_step` (bookkeeping outside the timed window), `step_record` (figures of its own
-   for this step's record, e.g. ssp's staleness), `state_dict` for checkpoints.
+   for this step's record, e.g. ssp's staleness), `state_dict` for checkpoints,
+   `held_tensors` for the memory count (tensors the method keeps outside the model and
+   the loop's optimizer: a shard, its gradient, its own optimizer's state).
    A method that shards the model itself (fsdp) also says how to see it whole:
    `full_state` (the model's and optimizer's full tensors for checkpoint.pt) and
    `evaluating` (around validation: a forward that needs no other rank). Every rank calls both.
@@ -243,6 +245,14 @@ class Strategy:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def held_tensors(self) -> dict:
+        """Tensors this method keeps itself, for the memory count (training/memory.py):
+        {"params": [...], "grads": [...], "optimizer_state": [...]}, any key left out. The count
+        already has the model's parameters and gradients and the loop optimizer's state; list
+        what lives elsewhere (a shard and its gradient, an optimizer of the method's own: its
+        state is optimizer_state_tensors(it)), or a rank's memory reads less than it holds."""
+        return {}
+
     def full_state(self, model, optimizer) -> tuple[dict, dict]:
         """(model state, optimizer state) as one plain process holds them, for rank 0 to
         write into checkpoint.pt. Every rank calls it: a sharded method gathers here."""
@@ -309,6 +319,13 @@ def nbytes(tensor: torch.Tensor) -> int:
 def grads_of(model):
     """The gradient tensors of the trainable parameters, in a fixed order."""
     return [p.grad for p in model.parameters() if p.requires_grad]
+
+
+def optimizer_state_tensors(optimizer) -> list:
+    """The tensors an optimizer keeps per parameter: SGD's momentum buffer, Adam's two
+    moments and its step count (torch's own optimizers keep them in `optimizer.state`)."""
+    return [value for state in optimizer.state.values() for value in state.values()
+            if isinstance(value, torch.Tensor)]
 
 
 def flatten(tensors) -> torch.Tensor:

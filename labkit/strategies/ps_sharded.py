@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from labkit.errors import ConfigError
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import Strategy, flatten, nbytes, optimizer_state_tensors, unflatten_into
 
 
 class ShardedServer(Strategy):
@@ -55,6 +55,12 @@ class ShardedServer(Strategy):
             self._restored = state  # prepare() has not built the shard yet
             return
         self.shard_optimizer.load_state_dict(state["shard_optimizer"])
+
+    # The memory count: besides the full model and its gradients, this rank keeps its shard,
+    # the shard's gradient and 1/n of the momentum (the shard optimizer's state).
+    def held_tensors(self):
+        return {"params": [self.shard], "grads": [self.shard.grad],
+                "optimizer_state": optimizer_state_tensors(self.shard_optimizer)}
 
     def pad(self, flat):
         return torch.nn.functional.pad(flat, (0, self.padded - flat.numel()))

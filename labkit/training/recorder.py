@@ -25,6 +25,7 @@ from labkit.training import checkpoint
 from labkit.training.faults import inject_fault
 from labkit.training.heartbeat import Heartbeat
 from labkit.training.links import LinkMeter
+from labkit.training.memory import MemoryMeter
 from labkit.training.process_group import all_reduce_sum
 from labkit.training.timing import StepTimer
 
@@ -43,6 +44,9 @@ class StepRecorder:
         self.timer = StepTimer(device)  # train_step marks each phase on it
         self.progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
         self.links = LinkMeter(cfg)  # several nodes: what crossed this node's link, per step
+        # What this rank holds, counted in the first measured step (train_step calls it before
+        # zero_grad, while gradients exist); its peak counts from here, the start of training.
+        self.memory = MemoryMeter(rank, device, count_at=min(cfg.warmup_steps + 1, total_steps))
 
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
@@ -57,6 +61,7 @@ class StepRecorder:
             group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
         self.strategy.wire.reset()
         self.links.before()
+        self.memory.arm(step)
 
     def after(self, step: int, loss: float):
         cfg, state = self.cfg, self.state

@@ -23,6 +23,7 @@ from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
 from labkit.training.data import build_loaders, epoch_steps, steps_per_epoch
 from labkit.training.evaluate import validate
+from labkit.training.memory import gather_memory
 from labkit.training.models import build_model
 from labkit.training.process_group import finish, setup, sync_buffers
 from labkit.training.recorder import StepRecorder
@@ -82,7 +83,7 @@ def main(config_path: str):
         for micro_batches in batches:  # one optimizer step each
             step = state.global_step + 1
             recorder.before(step)  # fault injection, heartbeat, lr schedule, wire counters reset
-            loss = train_step(model, micro_batches, strategy, optimizer, scaler, timer, cfg, device)
+            loss = train_step(model, micro_batches, strategy, optimizer, scaler, timer, cfg, device, recorder.memory)
             recorder.after(step, loss)  # step record, progress line, non-finite check, checkpoint
             if step >= total_steps:
                 break
@@ -100,11 +101,12 @@ def main(config_path: str):
     total_time = time.perf_counter() - started
     rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
     timeline = gather_timeline(timer.intervals, rank)
+    memory = gather_memory(recorder.memory)  # every rank's bytes held and peak (memory.py)
     topology = recorder.links.topology(cfg.warmup_steps)  # several nodes: each node's link bytes
     if rank == 0:
         result = build_result(cfg, method.label(cfg), world, device, state.steps, state.epochs, total_time,
                               rank_medians, compute_only_s, timeline)
-        write_json(out / "result.json", {**result, "topology": topology})
+        write_json(out / "result.json", {**result, "topology": topology, "memory": memory})
     recorder.close()
     finish()
 
