@@ -56,13 +56,17 @@ def set_rng_states(states: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save(path, net, optimizer, scaler, state: TrainState, config: dict, strategy_states: list | None = None) -> None:
-    """Append the new step records to steps.jsonl, then write checkpoint.pt atomically."""
+def save(path, net, optimizer, scaler, state: TrainState, config: dict, strategy_states: list | None = None,
+         full_state: tuple[dict, dict] | None = None) -> None:
+    """Append the new step records to steps.jsonl, then write checkpoint.pt atomically.
+    `full_state`: (model, optimizer) state as the method gathered it (a sharded model's full
+    tensors: Strategy.full_state); default their own state_dict()."""
     path = Path(path)
+    model_state, optimizer_state = full_state or (net.state_dict(), optimizer.state_dict())
     with open(path.with_name("steps.jsonl"), "a") as steps_file:
         steps_file.writelines(json.dumps(record) + "\n" for record in state.steps[state.steps_saved:])
     state.steps_saved = len(state.steps)
-    save_checkpoint(path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+    save_checkpoint(path, {"model": model_state, "optimizer": optimizer_state,
                            "scaler": scaler.state_dict(), "epoch": state.epoch, "step": state.global_step,
                            "state": {k: v for k, v in asdict(state).items() if k != "steps"},
                            "strategy": strategy_states or [], "rng": rng_states(), "config": config})

@@ -98,9 +98,10 @@ class StepRecorder:
         method owns (e.g. its shard's momentum), rank 0 writes."""
         owns_state = type(self.strategy).state_dict is not Strategy.state_dict
         states = gather_to_rank0(self.strategy.state_dict()) if owns_state else None
+        full = self.strategy.full_state(self.net, self.optimizer)  # every rank: a sharded model gathers here
         if self.rank == 0:
             checkpoint.save(self.out / "checkpoint.pt", self.net, self.optimizer, self.scaler, self.state,
-                            self.cfg.to_dict(), states)
+                            self.cfg.to_dict(), states, full_state=full)
 
     def close(self):
         if self.progress:

@@ -92,7 +92,8 @@ def main(config_path: str):
         stats = recorder.end_epoch()
         if val_loader is not None:
             sync_buffers(net, source=cfg.nproc - cfg.data_ranks)  # the first rank that trained
-            stats.update(validate(net, val_loader, device, cfg, recorder.heartbeat))
+            with strategy.evaluating(net) as evaluated:  # a sharded model gathers itself whole first
+                stats.update(validate(evaluated, val_loader, device, cfg, recorder.heartbeat))
         state.epochs.append(stats)
         state.epoch, state.step_in_epoch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
         recorder.save_checkpoint()

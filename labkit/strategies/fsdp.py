@@ -1,0 +1,135 @@
+"""fsdp — Fully Sharded Data Parallel (ZeRO-3) with PyTorch's FSDP2, `fully_shard`.
+
+Idea: DDP keeps the whole model, its gradients and its optimizer state on every rank.
+ZeRO stage 3 (Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
+Parameter Models", SC 2020) keeps only 1/n of each on each rank: every parameter is split
+along its first dimension (padded so the n pieces are equal) and held as a DTensor shard.
+A unit (here: each child module that holds parameters, then the root for what is left)
+is all-gathered just before its forward, used, and freed again; in backward it is
+all-gathered once more (unless `reshard_after_forward=false` kept it), its gradients are
+reduce-scattered so each rank keeps the sum of its own slice, and the optimizer steps
+only that slice. Compare with `ps_sharded` (ZeRO-1: only the optimizer state sharded)
+and `ddp` (nothing sharded).
+
+Communication per step, S = a unit's parameters (padded), per rank: an all-gather
+(n−1)/n·S in forward, another in backward when resharded, a reduce-scatter (n−1)/n·S of
+its gradients — 2 or 3 halves of an all-reduce, where DDP moves 2. Source: PyTorch's
+`torch.distributed.fsdp.fully_shard` (FSDP2) and its docs; torchtitan shards the same way.
+"""
+
+import contextlib
+import math
+
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from labkit.errors import ConfigError
+
+from .base import Option, Strategy
+
+
+class FullyShardedDP(Strategy):
+    overlaps_backward = True  # FSDP2's collectives run in forward and backward hooks
+    cost_model_note = "the all-gathers inside forward and backward, and the copies in and out of them"
+    options = (Option("reshard_after_forward", True, "free each unit's gathered parameters after forward "
+                      "(all-gathered again in backward: less memory, more bytes)"),)
+
+    @classmethod
+    def check(cls, cfg):
+        # Each rank's GradScaler would see only its shard's gradients (as in ps_sharded).
+        if cfg.amp == "fp16":
+            raise ConfigError("fsdp does not support amp=fp16 (each rank's loss scaler sees only its shard "
+                              "of the gradients, so ranks could skip different steps); use --set amp=bf16")
+
+    @classmethod
+    def label(cls, cfg):
+        return cfg.strategy_name + ("" if cls.options_of(cfg).reshard_after_forward else " no-reshard")
+
+    def prepare(self, model, optimizer):
+        device = next(model.parameters()).device
+        # An explicit mesh of the device type: gloo on CPU stays on the CPU.
+        mesh = init_device_mesh(device.type, (self.world,))
+        old = dict(model.named_parameters())
+        self.units = [child for child in model.children() if any(True for _ in child.parameters())]
+        self.count_units(model)
+        for unit in self.units:  # bottom-up: a unit's parameters are taken before the root's
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.options.reshard_after_forward)
+        # The root is needed first in backward: torch's own default keeps it gathered.
+        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+        self.root = model
+        self.repoint(optimizer, old, dict(model.named_parameters()))
+        return model
+
+    def count_units(self, model):
+        """Bytes each unit's all-gather fills (= its reduce-scatter's input), before sharding:
+        every parameter padded to n equal dim-0 chunks, as fully_shard pads it."""
+        def padded_bytes(params):
+            return sum(math.ceil(p.shape[0] / self.world) * self.world * (p.numel() // p.shape[0])
+                       * p.element_size() for p in params)
+        in_units = {id(p) for unit in self.units for p in unit.parameters()}
+        self.unit_bytes = [padded_bytes(unit.parameters()) for unit in self.units]
+        self.root_bytes = padded_bytes(p for p in model.parameters() if id(p) not in in_units)
+
+    def repoint(self, optimizer, old, new):
+        """The optimizer was built over the full parameters: point it at the DTensor shards.
+        State it already holds (a resumed checkpoint's momentum) is cut the same way."""
+        name_of = {id(p): name for name, p in old.items()}
+        for group in optimizer.param_groups:
+            group["params"] = [new[name_of[id(p)]] for p in group["params"]]
+        for name, param in old.items():
+            if param in optimizer.state:
+                shard = new[name]
+                optimizer.state[shard] = {
+                    k: distribute_tensor(v.to(shard.device), shard.device_mesh, shard.placements, src_data_rank=None)
+                    if torch.is_tensor(v) and v.shape == shard.shape else v
+                    for k, v in optimizer.state.pop(param).items()}
+
+    @contextlib.contextmanager
+    def no_sync(self, model):
+        """Gradient accumulation (FSDP2's no_sync): backward keeps each unit's full gradient
+        and adds into it; the last micro-batch's backward reduce-scatters the sum."""
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+
+    def after_step(self, model):
+        """What FSDP2 put on the wire (it keeps no count of its own), from the unit sizes:
+        every micro-batch gathers each unit again (backward freed it), the last reduce-scatters."""
+        gathers = self.cfg.accumulate * (2 if self.options.reshard_after_forward else 1)
+        for nbytes in self.unit_bytes:
+            for _ in range(gathers):  # forward, and backward when the unit was freed after forward
+                self.wire.all_gather(nbytes)
+            self.wire.reduce_scatter(nbytes)
+        if self.root_bytes:  # the root's own parameters: gathered once a micro-batch, kept for backward
+            for _ in range(self.cfg.accumulate):
+                self.wire.all_gather(self.root_bytes)
+            self.wire.reduce_scatter(self.root_bytes)
+
+    def full_state(self, model, optimizer):
+        """Full tensors for checkpoint.pt, gathered collectively on every rank."""
+        model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        optimizer_state = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: copy
+        optimizer_state["state"] = {index: {k: v.full_tensor().cpu() if isinstance(v, DTensor) else v
+                                            for k, v in values.items()}
+                                    for index, values in optimizer_state["state"].items()}
+        return model_state, optimizer_state
+
+    @contextlib.contextmanager
+    def evaluating(self, model):
+        """Validation shards may hold different numbers of batches, and a sharded forward
+        all-gathers: gather every unit once, here, so no forward needs the other ranks."""
+        for unit in (*self.units, self.root):
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        try:
+            yield model
+        finally:
+            for unit in (*self.units, self.root):
+                unit.reshard()
+                unit.set_reshard_after_forward(unit is not self.root and self.options.reshard_after_forward,
+                                               recurse=False)
