@@ -89,3 +89,37 @@ def test_the_report_shows_the_memory_table(runs):
     # and `labkit compare` prints the same table, from the result files
     compare = labkit_cli("compare", *[base / m for m in results], env={"LABKIT_RESULTS": str(base / "out")})
     assert "Memory per rank" in compare.stdout and f"{P / 1e6:.4g}" in compare.stdout
+
+
+def test_each_tensor_counts_once_and_a_wrong_kind_is_named():
+    """In one process, no torchrun: a method listing a model parameter again does not double
+    it, and a key held_tensors may not return is named in the error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from labkit.strategies.base import Strategy
+    from labkit.training.memory import MemoryMeter
+
+    model = torch.nn.Linear(3, 2)  # 8 float32 values
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+
+    class Again(Strategy):
+        def held_tensors(self):
+            return {"params": [model.weight], "grads": [None]}
+
+    meter = MemoryMeter(0, torch.device("cpu"), count_at=1)
+    meter.arm(1)
+    meter.count(model, optimizer, Again(SimpleNamespace(options={})))
+    assert meter.counted == {"step": 1, "params_bytes": 32, "grads_bytes": 32, "optimizer_state_bytes": 32}
+
+    class Wrong(Strategy):
+        def held_tensors(self):
+            return {"momentum": []}
+
+    meter.counted = None
+    meter.arm(2)
+    with pytest.raises(ValueError, match="returned 'momentum'; its keys are params, grads, optimizer_state"):
+        meter.count(model, optimizer, Wrong(SimpleNamespace(options={})))

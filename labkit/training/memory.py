@@ -87,7 +87,10 @@ class MemoryMeter:
         mine = {"params": params, "grads": [p.grad for p in params],
                 "optimizer_state": optimizer_state_tensors(optimizer)}
         for kind, tensors in strategy.held_tensors().items():  # what the method keeps outside the model
-            mine[kind] = [*mine.get(kind, []), *tensors]
+            if kind not in KINDS:
+                raise ValueError(f"{type(strategy).__name__}.held_tensors() returned '{kind}'; "
+                                 f"its keys are {', '.join(KINDS)}")
+            mine[kind] = [*mine[kind], *tensors]
         self.counted, self.armed = {"step": self.step, **count_held(mine)}, False
 
     def figures(self) -> dict:
