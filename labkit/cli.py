@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="execute the notebooks headless with papermill (results/notebooks/)")
     lab.add_argument("--profile", default="auto")
-    lab.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    lab.add_argument("--only", help="comma-separated notebook numbers, e.g. 00b,01 (default: every notebook)")
     lab.add_argument("-p", action="append", default=[], metavar="KEY=VALUE", help="notebook parameter")
     lab.set_defaults(func=cmd_lab)
 

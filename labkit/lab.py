@@ -43,12 +43,14 @@ class LabFailed(RuntimeError):
 
 
 def notebook_paths(only: list[str] | None = None) -> list[Path]:
-    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """Every notebook, in sorted order (00_setup, 00b_collectives_primer, 01_…, 05b_…); `only`:
+    those whose name starts with one of these numbers (the part before the first _: 00b, 05)."""
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]*_*.ipynb"))
     if only:
-        paths = [p for p in paths if p.name[:2] in only]
+        paths = [p for p in paths if p.name.split("_")[0] in only]
         if not paths:
             raise ConfigError(f"--only {','.join(only)} matches no notebook; choose from "
-                              + ", ".join(p.name[:2] for p in notebook_paths()))
+                              + ", ".join(p.name.split("_")[0] for p in notebook_paths()))
     return paths
 
 

@@ -6,15 +6,25 @@ import pytest
 
 from conftest import REPO
 
-ALL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))  # the lab and the collectives primer
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))  # the lab (`labkit lab` runs these)
+ALL_NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = ALL_NOTEBOOKS  # the lab: `labkit lab` runs every notebook, in sorted order
 
 
 def test_there_is_a_notebook_per_method():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["00_setup", "01_single_gpu", "02_ddp", "03_manual_allreduce", "04_parameter_server",
-                     "05_advanced_allreduce", "06_compare", "07_beyond_one_machine"]
-    assert [p.stem for p in ALL_NOTEBOOKS if p not in NOTEBOOKS] == ["00b_collectives_primer"]  # tests/test_primer.py
+    assert names == ["00_setup", "00b_collectives_primer", "01_single_gpu", "02_ddp", "03_manual_allreduce",
+                     "04_parameter_server", "05_advanced_allreduce", "05b_communicate_less", "06_compare",
+                     "07_beyond_one_machine"]
+
+
+def test_the_lab_runs_every_notebook_in_sorted_order_and_picks_by_number():
+    from labkit.config import ConfigError
+    from labkit.lab import notebook_paths
+
+    assert notebook_paths() == NOTEBOOKS  # a new 05c_… joins the lab where its name sorts
+    assert [p.stem for p in notebook_paths(["00b", "05"])] == ["00b_collectives_primer", "05_advanced_allreduce"]
+    with pytest.raises(ConfigError, match="choose from 00, 00b, 01"):
+        notebook_paths(["9"])
 
 
 @pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.stem for p in ALL_NOTEBOOKS])
@@ -43,9 +53,10 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     for strategy in ("single", "ddp", "allreduce", "ps", "bucketed", "ring"):  # 06's interleaved sweep
         assert f" {strategy} " in report or f"\n{strategy} " in report, strategy
     results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("**/result.json")]
-    # 01–04, 05's seven variants, 02's killed-and-resumed demo, 06's 6 methods × 2 rounds, and
-    # 07's 8 methods × 2 link rates where this machine can emulate nodes
+    # 01–04, 05's seven variants, 02's killed-and-resumed demo, 05b's 7 methods × 2 rounds, its 2
+    # straggler runs and the student's choice, 06's 6 methods × 2 rounds, and 07's 8 methods × 2
+    # link rates where this machine can emulate nodes (00b's primer ranks write no result)
     from labkit.jobs.cluster import missing_capability
-    assert len(results) == 4 + 7 + 1 + 12 + (16 if missing_capability() is None else 0)
+    assert len(results) == 4 + 7 + 1 + (7 * 2 + 2 + 1) + 12 + (16 if missing_capability() is None else 0)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)

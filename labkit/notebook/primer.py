@@ -119,6 +119,56 @@ def serve(folder: Path, parent_pid: int) -> None:
         k += 1
 
 
+# -- this machine's α and β -----------------------------------------------------------
+
+# One ring exchange (send S to the right, receive S from the left, together) at 4 sizes,
+# 10 calls each after one warm-up: the microbenchmark's send_recv, small enough for ~1 s.
+_EXCHANGE = """
+right, left = (rank + 1) % world, (rank - 1) % world
+for numel in (256, 16384, 262144, 1048576):
+    send, inbox = torch.ones(numel), torch.empty(numel)
+    def exchange():
+        ops = [dist.P2POp(dist.isend, send, right), dist.P2POp(dist.irecv, inbox, left)]
+        [request.wait() for request in dist.batch_isend_irecv(ops)]
+    exchange()
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(10):
+        exchange()
+    seconds.append((time.perf_counter() - start) / 10)
+"""
+
+
+def link_alpha_beta(ranks: Ranks, bench_path: Path | None = None) -> dict:
+    """This machine's α (seconds per message) and β (seconds per byte) for one point-to-point
+    message, with where they come from: the microbenchmark's send_recv fit (`labkit bench
+    collectives`) when it ran at this world size, else measured now on these ranks (one ring
+    exchange at 4 sizes, the slowest rank's time, fitted as the microbenchmark fits)."""
+    from labkit.config import results_root
+    from labkit.report.costmodel import fit, load_fits
+
+    path = bench_path or results_root() / "bench" / "collectives.json"
+    fits = load_fits(path, ranks.n) or {}
+    if "send_recv" in fits:
+        source = f"the microbenchmark's send_recv fit ({path.name}, {ranks.n} ranks)"
+    else:
+        table = ranks.run(setup="import time\nseconds = []", op=_EXCHANGE, watch="seconds")
+        slowest = [max(times) for times in zip(*table["seconds after"])]
+        rows = [{"op": "send_recv", "size_bytes": 4 * numel, "time_s": t}
+                for numel, t in zip((256, 16384, 262144, 1048576), slowest)]
+        fits = fit({"rows": rows})
+        source = f"measured now: a ring exchange of 1 KB – 4 MB on these {ranks.n} ranks"
+    return {"alpha_s": fits["send_recv"]["alpha_s"], "beta_s_per_byte": fits["send_recv"]["beta_s_per_byte"],
+            "source": source}
+
+
+def link_text(link: dict) -> str:
+    """'α = 1100 µs, β = 1.12 ns/byte (1/β = 0.89 GB/s)' for a dict of alpha_s, beta_s_per_byte."""
+    beta = link["beta_s_per_byte"]
+    return (f"α = {link['alpha_s'] * 1e6:.0f} µs, β = {beta * 1e9:.3g} ns/byte"
+            + (f" (1/β = {1e-9 / beta:.2f} GB/s)" if beta else " (too small to measure at these sizes)"))
+
+
 # -- the ring's cost and picture (no torch) ------------------------------------------
 
 def ring_bytes(size_bytes: float, n: int) -> float:
