@@ -257,6 +257,21 @@ def test_short_demonstration_runs_draw_no_accuracy(kept):
     assert "validation_accuracy" not in plots.all_figures(kept)
 
 
+def test_accuracy_has_binomial_error_bars_for_the_validation_size(kept):
+    """± 100·√(p(1−p)/N) around each epoch's top-1, N = the run's val_images; a run that did not
+    record N (an older result) gets no bar rather than an empty one."""
+    for r in kept:
+        for e in r["epochs"]:
+            e["val_images"] = 300
+    kept[-1]["epochs"] = [{k: v for k, v in e.items() if k != "val_images"} for e in kept[-1]["epochs"]]
+    ax = plots.validation_accuracy(frames.epochs_frame(kept)).axes[0]
+    assert "300 images" in ax.get_title() and "√(p(1−p)/N)" in ax.get_title()
+    first = next(c for c in ax.containers if c.has_yerr)
+    low, high = first.lines[2][0].get_segments()[0][:, 1]  # the first run's epoch 1: 30 %
+    assert (high - low) / 2 == pytest.approx(100 * (0.3 * 0.7 / 300) ** 0.5)  # 2.65 points
+    assert sum(c.has_yerr for c in ax.containers) == len(kept) - 1  # every run but the one without N
+
+
 def test_the_loss_plot_has_the_chance_line(kept):
     ax = plots.loss_vs_images(frames.steps_frame(kept), classes=10).axes[0]
     chance = next(line for line in ax.lines if line.get_label().startswith("chance"))

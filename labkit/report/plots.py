@@ -240,13 +240,24 @@ def loss_vs_images(steps: pd.DataFrame, classes: int | None = None):
 
 
 def validation_accuracy(epochs: pd.DataFrame):
-    """Validation top-1 per epoch, one line per run (repeats drawn separately)."""
+    """Validation top-1 per epoch, one line per run (repeats drawn separately), with bars of
+    ± its binomial standard error 100·√(p(1−p)/N) for the N validation images (`val_images`;
+    `top1_se_pct` in docs/EXPERIMENT_GUIDE.md): two points within each other's bars are not
+    told apart by this validation set. A run that did not record N gets no bar."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     epochs = epochs.dropna(subset=["val_top1"]) if "val_top1" in epochs else epochs.iloc[0:0]
+    sizes = set()
     for label in sorted(epochs["method"].unique()) if len(epochs) else []:
         for i, (_, run) in enumerate(epochs[epochs["method"] == label].groupby("name")):
-            ax.plot(run["epoch"], run["val_top1"], marker="o", color=color_of(label), label=None if i else label)
-    ax.set(title="Validation top-1 accuracy per epoch (whole validation set)", xlabel="epoch", ylabel="top-1 (%)")
+            images = run["val_images"] if "val_images" in run else pd.Series(np.nan, index=run.index)
+            sizes |= {int(n) for n in images.dropna()}
+            p = run["val_top1"] / 100  # the formula of tradeoffs.binomial_se_pct (which imports this module)
+            errors = 100 * np.sqrt(p * (1 - p) / images)
+            ax.errorbar(run["epoch"], run["val_top1"], yerr=errors if errors.notna().any() else None,
+                        marker="o", capsize=3, color=color_of(label), label=None if i else label)
+    on = f"{min(sizes)}" + (f"–{max(sizes)}" if len(sizes) > 1 else "") + " images" if sizes else "the validation set"
+    ax.set(title=f"Validation top-1 accuracy per epoch, on {on}\n(bars: ± the binomial standard error √(p(1−p)/N))",
+           xlabel="epoch", ylabel="top-1 (%)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     if len(epochs):
         ax.legend(fontsize=8, ncol=2)

@@ -31,4 +31,6 @@ def validate(model, loader, device, cfg, heartbeat) -> dict:
             count += labels.numel()
     model.train()
     loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], device)
-    return {"val_loss": loss_sum / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count}
+    # val_images: the N of the accuracy's binomial error, √(p(1−p)/N) (docs/EXPERIMENT_GUIDE.md)
+    return {"val_loss": loss_sum / count, "val_top1": 100 * top1 / count, "val_top5": 100 * top5 / count,
+            "val_images": int(count)}
