@@ -176,9 +176,10 @@ def memory_frame(results: list[dict]) -> pd.DataFrame:
     (the median over repeats): params, grads and optimizer state of the rank that holds the
     most; `held_MB` their sum on that rank and `held_least_MB` on the rank that holds the least
     (a parameter server's workers hold no optimizer state); `peak_MB` the highest measured
-    peak of any rank, `peak_added_MB` the most any rank's peak rose above what it held when
-    training began (peak_bytes − start_bytes), and `peak_source` what that peak is (GPU tensors,
-    or a CPU process's RSS). A run from before the count existed has no row."""
+    peak of any rank over the run, `step_peak_MB` over its training steps up to the count (no
+    validation or checkpoint yet), `step_added_MB` the most any rank's step peak rose above what
+    it held when training began (step_peak_bytes − start_bytes), and `peak_source` what a peak is
+    (GPU tensors, or a CPU process's RSS). A run from before the count existed has no row."""
     rows, names = [], setup_names(results)
     for r in results:
         ranks = [m for m in r.get("memory") or [] if m and m.get("params_bytes") is not None]
@@ -186,16 +187,18 @@ def memory_frame(results: list[dict]) -> pd.DataFrame:
             continue
         held = [sum(m[kind] for kind in MEMORY_KINDS) / 1e6 for m in ranks]
         peaks = [m["peak_bytes"] for m in ranks if m.get("peak_bytes") is not None]
-        added = [m["peak_bytes"] - m["start_bytes"] for m in ranks if m.get("start_bytes") is not None]
+        step_peaks = [m["step_peak_bytes"] for m in ranks if m.get("step_peak_bytes") is not None]
+        added = [m["step_peak_bytes"] - m["start_bytes"] for m in ranks if m.get("step_peak_bytes") is not None]
         rows.append({"setup": names[comparison_setup(r)], "method": method(r), "world_size": r.get("world_size"),
                      **{kind.replace("_bytes", "_MB"): max(m[kind] for m in ranks) / 1e6 for kind in MEMORY_KINDS},
                      "held_MB": max(held), "held_least_MB": min(held),
                      "peak_MB": max(peaks) / 1e6 if peaks else float("nan"),
-                     "peak_added_MB": max(added) / 1e6 if added else float("nan"),
+                     "step_peak_MB": max(step_peaks) / 1e6 if step_peaks else float("nan"),
+                     "step_added_MB": max(added) / 1e6 if added else float("nan"),
                      "peak_source": ranks[0]["peak_source"]})
     keys = ["setup", "method", "world_size"]
-    columns = [*keys, "params_MB", "grads_MB", "optimizer_state_MB", "held_MB", "held_least_MB", "peak_MB",
-               "peak_added_MB"]
+    columns = [*keys, "params_MB", "grads_MB", "optimizer_state_MB", "held_MB", "held_least_MB", "step_peak_MB",
+               "step_added_MB", "peak_MB"]
     if not rows:
         return pd.DataFrame(columns=[*columns, "peak_source"])
     frame = pd.DataFrame(rows)

@@ -146,7 +146,8 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
 
 MEMORY_HEADINGS = {"setup": "setup", "method": "method", "world_size": "ranks", "params_MB": "params MB",
                    "grads_MB": "grads MB", "optimizer_state_MB": "optimizer MB", "held_MB": "held MB",
-                   "held_least_MB": "least MB", "peak_MB": "peak MB", "peak_added_MB": "added MB"}
+                   "held_least_MB": "least MB", "step_peak_MB": "step peak MB", "step_added_MB": "added MB",
+                   "peak_MB": "run peak MB"}
 
 
 def memory_lines(memory: pd.DataFrame) -> list[str]:
@@ -157,8 +158,10 @@ def memory_lines(memory: pd.DataFrame) -> list[str]:
     return ["", "Memory per rank, in MB: parameters, gradients and optimizer state counted from the tensors",
             "(a sharded tensor: this rank's shard) at the end of the first measured step, for the rank that",
             "holds the most; held = their sum there, least = the sum on the rank that holds the least.",
-            "Buffers, communication buffers and activations are not counted: they are in the measured peak;",
-            "added = how far a rank's peak rose above what it held when training began.", "",
+            "Buffers, communication buffers and activations are not counted: they are in the measured peaks:",
+            "step peak over the training steps up to the count, added = how far that rose above what the rank",
+            "held when training began; run peak over the whole run (validation and checkpoints included, where",
+            "a sharded method gathers its model whole).", "",
             _table_text(shown), ""] + [f"peak: {source}." for source in memory.peak_source.unique()]
 
 
@@ -213,8 +216,9 @@ def describe(result: dict) -> str:
         m = memory[0]
         lines.append(f"Rank 0 holds {m['params_bytes'] / 1e6:.3g} MB of parameters, {m['grads_bytes'] / 1e6:.3g} MB "
                      f"of gradients and {m['optimizer_state_bytes'] / 1e6:.3g} MB of optimizer state (counted); "
-                     f"its measured peak is {m['peak_bytes'] / 1e6:.4g} MB, {m['start_bytes'] / 1e6:.4g} MB of it "
-                     f"held when training began ({m['peak_source']}).")
+                     f"its measured peak was {m['start_bytes'] / 1e6:.4g} MB when training began, "
+                     f"{m['step_peak_bytes'] / 1e6:.4g} MB over the training steps up to then and "
+                     f"{m['peak_bytes'] / 1e6:.4g} MB over the whole run ({m['peak_source']}).")
     if s.get("achieved_busbw_gb_s") is not None:
         lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
     elif s.get("achieved_busbw_reason"):

@@ -27,7 +27,10 @@ the method's prepare) to the end of the run, validation included; `peak_source` 
        writing 5 to /proc/self/clear_refs; elsewhere getrusage's ru_maxrss since the process
        started): everything the process holds, the interpreter, torch's libraries and the
        data included, so far above the tensors alone; loader worker processes are not in it.
-`start_bytes` is the same measure when training began (peak − start: what training added).
+`start_bytes` is the same measure when training began, `step_peak_bytes` the peak at the
+moment of the count: over the training steps so far, before the run's first validation and
+checkpoint (at the epoch's end), which a sharded method spends gathering its model whole —
+so step_peak − start is what the training steps added (activations, buffers, state).
 """
 
 import resource
@@ -91,11 +94,12 @@ class MemoryMeter:
                 raise ValueError(f"{type(strategy).__name__}.held_tensors() returned '{kind}'; "
                                  f"its keys are {', '.join(KINDS)}")
             mine[kind] = [*mine[kind], *tensors]
-        self.counted, self.armed = {"step": self.step, **count_held(mine)}, False
+        self.counted = {"step": self.step, **count_held(mine), "step_peak_bytes": read_peak(self.device)}
+        self.armed = False
 
     def figures(self) -> dict:
         """This rank's entry of result.json's `memory` (null counts if no step ran in this attempt)."""
-        counted = self.counted or {"step": None, **dict.fromkeys(f"{k}_bytes" for k in KINDS)}
+        counted = self.counted or dict.fromkeys(["step", *(f"{k}_bytes" for k in KINDS), "step_peak_bytes"])
         return {"rank": self.rank, **counted, "peak_bytes": read_peak(self.device), "start_bytes": self.start_bytes,
                 "peak_source": self.peak_source}
 
