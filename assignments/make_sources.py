@@ -1,9 +1,9 @@
-"""Write the six exercise notebooks (nbgrader source versions) from prose here and code in solutions/.
+"""Write the exercise notebooks (nbgrader source versions) from prose here and code in solutions/.
 
     .venv/bin/python assignments/make_sources.py           # → assignments/source/<exercise>/<exercise>.ipynb
     .venv/bin/python assignments/make_sources.py --check   # exit 1 if a committed notebook differs
 
-The six share one shape, so they are stitched, never written by hand: objectives and time,
+They share one shape, so they are stitched, never written by hand: objectives and time,
 the setup, the idea (what, not how), a "predict before you run" cell, the strategy file
 written with %%writefile — the instructor's solution, read from `solutions/<file>`, whose
 `### BEGIN SOLUTION` / `### END SOLUTION` regions nbgrader turns into the starter's
@@ -261,6 +261,82 @@ values does each rank keep on 4 ranks, against the whole model's 517?""",
 3. The all-gather gives every rank every updated shard; the shards' optimizers together are exactly one
    optimizer over all parameters (SGD with momentum works value by value).""",
     ),
+    dict(
+        name="ex7_fsdp", title="Exercise 7 · FSDP by hand: shard every layer, gather it to compute, reduce-scatter its gradients",
+        minutes=60, file="my_fsdp.py", cls="MyFSDP", method="fsdp", builtin="fsdp",
+        notebook="05b_communicate_less", section="FSDP section",
+        objectives=["keep only a 1/n shard of each layer's parameters on a rank between uses, and give the rest "
+                    "of the memory back",
+                    "all-gather a layer whole just before its forward and again just before its backward, from hooks",
+                    "reduce-scatter a layer's gradients inside backward, so each rank keeps its shard's average, "
+                    "and step the shards only",
+                    "count what ZeRO-3 puts on the wire: three halves of an all-reduce where DDP moves two"],
+        idea="""DDP keeps the whole model, its gradients and its optimizer state on every rank; exercise 6
+split the optimizer state n ways (ZeRO stage 1). **FSDP** — ZeRO stage 3 (Rajbhandari et al.,
+"ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", SC 2020), PyTorch's
+`fully_shard` (FSDP2) — splits the parameters and the gradients too: between uses a rank keeps
+only its 1/n *shard* of each layer. A layer is whole only while it computes:
+
+1. **before its forward**: all-gather every rank's shard of the layer into its full buffer; free
+   the buffer again after the forward;
+2. **before its backward**: all-gather it once more (autograd saved the weights it needs, and
+   they were freed);
+3. **once the layer's gradients have arrived** (inside backward): reduce-scatter them, so each
+   rank keeps the average of its own slice as its shard's `.grad`; free the full gradients and
+   the full parameters;
+4. **update**: an optimizer that knows only the shards (given), so the momentum is sharded too.
+
+The given code lays each layer's parameters out as views of one flat buffer `self.full[i]`,
+padded so that n divides it (the check's layers hold 160, 272 and 85 values: 85 pads to 86,
+87 or 88), and gives two helpers: `free(t)` gives a tensor's memory back (its storage resized
+to 0 bytes, as FSDP2 does) while its shape, its views and what autograd saved of them stay;
+`allocate(t)` takes the memory again before a gather writes into it.
+
+On this torch the collectives are `dist.all_gather_single` and `dist.reduce_scatter_single`
+(the older names `all_gather_into_tensor` and `reduce_scatter_tensor` still run but warn that
+they are deprecated); gloo runs both on the CPU, so no all-reduce-then-slice is needed. The
+check compares your parameters with DDP's (gathered whole by the given `full_parameters`) and
+also weighs the model between steps: it may hold no more than one shard's bytes.""",
+        hints=["Hooks: `layer.register_forward_pre_hook(fn)` calls `fn(module, args)` before the layer's forward, "
+               "`layer.register_forward_hook(fn)` calls `fn(module, args, output)` after it, and "
+               "`p.register_post_accumulate_grad_hook(fn)` calls `fn(p)` once `p.grad` is final (exercise 3). In a "
+               "loop, `lambda module, args, i=index: self.gather(i)` remembers *this* index (a bare `index` would be "
+               "the last one).",
+               "Before backward: `output.register_hook(fn)` calls `fn(grad)` when the gradient for the layer's output "
+               "arrives, that is just before the layer's own backward; register it in `after_forward`, only when "
+               "`output.requires_grad` (not in validation). `gather`: `allocate(full)`, then "
+               "`dist.all_gather_single(full, shard.detach())`, counted with `self.wire.all_gather(nbytes(full))`.",
+               "`on_grad_ready`: flatten the layer's gradients, pad them with zeros to `self.full[index].numel()`, "
+               "divide by the world size; `shard.grad = torch.empty_like(shard)`; "
+               "`dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)`; "
+               "`self.wire.reduce_scatter(nbytes(grads))`; then `p.grad = None` for the layer's parameters and "
+               "`free(self.full[index])`."],
+        predict="""The check's MLP has three layers of 160, 272 and 85 float64 values (S = 4,136 bytes). How many
+collectives per step? How many bytes does rank 0 send per step on 2 ranks, and on 4 — against
+exercise 6's 4,144 and 6,240? How many bytes of parameters does a rank keep between steps on
+4 ranks (DDP keeps S)?""",
+        prediction=("collectives", "bytes_2_ranks", "bytes_4_ranks", "shard_bytes_4_ranks"),
+        measured=dict(collectives=("collectives", 2, 0), bytes_2_ranks=("bytes_sent", 2, 0),
+                      bytes_4_ranks=("bytes_sent", 4, 0)),
+        hidden=dict(worlds=(3,), model="deep"),  # 5 layers (80, 72, 72, 72, 45 values), each padded on 3 ranks
+        questions=["From the table: the bytes per rank on 2, 3 and 4 ranks against exercise 6's (4,144 / 5,536 / "
+                   "6,240 B). What is the ratio, and which collective is each part of it? Why is the ratio not "
+                   "exact on 3 ranks?",
+                   "FSDP2's `reshard_after_forward=False` keeps each layer whole from its forward to its backward. "
+                   "What would rank 0 then send per step on 4 ranks, and what does it cost in memory?",
+                   "In `on_grad_ready`, replace the reduce-scatter by taking your own slice: "
+                   "`shard.grad.copy_(grads.chunk(self.world)[self.rank])`. What does the check report, and why do "
+                   "all ranks still agree with each other? (Put the line back.)"],
+        answers="""1. 6,216 / 8,352 / 9,360 B: 3·(n−1)/n of the padded layers, 1.5× exercise 6 — an all-gather before
+   the forward, one before the backward and the reduce-scatter, where exercise 6 runs one reduce-scatter and
+   one all-gather; 9 collectives (3 per layer) whatever n. Each layer pads on its own here (522 values on 3
+   ranks against exercise 6's 519), so on 3 ranks it is 8,352 B, not 1.5 × 5,536 = 8,304 B.
+2. Two halves instead of three: 6,240 B on 4 ranks, exercise 6's figure; but every layer stays whole from its
+   forward to its backward, so at the peak a rank holds all the parameters, as DDP does.
+3. "parameters differ from DDP after step 1 … moved by one rank's own gradient, not the average over the
+   ranks: a gradient was left local": each rank stepped its shard with its own gradient ÷ n; the all-gathers
+   then hand every rank the same shards, so the ranks agree with each other, not with DDP.""",
+    ),
 ]
 
 
@@ -300,7 +376,7 @@ def notebook(ex: dict) -> nbformat.NotebookNode:
                           "cell below so that torchrun can run it on every rank.\n\n"
                           f"**Before:** the collectives primer (`notebooks/00b_collectives_primer.ipynb`). "
                           f"**After:** `notebooks/{ex['notebook']}.ipynb` shows the lab's own `{ex['builtin']}` in its "
-                          f"section marked *after exercise {number}* — open it once your check passes.",
+                          f"{ex.get('section', f'section marked *after exercise {number}*')} — open it once your check passes.",
                           metadata=grader("readonly", f"{n}_intro")),
         new_code_cell("# Parameters — the check's world sizes and its deadlock timeout (seconds without progress).\n"
                       "worlds = (2, 3, 4)\ntimeout_s = 10",

@@ -25,9 +25,9 @@ from conftest import REPO, named_semaphores, processes_of
 
 COURSE = REPO / "assignments"
 EXERCISES = sorted(p.name for p in (COURSE / "source").iterdir() if (p / f"{p.name}.ipynb").exists())
-# `make test` (CI) autogrades one solution (the ring), the untouched release and the planted bugs;
-# `make test-all` the solutions of all six.
-GRADED = EXERCISES if os.environ.get("LABKIT_TEST_ALL") else ["ex4_ring"]
+# `make test` (CI) autogrades two solutions (the ring; FSDP by hand, the newest), the untouched release
+# and the planted bugs; `make test-all` the solutions of all seven.
+GRADED = EXERCISES if os.environ.get("LABKIT_TEST_ALL") else ["ex4_ring", "ex7_fsdp"]
 # student → (exercise, text of the solution to replace, the bug, what the check must say:
 # the first message is the bug's signature, which no other bug's report may contain)
 BUGS = {
@@ -43,8 +43,14 @@ BUGS = {
     "bug_padding": ("ex6_ps_sharded", "math.ceil(total / self.world)", "total // self.world",
                     ["the flat buffer holds 516 values but the 6 tensors need 517", "in step 1, sync_parameters",
                      "my_sharded.py line"]),
+    # a layer's gradients never reduce-scattered: each rank steps its shard with its own gradient
+    "bug_fsdp_local": ("ex7_fsdp", "        dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)\n",
+                       "        shard.grad.copy_(grads.chunk(self.world)[self.rank])\n",
+                       ["every layer's gradients go through a reduce-scatter", "a gradient was left local",
+                        "parameters differ from DDP after step 1",
+                        "moved by one rank's own gradient, not the average over the ranks"]),
 }
-VISIBLE_CATCHES = {"bug_padding"}  # bugs the visible check itself must catch (not only the hidden tests)
+VISIBLE_CATCHES = {"bug_padding", "bug_fsdp_local"}  # bugs the visible check itself must catch (not only the hidden tests)
 
 
 def nbgrader(root: Path, env: dict, *args, timeout=3600) -> str:
@@ -137,8 +143,9 @@ def graded_outputs(root: Path, student: str, exercise: str) -> str:
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-def test_there_are_six_exercises_with_points():
-    assert EXERCISES == ["ex1_allreduce", "ex2_bucketed", "ex3_overlap", "ex4_ring", "ex5_ps", "ex6_ps_sharded"]
+def test_there_are_seven_exercises_with_points():
+    assert EXERCISES == ["ex1_allreduce", "ex2_bucketed", "ex3_overlap", "ex4_ring", "ex5_ps", "ex6_ps_sharded",
+                         "ex7_fsdp"]
     for exercise in EXERCISES:
         nb = nbformat.read(COURSE / "source" / exercise / f"{exercise}.ipynb", 4)
         cells = [c.metadata.get("nbgrader", {}) for c in nb.cells]
@@ -267,7 +274,8 @@ def test_make_sources_check_passes_on_the_committed_tree_and_fails_on_a_change(t
 
 SOLUTIONS = {exercise: next(COURSE.glob(f"solutions/{name}")) for exercise, name in
              [("ex1_allreduce", "my_allreduce.py"), ("ex2_bucketed", "my_bucketed.py"), ("ex3_overlap", "my_overlap.py"),
-              ("ex4_ring", "my_ring.py"), ("ex5_ps", "my_ps.py"), ("ex6_ps_sharded", "my_sharded.py")]}
+              ("ex4_ring", "my_ring.py"), ("ex5_ps", "my_ps.py"), ("ex6_ps_sharded", "my_sharded.py"),
+              ("ex7_fsdp", "my_fsdp.py")]}
 
 
 def test_solutions_are_files_the_lab_loads():
@@ -299,6 +307,20 @@ def test_a_solution_counts_what_the_package_method_counts(exercise, method):
     mine, theirs = (labkit.check(s, method=method, worlds=(3,), verbose=False) for s in (spec, method))
     assert mine.ok and theirs.ok, (mine, theirs)
     assert mine.outcomes[0].counts == theirs.outcomes[0].counts
+
+
+def test_fsdp_that_keeps_its_full_layers_is_told_to_free_them(tmp_path):
+    """Exercise 7's memory lesson is checked too: a solution that never frees a layer's full
+    parameters and gradients matches DDP, and still fails, with the bytes it holds."""
+    import labkit
+
+    kept = tmp_path / "kept.py"
+    kept.write_text(SOLUTIONS["ex7_fsdp"].read_text().replace(
+        "        for p in params:\n            p.grad = None\n        free(self.full[index])\n", ""))
+    report = labkit.check(f"{kept}:MyFSDP", method="fsdp", worlds=(2,), verbose=False)
+    assert not report.ok
+    assert ("parameters match DDP, but between steps rank 0's model still holds 8,280 B of parameters and "
+            "gradients (the whole model is 4,136 B, a 1/2 shard 2,072 B)") in str(report), report
 
 
 SKIPS_THE_BROADCAST = '''import torch.distributed as dist

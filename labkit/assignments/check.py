@@ -11,13 +11,15 @@ strategy side by side, every rank seeded differently (so a method must start fro
 the first thing wrong: a rank that did not start from rank 0's state, an exception (with the student's own line), a deadlock (no
 rank moved for `timeout_s`: each rank dumps its stack, we name the rank and the call
 it waits in), parameters that differ from DDP's (how much, which layer, after which
-step), or bytes and collectives that differ from the analytic counts of `method`.
+step), or bytes and collectives that differ from the analytic counts of `method` (for
+fsdp also a model that still holds its full layers between steps).
 Every process is stopped and reaped whatever the outcome.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -29,7 +31,7 @@ from pathlib import Path
 
 TOLERANCE = 1e-9  # float64: exact methods agree with DDP to ~1e-15
 STARTUP_S = 180.0  # importing torch on a busy 2-core machine can be slow
-METHODS = ("allreduce", "bucketed", "overlap", "ring", "ps", "ps_sharded")
+METHODS = ("allreduce", "bucketed", "overlap", "ring", "ps", "ps_sharded", "fsdp")
 
 
 @dataclass
@@ -250,7 +252,7 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         rows = [(rank, steps[rank][step]) for rank in range(world)]
         rank, worst = max(rows, key=lambda r: r[1]["max_diff"])
         if worst["max_diff"] > TOLERANCE:
-            return False, f"{name}: " + describe_mismatch(worst, rank, rows, world), {}
+            return False, f"{name}: " + describe_mismatch(worst, rank, rows, world, method), {}
     meta = next(e for e in events[0] if e["event"] == "meta")
     counts = {rank: {k: steps[rank][-1][k] for k in ("bytes_sent", "bytes_received", "collectives")} for rank in range(world)}
     message = (f"{name}: parameters match DDP after {len(steps[0])} steps "
@@ -260,6 +262,14 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         message += "; note: torch says " + " and ".join(old_names)
     if method is None:
         return True, message + "; counted per step on rank 0: " + describe_counts(counts[0]), counts
+    held = {rank: steps[rank][-1].get("held_bytes", 0) for rank in range(world)}
+    if method == "fsdp" and max(held.values()) > shard_bytes(world, meta):
+        rank = max(held, key=held.get)
+        return False, (f"{name}: parameters match DDP, but between steps rank {rank}'s model still holds "
+                       f"{held[rank]:,} B of parameters and gradients (the whole model is "
+                       f"{sum(meta['sizes']) * meta['element_size']:,} B, a 1/{world} shard {shard_bytes(world, meta):,} B): "
+                       f"free each layer's full parameters after its forward and its backward, and its full "
+                       f"gradients once reduce-scattered"), counts
     for rank in range(world):
         expected = analytic(method, rank, world, meta)
         wrong = count_mismatch(counts[rank], expected, world, len(meta["sizes"]))
@@ -272,10 +282,26 @@ def describe_counts(c):
     return f"{c['bytes_sent']:,} B sent, {c['bytes_received']:,} B received, {c['collectives']} collective(s)"
 
 
+def layer_sizes(meta) -> list[int]:
+    """Values per layer (a module's own parameters: "0.weight" and "0.bias" are layer "0")."""
+    layers = {}
+    for name, size in zip(meta["names"], meta["sizes"]):
+        layers[name.rsplit(".", 1)[0]] = layers.get(name.rsplit(".", 1)[0], 0) + size
+    return list(layers.values())
+
+
+def shard_bytes(world, meta) -> int:
+    """One rank's shard of every layer, each layer padded to a multiple of `world` values."""
+    return sum(math.ceil(size / world) for size in layer_sizes(meta)) * meta["element_size"]
+
+
 def analytic(method, rank, world, meta) -> dict:
     """Bytes and collectives per step of `method` on `rank`, from the model's sizes."""
     size = sum(meta["sizes"]) * meta["element_size"]
     ring = 2 * (world - 1) / world * size
+    if method == "fsdp":  # per layer: all-gather before forward and before backward, reduce-scatter its gradients
+        each = 3 * (world - 1) * shard_bytes(world, meta)  # (n−1)/n of each padded layer, three times
+        return dict(bytes_sent=each, bytes_received=each, collectives=3 * len(layer_sizes(meta)))
     if method == "ps":
         each = (world - 1) * size if rank == 0 else size
         return dict(bytes_sent=each, bytes_received=each, collectives=2 * (world - 1) if rank == 0 else 2)
@@ -309,6 +335,8 @@ def describe_error(errors, file) -> str:
     lines = [f"exception on rank {rank} in {e['where']}: {e['type']}: {e['message'].strip().splitlines()[0] if e['message'].strip() else ''}"]
     frames = own(e) or ([] if e["where"] == "loading your file" else e["frames"][-1:])
     lines += [f"    {short(f['file'], file)} line {f['line']} in {f['function']}: {f['code']}" for f in frames]
+    if "for storage of size 0" in e["message"]:  # a tensor whose memory was freed (exercise 7's layers)
+        lines.append("    a layer's parameters were used while freed: gather them before its forward and before its backward")
     return "\n".join(lines)
 
 
@@ -352,7 +380,7 @@ def describe_start(diverged, started) -> str:
             f"broadcasts_in_prepare = True: remove that line, or make prepare broadcast them itself")
 
 
-def describe_mismatch(worst, rank, rows, world) -> str:
+def describe_mismatch(worst, rank, rows, world, method=None) -> str:
     step = worst["step"]
     text = (f"parameters differ from DDP after step {step}: largest difference {worst['max_diff']:.3g} "
             f"in layer {worst['layer']} on rank {rank}")
@@ -365,6 +393,12 @@ def describe_mismatch(worst, rank, rows, world) -> str:
             text += f" = 1/world size: the gradients look divided by {world} twice"
         elif ratio < 1e-6:
             text += ": the parameters did not move on rank 0"
+    differ, follow_local = worst.get("differ", 0), worst.get("follow_local", 0)
+    if step == 1 and differ and follow_local == differ:
+        text += (f". All {differ} values that differ moved by one rank's own gradient, not the average over the "
+                 f"ranks: a gradient was left local (never reduced across the ranks)")
+        if method == "fsdp":
+            text += "; in FSDP every layer's gradients go through a reduce-scatter, summed over the ranks"
     same = sorted(r for r, s in rows if s["max_diff"] <= TOLERANCE)
     if same:
         text += f". Ranks {', '.join(map(str, same))} match DDP; the others do not"

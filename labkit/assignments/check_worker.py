@@ -9,7 +9,8 @@ the other goes to the student's strategy, whose contract broadcasts it before pr
 After prepare this rank checks it holds rank 0's parameters (a method that relies on
 equal seeds fails here, and is told so).
 Both see the same per-rank batch every step; after each step this rank compares the
-two copies parameter by parameter. Everything it learns goes, line by line, into
+two copies parameter by parameter (a sharded method's gathered whole by its own
+`full_parameters`), and on step 1 also with each rank's own, unreduced, gradient. Everything it learns goes, line by line, into
 check-RANK.jsonl, flushed at once: the checker reads it even after a deadlock.
 
 A deadlock is the checker's to detect (no line from any rank for a while): it then
@@ -62,8 +63,31 @@ def load_class(spec: str):
     return load_strategy(spec)
 
 
-def parameters(model):
+def parameters(model, strategy=None):
+    """By name. A method that keeps only shards in the model (exercise 7) gives its whole
+    parameters through its own `full_parameters(model)` (a collective: every rank calls it)."""
+    if hasattr(strategy, "full_parameters"):
+        return strategy.full_parameters(model)
     return dict(getattr(model, "module", model).named_parameters())
+
+
+def held_bytes(model) -> int:
+    """Bytes the model's parameters and gradients hold now (each storage once): a sharded
+    method frees its layers' full copies between uses."""
+    tensors = [t for p in model.parameters() for t in (p, p.grad) if t is not None]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def local_gradients(model, x, y, group):
+    """Every rank's own gradient of its batch at the start, by name, stacked by rank: what a
+    first update made from a gradient left local (never reduced) would follow."""
+    F.cross_entropy(model(x), y).backward()
+    local = {}
+    for name, p in model.named_parameters():
+        everyone = [torch.empty_like(p.grad) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(everyone, p.grad, group=group)
+        local[name] = torch.stack(everyone)
+    return local
 
 
 def main(job_path):
@@ -97,6 +121,7 @@ def main(job_path):
     mine = copy.deepcopy(reference)
     ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)  # → rank 0's state
     initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
+    local = local_gradients(copy.deepcopy(reference), *batch(job["seed"], 1, rank, widths), reference_group)
     ref_optimizer = torch.optim.SGD(ddp.parameters(), lr=job["lr"], momentum=0.9)
     from labkit.strategies.buckets import make_buckets
 
@@ -113,7 +138,7 @@ def main(job_path):
         my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
         mine = strategy.prepare(mine, my_optimizer)
-        say(event="start_state", **compare(parameters(ddp), parameters(mine), initial, 0),
+        say(event="start_state", **compare(parameters(ddp), parameters(mine, strategy), initial, 0),
             setup=strategy.setup_wire.as_dict())
         shard = strategy.data_shard()
         if shard != (rank, world):
@@ -127,6 +152,7 @@ def main(job_path):
             ref_optimizer.step()
             ref_optimizer.zero_grad(set_to_none=True)
             strategy.wire.reset()
+            where = f"step {step}, forward/backward"  # your hooks run here
             say(event="phase", step=step, phase="forward/backward")
             F.cross_entropy(mine(x), y).backward()
             for phase, call in (("sync_gradients", lambda: strategy.sync_gradients(mine)),
@@ -135,9 +161,11 @@ def main(job_path):
                 where = f"step {step}, {phase}"
                 say(event="phase", step=step, phase=phase)
                 call()
+            counts, held = strategy.wire.as_dict(), held_bytes(mine)  # before a gather for the comparison
             my_optimizer.zero_grad(set_to_none=True)
-            say(event="step", step=step, **compare(parameters(ddp), parameters(mine), initial, step),
-                **strategy.wire.as_dict())
+            where = f"step {step}, gathering your full parameters to compare them"
+            say(event="step", step=step, **compare(parameters(ddp), parameters(mine, strategy), initial, step,
+                                                   local, job["lr"]), held_bytes=held, **counts)
     except Exception as error:  # shown to the student with the lines of their own file
         frames = [dict(file=f.filename, line=f.lineno, function=f.name, code=f.line)
                   for f in traceback.extract_tb(error.__traceback__)]
@@ -165,10 +193,11 @@ def watch_parent(pid: int) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def compare(ref, mine, initial, step):
+def compare(ref, mine, initial, step, local=None, lr=None):
     """Largest difference and its layer; on step 1 also how big the student's update is
-    next to DDP's (n× means summed, not averaged)."""
-    worst, layer, ref_move, my_move = 0.0, None, 0.0, 0.0
+    next to DDP's (n× means summed, not averaged), and how many of the values that differ
+    from DDP moved by one rank's own gradient (× 1 or ÷ n: a gradient left local)."""
+    worst, layer, ref_move, my_move, differ, follow_local = 0.0, None, 0.0, 0.0, 0, 0
     for name, p in ref.items():
         q = mine.get(name)
         if q is None or q.shape != p.shape:
@@ -178,8 +207,13 @@ def compare(ref, mine, initial, step):
             worst, layer = (float("inf") if diff != diff else diff), name
         ref_move += (p.detach() - initial[name]).pow(2).sum().item()
         my_move += (q.detach() - initial[name]).pow(2).sum().item()
+        if step == 1 and local is not None:  # the first SGD step (momentum or not) moves by −lr·gradient
+            wrong = (p.detach() - q.detach()).abs() > 1e-9
+            move, n = q.detach() - initial[name], len(local[name])
+            own = torch.stack([(move + lr * scale * local[name]).abs() < 1e-12 for scale in (1, 1 / n)]).any(0).any(0)
+            differ, follow_local = differ + int(wrong.sum()), follow_local + int((wrong & own).sum())
     ratio = (my_move / ref_move) ** 0.5 if step == 1 and ref_move > 0 else None
-    return dict(max_diff=worst, layer=layer, ratio=ratio)
+    return dict(max_diff=worst, layer=layer, ratio=ratio, differ=differ, follow_local=follow_local)
 
 
 if __name__ == "__main__":

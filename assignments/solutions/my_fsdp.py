@@ -1,0 +1,150 @@
+"""My FSDP by hand (ZeRO-3): each rank keeps 1/n of every layer; a layer is whole only while it computes.
+
+As PyTorch's FSDP2 (`fully_shard`, one unit per layer): all-gather before forward and backward,
+reduce-scatter after backward, an optimizer that only knows the shards. Source: ZeRO stage 3
+(Rajbhandari et al., SC 2020) and FSDP2's storage resizing (`torch.distributed.fsdp`).
+"""
+import contextlib
+import functools
+import math
+
+import torch
+import torch.distributed as dist
+
+from labkit.errors import ConfigError
+from labkit.strategies.base import Strategy, flatten, nbytes
+
+
+def free(full):
+    """Give back a tensor's memory; it keeps its shape, and every view of it (its layer's parameters,
+    and what autograd saved of them) keeps pointing at the same, now empty, storage."""
+    full.untyped_storage().resize_(0)
+
+
+def allocate(full):
+    """Memory for a freed tensor again (its values are garbage until written)."""
+    full.untyped_storage().resize_(full.numel() * full.element_size())
+
+
+class MyFSDP(Strategy):
+    overlaps_backward = True  # gathers and reduce-scatters run inside forward and backward
+
+    def prepare(self, model, optimizer):
+        # A layer: a module with parameters of its own (the MLP's Linear layers).
+        self.layers = [m for m in model.modules() if list(m.parameters(recurse=False))]
+        self.params = [list(layer.parameters(recurse=False)) for layer in self.layers]
+        self.full = []  # per layer: one flat buffer of n·shard_len values; its parameters are views of it
+        self.shards = []  # per layer: an nn.Parameter, this rank's slice of that buffer, kept between uses
+        self.arrived = [0] * len(self.layers)  # gradients arrived so far in this backward, per layer
+        for index, params in enumerate(self.params):
+            shard_len = math.ceil(sum(p.numel() for p in params) / self.world)  # pad: equal shards
+            flat = torch.nn.functional.pad(flatten([p.detach() for p in params]),
+                                           (0, shard_len * self.world - sum(p.numel() for p in params)))
+            offset = 0
+            for p in params:  # .data, not copy_: autograd must not count this as changing p
+                p.data = flat[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+            self.full.append(flat)
+            # Keep this rank's shard as its own nn.Parameter (a copy), then free the full buffer;
+            # register the hooks: self.gather(index) before the layer's forward, self.after_forward(index,
+            # output) after it, self.on_grad_ready(index, param) once per parameter's gradient.
+            ### BEGIN SOLUTION
+            self.shards.append(torch.nn.Parameter(flat[self.rank * shard_len:(self.rank + 1) * shard_len].clone()))
+            free(flat)
+            self.layers[index].register_forward_pre_hook(lambda module, args, i=index: self.gather(i))
+            self.layers[index].register_forward_hook(lambda module, args, output, i=index: self.after_forward(i, output))
+            for p in params:
+                p.register_post_accumulate_grad_hook(functools.partial(self.on_grad_ready, index))
+            ### END SOLUTION
+        # The optimizer steps the shards only: 1/n of the momentum on each rank.
+        self.shard_optimizer = type(optimizer)(self.shards, **optimizer.defaults)
+        if getattr(self, "restored", None):  # a checkpoint's momentum, of this rank's shards
+            self.shard_optimizer.load_state_dict(self.restored["shard_optimizer"])
+        return model
+
+    def gather(self, index):
+        """Layer `index` whole again: every rank's shard of it, in rank order, in self.full[index]."""
+        ### BEGIN SOLUTION
+        full = self.full[index]
+        allocate(full)
+        dist.all_gather_single(full, self.shards[index].detach())
+        self.wire.all_gather(nbytes(full))
+        ### END SOLUTION
+
+    def after_forward(self, index, output):
+        """Free layer `index`; have it gathered again when backward reaches it. A hook on the
+        output tensor fires when the gradient for it arrives, just before the layer's backward
+        (as FSDP2 does; a module's full backward hook would wrap the output in a view that
+        in-place ops such as ReLU(inplace=True) refuse)."""
+        ### BEGIN SOLUTION
+        free(self.full[index])
+        if torch.is_grad_enabled() and output.requires_grad:  # not in validation (no_grad)
+            output.register_hook(lambda grad: self.gather(index))
+        ### END SOLUTION
+
+    def on_grad_ready(self, index, param):
+        """Inside backward, once per parameter: when the last gradient of layer `index` has arrived,
+        its shard's .grad becomes the average over all ranks of this rank's slice of the layer's
+        gradients; then the full gradients and the full parameters are freed."""
+        self.arrived[index] += 1
+        if self.arrived[index] < len(self.params[index]):
+            return
+        self.arrived[index] = 0
+        params, shard = self.params[index], self.shards[index]
+        ### BEGIN SOLUTION
+        grads = flatten([p.grad for p in params])
+        grads = torch.nn.functional.pad(grads, (0, self.full[index].numel() - grads.numel())) / self.world
+        shard.grad = torch.empty_like(shard)
+        dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)
+        self.wire.reduce_scatter(nbytes(grads))
+        for p in params:
+            p.grad = None
+        free(self.full[index])
+        ### END SOLUTION
+
+    def update(self, optimizer, scaler=None):
+        """Step the shards only, at the loop's learning rate (it changes during warm-up)."""
+        for group in self.shard_optimizer.param_groups:
+            group["lr"] = optimizer.param_groups[0]["lr"]
+        super().update(self.shard_optimizer, scaler)
+
+    # -- given: what the check and the lab need beyond a step -----------------------------
+    @classmethod
+    def check(cls, cfg):
+        if cfg.accumulate > 1 or cfg.amp == "fp16":  # each backward reduce-scatters; a scaler would see a shard
+            raise ConfigError("my_fsdp.py runs without --set accumulate and without amp=fp16")
+
+    def full_parameters(self, model):
+        """Every layer's whole parameters by name (copies): what the check compares with DDP.
+        A collective: every rank calls it."""
+        names = {id(p): name for name, p in model.named_parameters()}
+        whole = {}
+        for index, params in enumerate(self.params):
+            self.gather(index)
+            whole.update({names[id(p)]: p.detach().clone() for p in params})
+            free(self.full[index])
+        return whole
+
+    def full_state(self, model, optimizer):
+        """For checkpoint.pt: the model whole; the momentum is each rank's shard's (state_dict)."""
+        return {**model.state_dict(), **self.full_parameters(model)}, optimizer.state_dict()
+
+    @contextlib.contextmanager
+    def evaluating(self, model):
+        """Validation: every layer whole once (ranks may run different numbers of batches, so a
+        forward must need no collective), the hooks idle, all freed after."""
+        for index in range(len(self.layers)):
+            self.gather(index)
+        self.gather = self.after_forward = lambda *args: None  # the hooks idle (they look these up)
+        try:
+            yield model
+        finally:
+            del self.gather, self.after_forward  # the class's own methods again
+            for full in self.full:
+                free(full)
+
+    def state_dict(self):
+        return {"shard_optimizer": self.shard_optimizer.state_dict()}
+
+    def load_state_dict(self, state):  # a resumed run restores before prepare builds the shards
+        self.restored = state
