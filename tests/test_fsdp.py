@@ -107,8 +107,19 @@ def test_fsdp_accumulation_equals_ddp_accumulation(tmp_path):
     reduce-scatter per unit a step, and the unit all-gathered twice per micro-batch."""
     sets = (*SIMPLE, "accumulate=2")
     _, ddp = run_to(tmp_path / "ddp", "ddp", 4, *sets, max_steps=3)
-    result, fsdp = run_to(tmp_path / "fsdp", "fsdp", 4, *sets, max_steps=3)
+    result, fsdp = run_to(tmp_path / "fsdp", TRACED, 4, *sets, max_steps=3, strategy_name="TracedFSDP")
     assert max_param_diff(ddp, fsdp) < TIGHT
     units = len(unit_bytes(fsdp["model"], 4))
-    assert {op: calls for op, (calls, _) in result["steps"][-1]["ops"].items()} == \
-        {"all_gather": 4 * units, "reduce_scatter": units}
+    traced = [json.loads(line) for line in (tmp_path / "fsdp" / "traced-0.jsonl").read_text().splitlines()]
+    for step, ran in zip(result["steps"], traced, strict=True):
+        assert step["ops"] == ran and {op: calls for op, (calls, _) in ran.items()} == \
+            {"all_gather": 4 * units, "reduce_scatter": units}
+
+
+def test_fsdp_refuses_fp16_in_one_line():
+    from labkit.errors import ConfigError
+    from labkit.profiles import make_config
+
+    with pytest.raises(ConfigError, match="fsdp does not support amp=fp16") as error:
+        make_config("cpu", strategy="fsdp", amp="fp16")
+    assert "\n" not in str(error.value)
