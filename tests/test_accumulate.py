@@ -64,6 +64,25 @@ def test_hand_written_methods_accumulate_like_ddp(tmp_path, large_batch, strateg
     assert same_wire_per_step(result, ref_result), (result["steps"][0], ref_result["steps"][0])
 
 
+def test_a_dedicated_server_accumulates_on_its_workers(tmp_path):
+    """ps with a dedicated server (3 workers of 4 ranks, 2 micro-batches of 4) = DDP on 3 ranks
+    at 8: the server takes one empty group a step and still steps once per optimizer step."""
+    _, ddp3 = run_to(tmp_path / "ddp3-8", "ddp", 3, *COMMON, "batch_size=8", max_steps=STEPS)
+    result, ps = accumulated(tmp_path, "ps", "ps_server_trains=false")
+    assert max_param_diff(ddp3, ps) < TIGHT and result["global_batch"] == 24
+
+
+def test_a_restart_mid_epoch_skips_k_batches_per_step_done(tmp_path, large_batch):
+    """A fault before step 3 restarts the ranks from the step-2 checkpoint: they must skip
+    2 steps × 2 micro-batches of their shard (skipping 2 would train step 3 on step 2's
+    second half) and end where the uninterrupted large-batch run ends."""
+    _, ref = large_batch
+    result, resumed = accumulated(tmp_path, "allreduce", "checkpoint_every=1", "fault=1:3:raise", "max_restarts=1")
+    assert list((tmp_path / "allreduce-4x2" / "logs").rglob("attempt_1"))  # it really restarted
+    assert [s["step"] for s in result["steps"]] == [1, 2, 3]
+    assert max_param_diff(ref, resumed) < TIGHT
+
+
 def test_ddp_reduces_once_per_step_by_its_own_count(tmp_path):
     """DDP's own iteration counter (its logger counts the backward passes that reduced) after
     3 steps of 2 micro-batches through the real train_step. One gloo rank, no torchrun:
