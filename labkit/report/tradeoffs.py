@@ -10,7 +10,8 @@ Every figure comes from result.json (docs/EXPERIMENT_GUIDE.md, "Accuracy against
   method that sends every H steps is charged for what it really sent.
 - time_s: the training time (summary total_time_s); step_ms the steady-state step.
 - state_MB: parameters + gradients + optimizer state one rank holds (the largest rank),
-  counted from the tensors; peak_MB the measured peak (result["memory"]).
+  counted from the tensors; peak_MB its measured peak over the training steps
+  (result["memory"]: step_peak_bytes, else peak_bytes).
 
 A gap in accuracy between two methods is called real only where it exceeds both the
 repeats' spread and twice the binomial error: else the sentence says it is not told apart.
@@ -50,7 +51,8 @@ def memory_row(result: dict) -> dict:
     if not ranks:
         return {"state_MB": None, "peak_MB": None}
     held = [sum(r.get(k) or 0 for k in ("params_bytes", "grads_bytes", "optimizer_state_bytes")) for r in ranks]
-    peaks = [r.get("peak_bytes") for r in ranks if r.get("peak_bytes")]
+    # the peak over the training steps (before a validation or checkpoint gathers a sharded model whole)
+    peaks = [r.get("step_peak_bytes") or r.get("peak_bytes") for r in ranks if r.get("step_peak_bytes") or r.get("peak_bytes")]
     return {"state_MB": max(held) / MB, "peak_MB": max(peaks) / MB if peaks else None}
 
 
