@@ -216,8 +216,8 @@ def describe(result: dict) -> str:
         m = memory[0]
         lines.append(f"Rank 0 holds {m['params_bytes'] / 1e6:.3g} MB of parameters, {m['grads_bytes'] / 1e6:.3g} MB "
                      f"of gradients and {m['optimizer_state_bytes'] / 1e6:.3g} MB of optimizer state (counted); "
-                     f"its measured peak was {m['start_bytes'] / 1e6:.4g} MB when training began, "
-                     f"{m['step_peak_bytes'] / 1e6:.4g} MB over the training steps up to then and "
+                     f"measured, it held {m['start_bytes'] / 1e6:.4g} MB when training began, peaked at "
+                     f"{m['step_peak_bytes'] / 1e6:.4g} MB over the training steps up to the count and at "
                      f"{m['peak_bytes'] / 1e6:.4g} MB over the whole run ({m['peak_source']}).")
     if s.get("achieved_busbw_gb_s") is not None:
         lines.append(f"Achieved bus bandwidth of the blocking sync: {s['achieved_busbw_gb_s']:.2f} GB/s.")
