@@ -57,8 +57,8 @@ def test_a_straggler_slows_its_rank_by_its_factor(tmp_path):
     into their backward, has its last bucket: the end of rank 1's backward, before its sleep.
     Within one run, not against a run without it: on 2 shared cores a second run's compute
     differs by its contention (4 ranks then compute together; here rank 1 often alone), and
-    pairs of runs measured 1.3-3.6 ×. Per step within a run: 2.7-4.3 × at 4 ranks (medians
-    of 6 steps 2.9-3.0), 2.9-3.5 × at 2."""
+    pairs of runs measured 1.3-3.6 ×. Within a run: 2.7-4.3 × per step at 4 ranks (medians of
+    4 steps in 3 runs 2.9-3.5), 2.9-3.5 × at 2."""
     result, _ = run_to(tmp_path / "slow", "ddp", 4, "model=simple_cnn", "workers=0", "augment=false",
                        "batch_size=16", "timeline_steps=6", "straggler=1:3", max_steps=10)
     compute = {(e["rank"], e["step"]): e for e in result["timeline"] if e["phase"] == "compute_s"}
