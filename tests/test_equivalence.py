@@ -26,8 +26,16 @@ def test_allreduce_and_ps_match_ddp_with_batchnorm(train):
     # the first step, a 25 MB cap means more than one all-reduce per step, and it is counted.
     assert ddp_result["steps"][-1]["collectives"] >= 2
     for strategy in ("allreduce", "ps"):
-        _, other = train(strategy, 4, *COMMON, "model=resnet18_small", max_steps=3)
+        result, other = train(strategy, 4, *COMMON, "model=resnet18_small", max_steps=3)
         assert max_param_diff(ddp, other) < TIGHT, strategy
+        # and its own passes (the cost model's γ term), S from its own op count
+        step = result["steps"][-1]
+        if strategy == "allreduce":  # ÷n on each gradient in place
+            calls, S = step["ops"]["all_reduce"]
+            assert step["local_ops"] == {"in_place": [calls, S]}
+        else:  # the server, alone: zeros, ÷n, its own gradient and the pull's flatten fresh; 3 + 1 added, copy out
+            S = step["ops"]["send_recv"][1] // 6  # 3 receives and 3 sends of S
+            assert step["local_ops"] == {"fresh_alone": [4, 4 * S], "in_place_alone": [5, 5 * S]}
     # and the update really moved the weights (an equivalence of no-ops proves nothing)
     _, start = train("ddp", 4, *COMMON, "model=resnet18_small", "lr=1e-12", max_steps=1, name="frozen")
     assert max_param_diff(ddp, start) > 1e-3
@@ -88,8 +96,22 @@ def in_ci(strategy, *rest):
 
 @pytest.mark.parametrize("strategy,option", [in_ci(*v) for v in EXACT_VARIANTS])
 def test_variant_matches_ddp(strategy, option, ddp_simple, train):
-    _, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
+    result, state = train(strategy, 4, *COMMON, "model=simple_cnn", option, max_steps=4)
     assert max_param_diff(ddp_simple[4][1], state) < TIGHT
+    grad_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())  # no buffers in simple_cnn
+    expected = own_passes(strategy, grad_bytes, 4, buckets=len(result["steps"][-1]["ops"].get("all_reduce", [0])))
+    if expected is not None:
+        assert result["steps"][-1]["local_ops"] == expected, strategy
+
+
+def own_passes(strategy: str, S: int, n: int, buckets: int = 1) -> dict | None:
+    """What rank 0 of a method should count with Wire.local in a step (the cost model's γ term:
+    {kind: [passes, bytes]}) for S bytes of gradients, read from the method's own code."""
+    padded = -(-S // (8 * n)) * 8 * n  # ps_sharded pads float64 values to n equal shards
+    return {"bucketed": {"fresh": [2 * buckets, 2 * S], "in_place": [buckets, S]},  # flatten, ÷n; copy out
+            "ring": {"fresh": [2, 2 * S], "in_place": [n, S + (n - 1) * S // n]},  # + the n−1 chunk additions
+            "ps_sharded": {"fresh": [3, 3 * padded], "in_place": [1, padded]},  # flatten, pad, ÷n; copy out
+            }.get(strategy)
 
 
 def test_ring_matches_ddp_on_three_ranks(ddp_simple, train):

@@ -65,11 +65,15 @@ def test_the_wire_counts_what_a_method_says_it_sent():
     wire = Wire(world=4)
     wire.all_reduce(1000, calls=2)  # the ring: 2(n−1)/n of the bytes each way
     wire.count(sent=10, op="send_recv", message_bytes=10)
+    wire.local(1000, fresh=True)  # its own passes (the cost model's γ term): nothing on the wire
+    wire.local(3000, passes=3)
+    wire.local(500, alone=True)  # only this rank works (a server): it has the cores to itself
     record = wire.as_dict()
     assert record == {"bytes_sent": 1510, "bytes_received": 1500, "collectives": 3,
-                      "ops": {"all_reduce": [2, 1000], "send_recv": [1, 10]}}
+                      "ops": {"all_reduce": [2, 1000], "send_recv": [1, 10]},
+                      "local_ops": {"fresh": [1, 1000], "in_place": [3, 3000], "in_place_alone": [1, 500]}}
     wire.reset()
-    assert wire.as_dict() == {"bytes_sent": 0, "bytes_received": 0, "collectives": 0, "ops": {}}
+    assert wire.as_dict() == {"bytes_sent": 0, "bytes_received": 0, "collectives": 0, "ops": {}, "local_ops": {}}
     assert record["ops"] == {"all_reduce": [2, 1000], "send_recv": [1, 10]}  # a record outlives the reset
 
 
@@ -83,7 +87,8 @@ def test_the_wire_counts_collectives_on_a_subgroup():
     wire.all_reduce(1000, ranks=2)  # between 2 leaders: 2(2−1)/2 · 1000
     wire.broadcast(1000)  # over every rank (4): 750
     assert wire.as_dict() == {"bytes_sent": 2250, "bytes_received": 2250, "collectives": 3,
-                              "ops": {"reduce": [1, 1000], "all_reduce": [1, 1000], "broadcast": [1, 1000]}}
+                              "ops": {"reduce": [1, 1000], "all_reduce": [1, 1000], "broadcast": [1, 1000]},
+                              "local_ops": {}}
 
 
 def test_a_method_reads_its_options_one_way():

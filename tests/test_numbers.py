@@ -36,6 +36,45 @@ def test_alpha_beta_fit_recovers_a_known_line_and_predicts_from_the_ops():
     assert predict_sync_s({"summary": {}, "steps": [{"ops": {"all_gather": [1, 1e6]}}]}, fits) is None  # no fit
 
 
+def test_gamma_term_adds_the_methods_own_passes_at_the_nearest_measured_size():
+    """γ(S) is read at the measured size nearest to a pass's mean size (a fresh 45 MB buffer
+    reads the 32 MB figure, over the allocator's threshold, not the 16 MB one), the γ part is
+    added to the α–β part and shown apart in the table; a benchmark without passes leaves γ
+    missing and says so."""
+    from labkit.report.costmodel import LOCAL, gamma_s_per_byte, prediction_table, prediction_text
+
+    sizes = [2**20, 16 * 2**20, 32 * 2**20]
+    local_rows = ([{"kind": "in_place", "size_bytes": s, "time_s": s * 2e-10} for s in sizes] +
+                  [{"kind": "fresh", "size_bytes": s, "time_s": s * g} for s, g in zip(sizes, (3e-10, 3e-10, 2e-9))])
+    rows = [{"op": "all_reduce", "size_bytes": s, "time_s": 1e-4 + s * 2e-9} for s in (1e3, 1e5, 1e7)]
+    fits = fit({"rows": rows, "local_rows": local_rows})
+    assert fits[LOCAL]["fresh"]["size_bytes"] == sizes
+    assert gamma_s_per_byte("fresh", 45e6, fits) == pytest.approx(2e-9)  # nearest by ratio: 32 MB
+    assert gamma_s_per_byte("fresh", 20e6, fits) == pytest.approx(3e-10)  # 16 MB
+    assert gamma_s_per_byte("in_place", 100, fits) == pytest.approx(2e-10)  # below the grid: its first size
+    # one step of a bucketed-like method: 2 all-reduces of 44 MB in all; 2 fresh passes of 22 MB, 2 in place
+    step = {"ops": {"all_reduce": [2, 44e6]}, "local_ops": {"fresh": [2, 44e6], "in_place": [2, 44e6]}}
+    result = {"strategy": "bucketed", "world_size": 4, "steps": [step] * 3,
+              "summary": {"warmup_steps": 1, "sync_time_median_s": 0.2, "achieved_busbw_gb_s": 0.3}}
+    wire, local = 2 * 1e-4 + 44e6 * 2e-9, 44e6 * 3e-10 + 44e6 * 2e-10
+    assert predict_sync_s(result, fits) == pytest.approx(wire + local)
+    row = prediction_table([result], fits)[0]
+    assert row["wire_s"] == pytest.approx(wire) and row["local_s"] == pytest.approx(local)
+    assert row["ratio"] == pytest.approx((wire + local) / 0.2)
+    text = prediction_text([row])
+    assert "γ ms" in text.splitlines()[0] and f"{1e3 * local:.1f}" in text
+    # `bench`: what the benchmark measured at the run's own sizes (22 MB a call: above its largest
+    # size, 10 MB, so at that size's time per byte), the line's share of a miss
+    assert row["bench_wire_s"] == pytest.approx(2 * (1e-4 + 1e7 * 2e-9) * 22e6 / 1e7)
+    slow = [*rows[:-1], {**rows[-1], "time_s": 2 * rows[-1]["time_s"]}]  # the largest size twice the line
+    assert prediction_table([result], fit({"rows": slow, "local_rows": local_rows}))[0]["bench_wire_s"] == \
+        pytest.approx(2 * 2 * (1e-4 + 1e7 * 2e-9) * 22e6 / 1e7)  # the line misses it, the column shows it
+    # an older benchmark (no local passes): the α–β part alone, the γ part missing and said
+    old = prediction_table([result], fit({"rows": rows}))[0]
+    assert old["predicted_s"] == pytest.approx(wire) and old["local_s"] is None
+    assert "no γ" in prediction_text([old])
+
+
 def test_relative_fit_lets_small_and_large_messages_both_count():
     """A 10 % error at the largest size swings an ordinary least-squares α below zero (the large
     sizes dominate the squared error); the relative fit keeps α."""
@@ -301,10 +340,10 @@ def test_bus_bandwidth_only_where_communication_time_is_measured(profile_runs, b
 
 @pytest.mark.slow
 def test_cost_model_predicts_the_blocking_methods(profile_runs, bench, numbers_dir):
-    """Predicted (α–β per op, from the strategy's own op counts) vs measured blocking sync.
-    The model holds the bytes on the wire and nothing else, so it may fall short of the
-    measurement (the wait for the last rank, the method's own copies, load that changed
-    between benchmark and run: docs/BENCHMARKS.md) but never exceed it by more than the
+    """Predicted (α–β per op, from the strategy's own op counts, plus γ for the passes over its
+    buffers it counts) vs measured blocking sync. The model holds the bytes on the wire and the
+    method's own passes, so it may fall short of the measurement (the wait for the last rank,
+    load that changed between benchmark and run: docs/BENCHMARKS.md) but never exceed it by more than the
     tolerance, nor fall an order of magnitude short (an op counted once instead of 62
     times, a push or pull left out). The table, with the measured wait for the last rank,
     is printed and kept: the ±25 % target is judged there, against the machine's load."""

@@ -94,13 +94,22 @@ def run_emulated(launch: Launch, nodes: int, link: str, timeout_s: float = 1800)
 def collectives_table(bench: dict) -> str:
     import pandas as pd
 
+    from labkit.report.costmodel import LOCAL
+
     frame = pd.DataFrame(bench["rows"])
     frame["size"] = frame.size_bytes.map(lambda b: f"{b / 1024:.0f} KB" if b < 1 << 20 else f"{b / (1 << 20):.0f} MB")
     table = frame.pivot_table(index="size", columns="op", values="busbw_gb_s", sort=False)
     fits = "\n".join(f"  {op:<15} α = {f['alpha_s'] * 1e6:9.1f} µs   1/β = {1e-9 / f['beta_s_per_byte']:8.3f} GB/s"
                      if f["beta_s_per_byte"] else f"  {op:<15} α = {f['alpha_s'] * 1e6:9.1f} µs"
-                     for op, f in bench["fits"].items())
-    return f"busbw (GB/s):\n{table.round(3).to_string()}\n\nalpha-beta fit (t = α + β·S):\n{fits}"
+                     for op, f in bench["fits"].items() if op != LOCAL)
+    text = f"busbw (GB/s):\n{table.round(3).to_string()}\n\nalpha-beta fit (t = α + β·S):\n{fits}"
+    if bench.get("local_rows"):  # the γ term: a method's own passes, GB/s = 1 / γ at each size
+        passes = pd.DataFrame(bench["local_rows"])
+        passes["size"] = passes.size_bytes.map(lambda b: f"{b / 1024:.0f} KB" if b < 1 << 20 else f"{b / (1 << 20):.0f} MB")
+        table = passes.pivot_table(index="size", columns="kind", values="gb_s", sort=False)
+        text += (f"\n\nlocal passes on every rank at once, GB/s (1/γ; γ = seconds per byte, "
+                 f"{bench.get('threads_per_rank', '?')} thread(s) a rank):\n{table.round(2).to_string()}")
+    return text
 
 
 def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None = None,

@@ -13,6 +13,17 @@ their time is mostly latency, which a few calls measure poorly.
 
 factor: all_reduce 2(n−1)/n; all_gather, reduce_scatter (n−1)/n; broadcast, reduce,
 send_recv 1. busbw is comparable with the link's bandwidth whatever the op and n.
+
+It also times the γ of the α–β–γ model (Thakur, Rabenseifner & Gropp, 2005): a method's own
+passes over its buffers, no wire (copy in, ÷n, chunk additions, copy out), on every rank at
+once, as in a step, with the runs' threads per rank. Two kinds (`LOCAL_PASSES`), because
+on a CPU they differ several times over (over 32 MB: 3–4× with 4 ranks on 2 cores, 10–25×
+for one process alone): a pass that writes into memory the method already holds (`copy_`,
+`+=`) and one that writes a *fresh* buffer (`torch.cat`, `x / n`, pad): the OS maps and
+zeroes a large new buffer's pages on first touch (glibc returns buffers over 32 MB to the
+OS on free), which costs more than the arithmetic. Each kind is timed twice: on every rank
+at once (a symmetric method's passes) and on rank 0 alone while the others wait (`_alone`: a
+server's), which has the cores to itself (4 ranks share 2 cores here).
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ import time
 
 import torch
 import torch.distributed as dist
+
+from labkit import hardware
 
 
 def bus_factor(op: str, n: int) -> float:
@@ -57,6 +70,35 @@ def make_call(op: str, numel: int, rank: int, n: int, device):
 
 OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "send_recv")
 BLOCKS = 3
+# the kinds a method declares: Wire.local(nbytes, fresh=..., alone=...)
+LOCAL_PASSES = ("in_place", "fresh", "in_place_alone", "fresh_alone")
+
+
+def make_pass(kind: str, numel: int, rank: int, n: int, device):
+    """A zero-argument function that runs one local pass of `kind` over `numel` float32: on
+    every rank at once, or (`_alone`) on rank 0 while the others wait, as a server's."""
+    src = torch.ones(numel, device=device)
+    dst = torch.empty_like(src)
+    if kind.endswith("_alone") and rank != 0:
+        return (lambda: None), numel * 4
+    return {"in_place": lambda: dst.copy_(src),  # unflatten_into, recv += inbox, grad /= n
+            "fresh": lambda: src / n,  # flatten's torch.cat, x / n, pad: a new buffer each time
+            }[kind.removesuffix("_alone")], numel * 4
+
+
+def timed(call, calls: int, sync, device) -> tuple[float, list[float]]:
+    """Seconds per call: the median over BLOCKS blocks of `calls` back-to-back calls (each
+    block's mean, the slowest rank's), and the blocks' times."""
+    blocks = []
+    for _ in range(BLOCKS):
+        sync()
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        sync()
+        blocks.append(max_over_ranks((time.perf_counter() - start) / calls, device))  # the slowest rank
+    return sorted(blocks)[len(blocks) // 2], blocks
 
 
 def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2, repeats: int = 5,
@@ -65,6 +107,8 @@ def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2,
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
+    else:  # the threads a run's rank gets (training/process_group.py): γ measured as the runs work
+        torch.set_num_threads(hardware.cpu_threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, n = dist.get_rank(), dist.get_world_size()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -80,26 +124,29 @@ def main(out_path: str, max_mb: float = 128, min_kb: float = 1, warmup: int = 2,
             call, nbytes = make_call(op, max(n, size // 4), rank, n, device)
             for _ in range(warmup):
                 call()
-            calls = repeats if size >= 1 << 20 else 4 * repeats
-            blocks = []
-            for _ in range(BLOCKS):
-                sync()
-                dist.barrier()
-                start = time.perf_counter()
-                for _ in range(calls):
-                    call()
-                sync()
-                blocks.append(max_over_ranks((time.perf_counter() - start) / calls, device))  # the slowest rank
-            seconds = sorted(blocks)[len(blocks) // 2]
+            seconds, blocks = timed(call, repeats if size >= 1 << 20 else 4 * repeats, sync, device)
             algbw, busbw = bandwidths(op, nbytes, seconds, n)
             rows.append({"op": op, "size_bytes": nbytes, "time_s": seconds, "algbw_gb_s": algbw, "busbw_gb_s": busbw,
                          "block_times_s": blocks})
         if rank == 0:
             print(f"{op}: done ({len(sizes)} sizes)", flush=True)
+    local_rows = []
+    for kind in LOCAL_PASSES:
+        # every power of two: a pass's cost per byte steps where a buffer leaves a cache or
+        # crosses the allocator's 32 MB (fresh), so the cost model reads it at the nearest size
+        for size in sorted({*sizes, *(1 << k for k in range(10, 40) if sizes[0] <= 1 << k <= sizes[-1])}):
+            call, nbytes = make_pass(kind, max(1, size // 4), rank, n, device)
+            for _ in range(warmup):
+                call()
+            seconds, blocks = timed(call, repeats if size >= 1 << 20 else 4 * repeats, sync, device)
+            local_rows.append({"kind": kind, "size_bytes": nbytes, "time_s": seconds,
+                               "gb_s": nbytes / seconds / 1e9, "block_times_s": blocks})
     if rank == 0:
+        print(f"local passes: done ({', '.join(LOCAL_PASSES)})", flush=True)
         with open(out_path, "w") as handle:
             json.dump({"world_size": n, "backend": dist.get_backend(), "device": device.type, "warmup": warmup,
-                       "repeats": repeats, "blocks": BLOCKS, "rows": rows}, handle, indent=1)
+                       "repeats": repeats, "blocks": BLOCKS, "threads_per_rank": torch.get_num_threads(),
+                       "rows": rows, "local_rows": local_rows}, handle, indent=1)
     dist.destroy_process_group()
 
 

@@ -1,5 +1,5 @@
-"""An alpha–beta model of communication, fitted from the collective microbenchmark, and
-the one place that puts a run's predicted communication beside its measured sync.
+"""An alpha–beta–gamma model of communication, fitted from the collective microbenchmark,
+and the one place that puts a run's predicted communication beside its measured sync.
 
 For one operation, t(S) ≈ α + β·S: α is the fixed cost of a call (latency), β the cost
 per byte of the message (1 / algorithm bandwidth). Each operation a method uses gets its
@@ -15,16 +15,25 @@ A run's communication per step is then predicted from what the strategy itself c
 in every step record (`ops`: {operation: [calls, message bytes]}, see
 strategies/base.py `Strategy.count`):
 
-    predicted = Σ over ops  calls × α_op + message bytes × β_op
+    predicted = Σ over ops  calls × α_op + message bytes × β_op  +  Σ over passes  bytes × γ(S)
 
 A parameter server counts both directions (push and pull) on its server, a ring counts
-each of its 2(n−1) neighbour exchanges. The prediction is compared with the blocking
-sync time (`sync_time_median_s`) of methods whose communication all happens there.
+each of its 2(n−1) neighbour exchanges. The last sum is the γ term of the α–β–γ model
+(Thakur, Rabenseifner & Gropp, "Optimization of Collective Communication Operations in
+MPICH", 2005: a per-byte cost of local work): the method's own passes over its buffers
+(copy in, ÷n, chunk additions, copy out), which it counts in `local_ops` ({"in_place" or
+"fresh": [passes, bytes]}, `Wire.local`). γ is not one number on a CPU: per byte, a pass
+costs several times more once its buffer leaves the caches, and ~10× more again when it
+writes a fresh buffer over glibc's 32 MB (the OS zeroes each new page). So γ(S) is the
+microbenchmark's seconds per byte at the measured size nearest to the pass's mean size S.
+The prediction is compared with the blocking sync time (`sync_time_median_s`) of methods
+whose communication all happens there.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -34,6 +43,7 @@ from .selection import method
 
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather", "send_recv", "broadcast", "reduce")
 TOLERANCE = 0.25  # predicted within ±25 % of measured: the stated tolerance (docs/BENCHMARKS.md)
+LOCAL = "local_passes"  # the fits' entry for γ: {kind: {"size_bytes": [...], "gamma_s_per_byte": [...]}}
 # A method the model is known to miss says why in its own file (Strategy.cost_model_note),
 # and the worker copies that into result.json: docs/BENCHMARKS.md, "Predicted vs measured".
 
@@ -50,8 +60,19 @@ def fit(bench: dict, min_bytes: float = 0, max_bytes: float = float("inf")) -> d
         times = np.array([r["time_s"] for r in rows], dtype=float)
         alpha, beta = _nonnegative_relative_fit(sizes, times)
         errors = (alpha + beta * sizes - times) / times
+        order = np.argsort(sizes)
         fits[op] = {"alpha_s": alpha, "beta_s_per_byte": beta, "max_rel_error": float(np.abs(errors).max()),
-                    "sizes": [int(sizes.min()), int(sizes.max())]}
+                    "sizes": [int(sizes.min()), int(sizes.max())],
+                    # the measured points themselves: where the line misses a method's sizes (bench_wire_s)
+                    "size_bytes": sizes[order].astype(int).tolist(), "time_s": times[order].tolist()}
+    local = {}
+    for kind in sorted({row["kind"] for row in bench.get("local_rows", [])}):
+        rows = sorted((r for r in bench["local_rows"] if r["kind"] == kind and min_bytes <= r["size_bytes"] <= max_bytes),
+                      key=lambda r: r["size_bytes"])
+        local[kind] = {"size_bytes": [r["size_bytes"] for r in rows],
+                       "gamma_s_per_byte": [r["time_s"] / r["size_bytes"] for r in rows]}
+    if local:
+        fits[LOCAL] = local
     return fits
 
 
@@ -79,20 +100,41 @@ def predict_op_s(op: str, calls: float, message_bytes: float, fits: dict) -> flo
     return calls * fits[op]["alpha_s"] + message_bytes * fits[op]["beta_s_per_byte"]
 
 
-def ops_per_step(result: dict) -> dict:
+def ops_per_step(result: dict, key: str = "ops") -> dict:
     """{op: (calls, message bytes)} per step: the median over the measured (post-warm-up)
-    steps of what the strategy counted (DDP rebuilds its buckets after step 1)."""
+    steps of what the strategy counted (DDP rebuilds its buckets after step 1); with
+    key="local_ops", {kind: (passes, bytes)} of its own passes over its buffers."""
     warmup = (result.get("summary") or {}).get("warmup_steps", 0)
-    steps = [s for s in result.get("steps", [])[warmup:] if s.get("ops") is not None]
-    names = sorted({op for s in steps for op in s["ops"]})
-    return {op: (statistics.median(s["ops"].get(op, [0, 0])[0] for s in steps),
-                 statistics.median(s["ops"].get(op, [0, 0])[1] for s in steps)) for op in names}
+    steps = [s for s in result.get("steps", [])[warmup:] if s.get(key) is not None]
+    names = sorted({op for s in steps for op in s[key]})
+    return {op: (statistics.median(s[key].get(op, [0, 0])[0] for s in steps),
+                 statistics.median(s[key].get(op, [0, 0])[1] for s in steps)) for op in names}
 
 
-def predict_sync_s(result: dict, fits: dict) -> float | None:
-    """Predicted communication seconds per step of one run: Σ calls × α + bytes × β over
-    the operations the run's strategy counted. None when the run counted no operations or
-    the benchmark has no fit for one of them (or was made at another world size)."""
+def gamma_s_per_byte(kind: str, size_bytes: float, fits: dict) -> float | None:
+    """γ(S): seconds per byte of one `kind` pass over an S-byte buffer, the microbenchmark's
+    figure at the measured size nearest to S (by ratio: 45 MB reads the 32 MB figure, and both
+    are over the allocator's threshold). None when the benchmark did not time that kind."""
+    measured = (fits.get(LOCAL) or {}).get(kind)
+    if not measured or not measured["size_bytes"]:
+        return None
+    sizes = measured["size_bytes"]
+    nearest = min(range(len(sizes)), key=lambda i: abs(math.log(sizes[i] / max(size_bytes, 1))))
+    return measured["gamma_s_per_byte"][nearest]
+
+
+def predict_local_s(result: dict, fits: dict) -> float | None:
+    """The γ term of one run's step: Σ over its kinds of pass, bytes × γ(bytes ÷ passes).
+    0 for a method that counts no passes; None when the benchmark has no γ for one of them."""
+    parts = [size * gamma if (gamma := gamma_s_per_byte(kind, size / max(passes, 1), fits)) is not None else None
+             for kind, (passes, size) in ops_per_step(result, "local_ops").items() if size]
+    return None if any(p is None for p in parts) else float(sum(parts))
+
+
+def predict_wire_s(result: dict, fits: dict) -> float | None:
+    """The α–β part of one run's step: Σ calls × α + bytes × β over the operations its
+    strategy counted. None when the run counted no operations or the benchmark has no fit
+    for one of them (or was made at another world size)."""
     if not fits:
         return None
     ops = ops_per_step(result)
@@ -100,6 +142,33 @@ def predict_sync_s(result: dict, fits: dict) -> float | None:
         return None
     parts = [predict_op_s(op, calls, size, fits) for op, (calls, size) in ops.items()]
     return None if any(p is None for p in parts) else float(sum(parts))
+
+
+def bench_wire_s(result: dict, fits: dict) -> float | None:
+    """What the microbenchmark itself measured for the run's operations, not its α–β line:
+    per op, calls × the measured time of one call at the mean message size (bytes ÷ calls),
+    interpolated linearly between the neighbouring measured sizes. Beside the α–β part it shows
+    how much of a miss is the line's (a line through 1 KB … 64 MB misses the largest sizes)."""
+    ops = ops_per_step(result) if fits else {}
+    if not ops or any("size_bytes" not in fits.get(op, {}) for op in ops):
+        return None
+    return float(sum(calls * _measured_call_s(fits[op], size / calls) for op, (calls, size) in ops.items() if calls))
+
+
+def _measured_call_s(measured: dict, size: float) -> float:
+    """One call's measured time at `size` bytes: linear between the neighbouring measured sizes;
+    above the largest, its time per byte (below the smallest: its time, latency-bound)."""
+    sizes, times = measured["size_bytes"], measured["time_s"]
+    if size > sizes[-1]:
+        return times[-1] * size / sizes[-1]
+    return float(np.interp(size, sizes, times))
+
+
+def predict_sync_s(result: dict, fits: dict) -> float | None:
+    """Predicted sync seconds per step of one run: the α–β part plus the γ part (the latter
+    left out, and shown as missing in the table, where the benchmark did not time passes)."""
+    wire = predict_wire_s(result, fits)
+    return None if wire is None else wire + (predict_local_s(result, fits) or 0.0)
 
 
 def arrival_wait_s(result: dict) -> float | None:
@@ -134,6 +203,9 @@ def prediction_table(results: list[dict], fits: dict | None, tolerance: float = 
         blocking = s.get("achieved_busbw_gb_s") is not None
         row = {"method": method(r), "world_size": r.get("world_size"),
                "ops": {op: [c, b] for op, (c, b) in ops_per_step(r).items()},
+               "local_ops": {kind: [c, b] for kind, (c, b) in ops_per_step(r, "local_ops").items()},
+               "wire_s": predict_wire_s(r, fits) if fits else None, "bench_wire_s": bench_wire_s(r, fits),
+               "local_s": predict_local_s(r, fits) if fits and predicted is not None else None,
                "predicted_s": predicted, "measured_sync_s": measured, "exposed_comm_s": s.get("exposed_comm_s"),
                "cost_model_note": r.get("cost_model_note"), "blocking": blocking, "ratio": None,
                "within_tolerance": None, "arrival_wait_s": arrival_wait_s(r),
@@ -156,8 +228,12 @@ def load_fits(path: Path, world_size: int) -> dict | None:
 
 
 def prediction_text(rows: list[dict]) -> str:
-    """prediction_table's rows as a text table (ms), with the reason beside a miss or a gap."""
-    lines = [f"{'method':<24}{'ranks':>6}{'predicted ms':>14}{'measured ms':>13}{'ratio':>8}{'wait ms':>9}  note"]
+    """prediction_table's rows as a text table (ms): the α–β part, the γ part (the method's own
+    passes over its buffers), their sum, the measured sync, the wait for the last rank, what the
+    benchmark measured at the method's own message sizes (`bench`: in place of the α–β part,
+    the line's share of a miss), with the reason beside a miss."""
+    lines = [f"{'method':<24}{'ranks':>6}{'α–β ms':>9}{'γ ms':>8}{'predicted ms':>14}{'measured ms':>13}"
+             f"{'ratio':>8}{'wait ms':>9}{'bench ms':>10}  note"]
     for r in rows:
         def ms(v):
             return f"{1e3 * v:.1f}" if v is not None else "—"
@@ -166,6 +242,9 @@ def prediction_text(rows: list[dict]) -> str:
                                f"within tolerance with the wait ({r['ratio_with_wait']:.2f})"
                                if r.get("within_tolerance_with_wait") else
                                r.get("cost_model_note") or "outside the tolerance (docs/BENCHMARKS.md)")
-        lines.append(f"{r['method']:<24}{r['world_size']:>6}{ms(r['predicted_s']):>14}{ms(r['measured_sync_s']):>13}"
-                     f"{ratio:>8}{ms(r['arrival_wait_s']):>9}  {note}")
+        if r.get("local_ops") and r.get("local_s") is None and r["predicted_s"] is not None:
+            note += "; no γ: the benchmark did not time local passes (rerun labkit bench collectives)"
+        lines.append(f"{r['method']:<24}{r['world_size']:>6}{ms(r.get('wire_s')):>9}{ms(r.get('local_s')):>8}"
+                     f"{ms(r['predicted_s']):>14}{ms(r['measured_sync_s']):>13}{ratio:>8}{ms(r['arrival_wait_s']):>9}"
+                     f"{ms(r.get('bench_wire_s')):>10}  {note}")
     return "\n".join(lines)

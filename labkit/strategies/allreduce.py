@@ -24,3 +24,4 @@ class AllReduce(Strategy):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
             grad /= self.world
             self.wire.all_reduce(nbytes(grad))
+            self.wire.local(nbytes(grad))  # the ÷n, in place: the cost model's γ term

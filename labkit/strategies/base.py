@@ -105,6 +105,8 @@ class Wire:
     their average per rank, (n−1)/n·S each way. `ranks` = the size of the group a collective
     runs on, when it is not every rank (a subgroup). Point-to-point sends count exactly.
     Each count also names its operation and message size: the cost model predicts from them.
+    `local` counts the method's own passes over its buffers (no wire: copy in, ÷n, additions,
+    copy out), the γ term of the cost model.
     """
 
     def __init__(self, world: int = 1):
@@ -114,6 +116,7 @@ class Wire:
     def reset(self):
         self.bytes_sent = self.bytes_received = self.collectives = 0
         self.ops = {}  # {operation: [calls, message bytes]}
+        self.local_ops = {}  # {"in_place" or "fresh", "_alone" after it: [passes, bytes]}
 
     def count(self, sent=0, received=0, calls=1, op=None, message_bytes=0):
         self.bytes_sent += int(sent)
@@ -149,9 +152,21 @@ class Wire:
         ring = (self.world - 1) / self.world * nbytes
         self.count(ring, ring, op="all_gather", message_bytes=nbytes)
 
+    def local(self, nbytes, passes=1, fresh=False, alone=False):
+        """`passes` passes of the method's own over `nbytes` bytes in all (the larger side of a
+        cast), nothing on the wire. fresh: each writes a newly allocated buffer (torch.cat, x / n,
+        pad, .to); else memory the method already holds (copy_, +=, /=). On a CPU the two differ:
+        the OS zeroes a large fresh buffer's pages on first touch (measure/collectives.py).
+        alone: only this rank works while the others wait (a server), so it has the cores and
+        the memory bandwidth to itself; else every rank makes the same pass at once."""
+        kind = ("fresh" if fresh else "in_place") + ("_alone" if alone else "")
+        passes_so_far, size = self.local_ops.get(kind, (0, 0))
+        self.local_ops[kind] = [passes_so_far + passes, size + int(nbytes)]
+
     def as_dict(self) -> dict:
         return {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "collectives": self.collectives, "ops": {op: list(v) for op, v in self.ops.items()}}
+                "collectives": self.collectives, "ops": {op: list(v) for op, v in self.ops.items()},
+                "local_ops": {kind: list(v) for kind, v in self.local_ops.items()}}
 
 
 def starts_from_rank0(prepare):

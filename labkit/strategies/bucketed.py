@@ -19,7 +19,8 @@ from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 class Bucketed(Strategy):
     options = BUCKET_OPTIONS
     label = classmethod(compressed_label)
-    cost_model_note = "its own passes over the buckets (copy in, ÷n, copy out, casts)"
+    # what the model still leaves out once γ counts its passes (docs/BENCHMARKS.md)
+    cost_model_note = "its all-reduces in a step, between passes of ranks that share cores, run slower than back to back"
 
     def prepare(self, model, optimizer):
         self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
@@ -28,7 +29,11 @@ class Bucketed(Strategy):
     def sync_gradients(self, model):
         for bucket in self.buckets:
             grads = [p.grad for p in bucket]
-            wire = to_wire(flatten(grads), self.world, self.options.compress)
+            flat = flatten(grads)
+            wire = to_wire(flat, self.world, self.options.compress, self.wire)
             dist.all_reduce(wire, op=dist.ReduceOp.SUM)
             unflatten_into(wire, grads)  # copy_ casts back to the gradients' dtype
             self.wire.all_reduce(nbytes(wire))
+            # its own passes (the γ term): flatten's copy in (fresh), the copy out (in place)
+            self.wire.local(nbytes(flat), fresh=True)
+            self.wire.local(nbytes(flat))

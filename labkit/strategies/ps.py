@@ -52,6 +52,7 @@ class ParameterServer(Strategy):
             flat = flatten([p.grad for p in params])
             dist.send(flat, dst=SERVER)
             self.wire.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
+            self.wire.local(nbytes(flat), fresh=True)  # the γ term: flatten's copy in
             return
         total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         if self.options.ps_server_trains:
@@ -67,6 +68,11 @@ class ParameterServer(Strategy):
             if p.grad is None:
                 p.grad = torch.empty_like(p)
         unflatten_into(total / data_ranks, [p.grad for p in params])
+        # the server's own passes (the γ term), made alone while the workers wait: zeros, ÷n
+        # and its own gradient flattened write fresh buffers; the additions and copy out in place
+        own = int(self.options.ps_server_trains)
+        self.wire.local((2 + own) * nbytes(total), passes=2 + own, fresh=True, alone=True)
+        self.wire.local((own + self.world) * nbytes(total), passes=own + self.world, alone=True)
 
     def update(self, optimizer, scaler=None):
         if self.rank == SERVER:  # only the server steps; workers hold no optimizer state
@@ -77,6 +83,8 @@ class ParameterServer(Strategy):
         # flatten/unflatten_into, not parameters_to_vector: those .view() each parameter,
         # which fails on channels_last weights, and the copy back would drop the layout
         flat = flatten([p.detach() for p in params])
+        # the γ term: flatten's copy in (the server's alone, while the workers wait to receive)
+        self.wire.local(nbytes(flat), fresh=True, alone=self.rank == SERVER)
         if self.rank == SERVER:
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
@@ -88,3 +96,4 @@ class ParameterServer(Strategy):
             self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             with torch.no_grad():
                 unflatten_into(flat, params)
+            self.wire.local(nbytes(flat))  # and the worker's copy out

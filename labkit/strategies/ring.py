@@ -38,7 +38,7 @@ def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> int:
         send, recv = chunks[(rank - step) % world], chunks[(rank - step - 1) % world]
         inbox = torch.empty_like(recv)
         ring_exchange(send, inbox, rank, world)
-        recv += inbox
+        recv += inbox  # the chunk additions: this pass is the γ term of the cost model
         sent += nbytes(send)
     for step in range(world - 1):  # all-gather
         send, recv = chunks[(rank - step + 1) % world], chunks[(rank - step) % world]
@@ -48,7 +48,7 @@ def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> int:
 
 
 class Ring(Strategy):
-    cost_model_note = "its own work on the flat buffer and 2(n−1) lock-step exchanges"
+    cost_model_note = "2(n−1) lock-step exchanges, each waiting for both neighbours"  # its passes: γ
 
     def sync_gradients(self, model):
         grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -56,3 +56,8 @@ class Ring(Strategy):
         sent = ring_all_reduce(flat, self.rank, self.world)
         unflatten_into(flat, grads)
         self.wire.count(sent=sent, received=sent, calls=2 * (self.world - 1), op="send_recv", message_bytes=sent)
+        # its own passes (the γ term): flatten and ÷n write fresh buffers; the n−1 chunk
+        # additions (what this rank received in the reduce-scatter) and the copy out are in place
+        self.wire.local(2 * nbytes(flat), passes=2, fresh=True)
+        self.wire.local((self.world - 1) * nbytes(flat) // self.world, passes=self.world - 1)
+        self.wire.local(nbytes(flat))
