@@ -171,19 +171,21 @@ def parse_rate(text: str) -> float:
     return float(match[1]) * RATE_UNITS[match[2]]
 
 
-def parse_straggler(text: str, nproc: int) -> tuple[int, float] | None:
+def parse_straggler(text: str, nproc: int) -> tuple[int | None, float] | None:
     """`straggler=RANK:FACTOR` → (rank, factor), None for "", or a one-line ConfigError.
-    FACTOR ≥ 1: the rank's forward + backward takes FACTOR × its own time (1 = not slowed)."""
+    FACTOR ≥ 1: the rank's forward + backward takes FACTOR × its own time (1 = not slowed).
+    RANK `any` → (None, factor): each step a different rank, drawn at random (a transient
+    straggler: a busy neighbour, a garbage collection, a slow batch)."""
     if not text:
         return None
     rank, _, factor = text.partition(":")
     try:
-        rank, factor = int(rank), float(factor)
+        rank, factor = None if rank == "any" else int(rank), float(factor)
     except ValueError:
-        rank = factor = None
-    if rank is None or not (0 <= rank < nproc and 1 <= factor < float("inf")):  # NaN fails too
-        raise ConfigError(f"straggler='{text}': expected RANK:FACTOR with 0 <= RANK < {nproc} and FACTOR >= 1 "
-                          f"(e.g. 1:3, rank 1 computing 3 × slower)")
+        rank = factor = -1
+    if not ((rank is None or 0 <= rank < nproc) and 1 <= factor < float("inf")):  # NaN fails too
+        raise ConfigError(f"straggler='{text}': expected RANK:FACTOR with 0 <= RANK < {nproc} (or any: a random "
+                          f"rank each step) and FACTOR >= 1 (e.g. 1:3, rank 1 computing 3 × slower)")
     return rank, factor
 
 

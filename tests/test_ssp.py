@@ -112,3 +112,26 @@ def test_bad_ssp_settings_get_one_line(sets, message, tmp_path):
     with pytest.raises(labkit.ConfigError, match=re.escape(message)) as error:
         labkit.make_config("cpu", strategy="ssp", **{"nproc": 4, **sets}, out_dir=str(tmp_path / "x"))
     assert "\n" not in str(error.value)
+
+
+def test_a_transient_straggler_is_one_data_rank_a_pass_the_same_on_every_rank(monkeypatch):
+    """straggler=any:F: each forward + backward pass one rank with data is slowed, drawn from the
+    seed and the pass, so every rank agrees which one (a dedicated server is never drawn)."""
+    import itertools
+    from types import SimpleNamespace
+
+    from labkit.config import parse_straggler
+    from labkit.training import faults
+
+    assert parse_straggler("any:3", 4) == (None, 3.0)
+    cfg = SimpleNamespace(straggler="any:3", nproc=4, data_ranks=3, seed=0)
+    slept = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    chosen = []
+    for rank in range(4):  # each rank is its own process: its own pass count from 1
+        monkeypatch.setattr(faults, "_calls", itertools.count(1))
+        slept.clear()
+        for _ in range(200):
+            faults.straggle(cfg, rank, 0.01)
+        chosen.append(len(slept))
+    assert chosen[0] == 0 and sum(chosen) == 200 and min(chosen[1:]) > 40  # each worker slowed about a third

@@ -7,11 +7,16 @@ backward took, so its compute phase takes FACTOR × as long — a slower GPU, a 
 A sleep, not extra work: the rank frees its core, so on shared cores the others run as they
 would without it. It shows what a slow worker costs a synchronous method (everyone waits)
 and why asynchronous ones (ssp) exist. A rank with no data (a dedicated server) computes
-nothing, so nothing is slowed there.
+nothing, so nothing is slowed there. `--set straggler=any:FACTOR` slows a different rank
+each step, drawn from the seed and the step, the same draw on every rank: a transient
+straggler, which a stale-synchronous method can absorb and a persistent one it cannot
+(the fast workers can run only s steps ahead of a rank that is always slow).
 """
 
 import functools
+import itertools
 import os
+import random
 import signal
 import time
 
@@ -40,9 +45,18 @@ def _straggler(text: str, nproc: int):
     return parse_straggler(text, nproc)
 
 
+_calls = itertools.count(1)  # forward + backward passes so far: the same count on every data rank
+
+
 def straggle(cfg, rank: int, seconds: float) -> None:
     """On the straggler rank, sleep (FACTOR − 1) × `seconds`, the forward + backward time of
     this step (of this micro-batch, with accumulation) so far."""
     slow = _straggler(cfg.straggler, cfg.nproc)
-    if slow and slow[0] == rank:
-        time.sleep((slow[1] - 1) * max(0.0, seconds))
+    if not slow:
+        return
+    slow_rank, factor = slow
+    if slow_rank is None:  # any: this pass's straggler, drawn among the ranks with data
+        first_data_rank = cfg.nproc - (cfg.data_ranks or cfg.nproc)
+        slow_rank = random.Random(cfg.seed * 1_000_003 + next(_calls)).randrange(first_data_rank, cfg.nproc)
+    if slow_rank == rank:
+        time.sleep((factor - 1) * max(0.0, seconds))
