@@ -37,7 +37,9 @@ def test_no_accuracy_comparison_across_lengths():
 
 
 def test_memory_against_the_baseline():
-    full = [{"params_bytes": 100, "grads_bytes": 100, "optimizer_state_bytes": 100, "peak_bytes": 1000}] * 4
-    sharded = [{"params_bytes": 25, "grads_bytes": 25, "optimizer_state_bytes": 25, "peak_bytes": 900}] * 4
+    def ranks(each, peak):
+        return [{"params_bytes": each, "grads_bytes": each, "optimizer_state_bytes": each, "peak_bytes": peak,
+                 "step_peak_bytes": peak, "start_bytes": 0, "peak_source": "rss"}] * 4
+    full, sharded = ranks(100, 1000), ranks(25, 900)
     table = memory_table([result("ddp", 30.0, memory=full), result("fsdp", 30.0, memory=sharded)], "ddp")
-    assert list(table.vs_baseline) == [1.0, 0.25]
+    assert dict(zip(table.method, table.vs_baseline)) == {"ddp": 1.0, "fsdp": 0.25}

@@ -9,9 +9,9 @@ Every figure comes from result.json (docs/EXPERIMENT_GUIDE.md, "Accuracy against
 - MB_sent: what rank 0 sent in the whole run (every step's bytes_sent summed), so a
   method that sends every H steps is charged for what it really sent.
 - time_s: the training time (summary total_time_s); step_ms the steady-state step.
-- state_MB: parameters + gradients + optimizer state one rank holds (the largest rank),
-  counted from the tensors; peak_MB its measured peak over the training steps
-  (result["memory"]: step_peak_bytes, else peak_bytes).
+- held_MB: parameters + gradients + optimizer state one rank holds (the rank that holds the
+  most), counted from the tensors; peak_MB the highest measured peak over the training
+  steps (result["memory"] step_peak_bytes; frames.memory_frame).
 
 A gap in accuracy between two methods is called real only where it exceeds both the
 repeats' spread and twice the binomial error: else the sentence says it is not told apart.
@@ -24,6 +24,7 @@ import math
 
 import pandas as pd
 
+from .frames import memory_frame
 from .selection import method
 
 MB = 1e6
@@ -46,45 +47,23 @@ def binomial_se_pct(top1_pct: float | None, images: int | None) -> float | None:
 
 
 def memory_row(result: dict) -> dict:
-    """The largest rank's held state and measured peak, in MB (empty when not recorded)."""
-    ranks = rank_memory(result)
-    if not ranks:
-        return {"state_MB": None, "peak_MB": None}
-    held = [sum(r.get(k) or 0 for k in ("params_bytes", "grads_bytes", "optimizer_state_bytes")) for r in ranks]
-    # the peak over the training steps (before a validation or checkpoint gathers a sharded model whole)
-    peaks = [r.get("step_peak_bytes") or r.get("peak_bytes") for r in ranks if r.get("step_peak_bytes") or r.get("peak_bytes")]
-    return {"state_MB": max(held) / MB, "peak_MB": max(peaks) / MB if peaks else None}
-
-
-def rank_memory(result: dict) -> list[dict]:
-    """result["memory"] as one dict per rank (a list, or {"ranks": [...]})."""
-    ranks = result.get("memory") or []
-    if isinstance(ranks, dict):
-        ranks = ranks.get("ranks") or list(ranks.values())
-    return [r for r in ranks if isinstance(r, dict)]
+    """The held state of the rank that holds the most, and the highest peak over the training
+    steps, in MB (frames.memory_frame's held_MB and step_peak_MB; empty when not recorded)."""
+    table = memory_frame([result])
+    if table.empty:
+        return {"held_MB": None, "peak_MB": None}
+    return {"held_MB": table.held_MB.iloc[0], "peak_MB": table.step_peak_MB.iloc[0]}
 
 
 def memory_table(results: list[dict], baseline: str) -> pd.DataFrame:
-    """One row per method: the MB of parameters, gradients and optimizer state its largest
-    rank holds (the median over repeats), their sum, and that sum against the baseline's."""
-    rows = []
-    for r in results:
-        ranks = rank_memory(r)
-        if not ranks:
-            continue
-        biggest = max(ranks, key=lambda m: sum(m.get(k) or 0 for k in ("params_bytes", "grads_bytes",
-                                                                         "optimizer_state_bytes")))
-        row = {"method": method(r), "world_size": r.get("world_size"),
-               **{k.replace("_bytes", "_MB"): (biggest.get(k) or 0) / MB
-                  for k in ("params_bytes", "grads_bytes", "optimizer_state_bytes")}}
-        row["state_MB"] = row["params_MB"] + row["grads_MB"] + row["optimizer_state_MB"]
-        rows.append(row)
-    if not rows:
-        return pd.DataFrame(columns=["method", "world_size", "params_MB", "grads_MB", "optimizer_state_MB",
-                                     "state_MB", "vs_baseline"])
-    table = pd.DataFrame(rows).groupby(["method", "world_size"], sort=False).median().reset_index()
-    base = table.loc[table.method == baseline, "state_MB"]
-    table["vs_baseline"] = table.state_MB / base.iloc[0] if len(base) else float("nan")
+    """The report's memory table (frames.memory_frame: MB per rank, the rank that holds the
+    most) with `vs_baseline`: held_MB against the baseline's in the same setup."""
+    table = memory_frame(results)
+    table["vs_baseline"] = float("nan")
+    for _, rows in table.groupby("setup"):
+        base = rows.loc[rows.method == baseline, "held_MB"]
+        if len(base):
+            table.loc[rows.index, "vs_baseline"] = rows.held_MB / base.iloc[0]
     return table
 
 
@@ -111,7 +90,7 @@ def tradeoff_table(results: list[dict]) -> pd.DataFrame:
     runs = tradeoff_runs(results)
     if runs.empty:
         return runs
-    figures = ["top1_pct", "top1_se_pct", "MB_sent", "time_s", "step_ms", "state_MB", "peak_MB", "steps", "epochs"]
+    figures = ["top1_pct", "top1_se_pct", "MB_sent", "time_s", "step_ms", "held_MB", "peak_MB", "steps", "epochs"]
     runs = runs.astype({column: float for column in figures})  # an absent figure: NaN, not a dropped column
     grouped = runs.groupby("method", sort=False)
     table = grouped[figures].median(numeric_only=True)
