@@ -18,7 +18,8 @@ Communication: nothing on H − 1 steps, then one all-reduce of the whole model 
 of the BatchNorm buffers): about 1/H of DDP's bytes per step. Between syncs each rank
 holds its own model: validation that falls between syncs scores each rank's model on its
 own share of the val set (choose H dividing an epoch's steps — 10 on the cpu profile —
-to validate the averaged one), and a checkpoint keeps every rank's model and momentum.
+to validate the averaged one), and a checkpoint keeps every rank's momentum (and its model,
+between syncs).
 Compare with `ddp` (H = 1, every step) and `diloco` (an outer optimizer on the average).
 The production version: pytorch/torchft's LocalSGD (torchft/local_sgd.py).
 """
@@ -100,9 +101,11 @@ def average_buffers(model, world, wire):
 
 
 def local_state(strategy) -> dict:
-    """What a checkpoint must keep of one rank: its own model and optimizer (momentum),
-    which differ from rank 0's between syncs, and the step count that places the next sync."""
-    return {"steps": strategy.steps, "model": strategy.model.state_dict(),
+    """What a checkpoint must keep of one rank: its own optimizer (momentum, never averaged),
+    its own model when between syncs (at a sync every rank holds rank 0's), and the step
+    count that places the next sync."""
+    between_syncs = strategy.steps % strategy.options.sync_every != 0
+    return {"steps": strategy.steps, "model": strategy.model.state_dict() if between_syncs else None,
             "optimizer": strategy.optimizer.state_dict()}
 
 
@@ -111,6 +114,7 @@ def resume_local_state(strategy, model, optimizer) -> int:
     state = getattr(strategy, "resumed", None)
     if not state:
         return 0
-    model.load_state_dict(state["model"])
+    if state["model"] is not None:
+        model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["steps"]
