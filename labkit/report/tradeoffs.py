@@ -21,6 +21,7 @@ Names no method; imports no torch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -154,3 +155,32 @@ def accuracy_vs_cost(table: pd.DataFrame, baseline: str | None = None):
     fig.suptitle(f"Accuracy against cost: median of {runs} repeat(s); bars: the repeats' range ± binomial error")
     fig.tight_layout()
     return fig
+
+
+def latest_sweep(prefix: str = "05b-") -> list[dict]:
+    """The runs of the newest sweep folder results/runs/<prefix>…/ (its own runs, not the
+    sub-folders of later sections), finished ones only; [] when there is none."""
+    from labkit.config import results_root
+
+    from .selection import load_results
+
+    folders = sorted((results_root() / "runs").glob(f"{prefix}*"))
+    if not folders:
+        return []
+    newest = folders[-1]
+    return [r for r in load_results([newest], status="ok") if Path(r["path"]).parent == newest]
+
+
+def tradeoff_report(results: list[dict], baseline: str = "ddp") -> str:
+    """The report's section on accuracy against cost: the table and its sentences."""
+    if not results:
+        return "Accuracy against cost: no runs of notebook 05b yet (run it to fill this section).\n"
+    table = tradeoff_table(results)
+    columns = ["method", "repeats", "epochs", "top1_pct", "top1_low", "top1_high", "top1_se_pct", "MB_sent", "time_s",
+               "held_MB"]
+    same = ("Every run saw the same images." if equal_length(results)
+            else "Runs of different length: their accuracies are not compared.")
+    return "\n".join(["Accuracy against cost (notebook 05b's interleaved sweep; top-1 of the last epoch, its range",
+                      "over repeats and binomial error; MB sent over the whole run; held MB per rank):", "",
+                      table[columns].to_string(index=False, float_format=lambda v: f"{v:,.2f}"), "", same,
+                      *(accuracy_lines(table, baseline) if equal_length(results) else [])]) + "\n"
