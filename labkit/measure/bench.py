@@ -107,8 +107,9 @@ def collectives_table(bench: dict) -> str:
         passes = pd.DataFrame(bench["local_rows"])
         passes["size"] = passes.size_bytes.map(lambda b: f"{b / 1024:.0f} KB" if b < 1 << 20 else f"{b / (1 << 20):.0f} MB")
         table = passes.pivot_table(index="size", columns="kind", values="gb_s", sort=False)
-        text += (f"\n\nlocal passes on every rank at once, GB/s (1/γ; γ = seconds per byte, "
-                 f"{bench.get('threads_per_rank', '?')} thread(s) a rank):\n{table.round(2).to_string()}")
+        text += (f"\n\nlocal passes, GB/s = 1/γ (γ: seconds per byte), on every rank at once, and _alone on rank 0 "
+                 f"while the others wait ({bench.get('threads_per_rank', '?')} thread(s) a rank):\n"
+                 f"{table.round(2).to_string()}")
     return text
 
 

@@ -24,6 +24,8 @@ SERVER = 0
 
 
 class ParameterServer(Strategy):
+    # what the model leaves out, measured in docs/BENCHMARKS.md (the γ term counts its passes)
+    cost_model_note = "the server's sends to (and receives from) its workers run at once; the model adds them up"
     options = (Option("ps_server_trains", True, "rank 0 also computes its share of the batch (false: a dedicated server)"),)
 
     @classmethod
