@@ -177,4 +177,8 @@ def test_every_strategy_is_held_to_ddp():
 
     covered = {"ddp", "allreduce", "ps", "single", "hierarchical"} | {s for s, _ in EXACT_VARIANTS}
     covered |= {s for s, _, _ in COMPRESSED}
+    # held to DDP (or to ps) in their own files: accumulation in test_accumulate.py
+    covered |= {"localsgd", "diloco"}  # test_local_sgd.py: H = 1 equals ddp
+    covered |= {"ssp"}  # test_ssp.py: s = 0 equals ps with a dedicated server (itself held to ddp above)
+    covered |= {"fsdp"}  # test_fsdp.py: equals ddp, resharded or not, with BatchNorm, on 7 ranks
     assert covered == set(STRATEGIES), "add the new method to the equivalence tests"
