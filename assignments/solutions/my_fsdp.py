@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from labkit.errors import ConfigError
-from labkit.strategies.base import Strategy, flatten, nbytes
+from labkit.strategies.base import Strategy, flatten, nbytes, optimizer_state_tensors
 
 
 def free(full):
@@ -142,6 +142,10 @@ class MyFSDP(Strategy):
             del self.gather, self.after_forward  # the class's own methods again
             for full in self.full:
                 free(full)
+
+    def held_tensors(self):  # for the lab's memory count: this rank's shards, their gradients, their momentum
+        return {"params": self.shards, "grads": [shard.grad for shard in self.shards],
+                "optimizer_state": optimizer_state_tensors(self.shard_optimizer)}
 
     def state_dict(self):
         return {"shard_optimizer": self.shard_optimizer.state_dict()}

@@ -19,6 +19,13 @@ RUN_COLUMNS = ["throughput_img_s", "throughput_low_img_s", "throughput_high_img_
 LABELS = ["name", "method", "strategy", "world_size", "global_batch"]
 
 
+def binomial_se_pct(top1_pct, images):
+    """The standard error, in points, of an accuracy of `top1_pct` % measured on `images`
+    images: 100·√(p(1−p)/N) (numbers, or pandas Series element by element)."""
+    p = top1_pct / 100
+    return 100 * (p * (1 - p) / images) ** 0.5
+
+
 def _labels(r: dict) -> dict:
     return {"name": r["name"], "method": method(r), "strategy": r["strategy"], "world_size": r.get("world_size"),
             "global_batch": images_per_step(r)}

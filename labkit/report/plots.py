@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .costmodel import ops_per_step
-from .frames import comparison_table, epochs_frame, runs_frame, scaling_frame, steps_frame
+from .frames import binomial_se_pct, comparison_table, epochs_frame, runs_frame, scaling_frame, steps_frame
 from .selection import comparison_setup, is_short, method, setup_names
 
 # seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
@@ -251,8 +251,7 @@ def validation_accuracy(epochs: pd.DataFrame):
         for i, (_, run) in enumerate(epochs[epochs["method"] == label].groupby("name")):
             images = run["val_images"] if "val_images" in run else pd.Series(np.nan, index=run.index)
             sizes |= {int(n) for n in images.dropna()}
-            p = run["val_top1"] / 100  # the formula of tradeoffs.binomial_se_pct (which imports this module)
-            errors = 100 * np.sqrt(p * (1 - p) / images)
+            errors = binomial_se_pct(run["val_top1"], images)
             ax.errorbar(run["epoch"], run["val_top1"], yerr=errors if errors.notna().any() else None,
                         marker="o", capsize=3, color=color_of(label), label=None if i else label)
     on = f"{min(sizes)}" + (f"–{max(sizes)}" if len(sizes) > 1 else "") + " images" if sizes else "the validation set"

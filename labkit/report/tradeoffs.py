@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import frames
 from .frames import memory_frame
 from .selection import method
 
@@ -43,8 +44,7 @@ def binomial_se_pct(top1_pct: float | None, images: int | None) -> float | None:
     """The standard error of an accuracy measured on `images` images, in points."""
     if top1_pct is None or not images:
         return None
-    p = top1_pct / 100
-    return 100 * math.sqrt(p * (1 - p) / images)
+    return frames.binomial_se_pct(top1_pct, images)
 
 
 def memory_row(result: dict) -> dict:
@@ -171,7 +171,7 @@ def latest_sweep(prefix: str = "05b-") -> list[dict]:
     return [r for r in load_results([newest], status="ok") if Path(r["path"]).parent == newest]
 
 
-def tradeoff_report(results: list[dict], baseline: str = "ddp") -> str:
+def tradeoff_report(results: list[dict], baseline: str) -> str:
     """The report's section on accuracy against cost: the table and its sentences."""
     if not results:
         return "Accuracy against cost: no runs of notebook 05b yet (run it to fill this section).\n"

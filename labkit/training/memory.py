@@ -48,9 +48,12 @@ PROC = Path("/proc/self")  # Linux's view of this process: its peak RSS can be r
 
 
 def local_bytes(tensor: torch.Tensor) -> int:
-    """Bytes this rank stores for `tensor`: of a DTensor, its local shard only."""
+    """Bytes this rank stores for `tensor`: of a DTensor, its local shard only; none for a tensor
+    whose storage is freed."""
     if isinstance(tensor, DTensor):
         tensor = tensor.to_local()
+    if tensor.untyped_storage().nbytes() == 0:  # its memory freed (resized to 0, as FSDP does between uses)
+        return 0
     return tensor.numel() * tensor.element_size()
 
 
