@@ -43,12 +43,16 @@ def run_name(strategy: str, profile: str, stamp: str, round_: int, nproc: int | 
 
 
 def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", overrides: dict | None = None,
-          sizes: list[int] | None = None, out: str | Path | None = None, progress: bool = True) -> list[dict]:
+          sizes: list[int] | None = None, out: str | Path | None = None, progress: bool = True,
+          seed_per_round: bool = False) -> list[dict]:
     """Run every method `repeats` times, interleaved (plan()), and return their results in
     that order. `overrides` are RunConfig fields and method options for every run (e.g.
     max_steps); an `nproc` there sets the ranks of every method that does not fix its own
     (a one-process method keeps its one). `out` is the folder the runs go into (default
-    results/runs/<name>)."""
+    results/runs/<name>). `seed_per_round`: round k runs with seed k − 1, so repeats show how
+    much the result itself (an accuracy) varies with the initial weights and data order; off,
+    every round has the same seed and repeats differ only by the machine (timing). Runs of
+    different seeds are different setups to the timing comparison (selection.COMPARE_KEYS)."""
     from labkit import run
     from labkit.profiles import make_config
     from labkit.strategies import load_strategy
@@ -61,6 +65,8 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
     for i, (round_, spec, nproc) in enumerate(order, 1):
         strategy, own = method_spec(spec)
         config = {**(overrides or {}), **own}
+        if seed_per_round:  # round k trains from seed k − 1: repeats then spread as training itself does
+            config["seed"] = round_ - 1
         if "nproc" in load_strategy(strategy).defaults:  # the method fixes its ranks (one process)
             config.pop("nproc", None)
         if nproc:

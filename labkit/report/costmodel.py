@@ -23,8 +23,9 @@ each of its 2(n−1) neighbour exchanges. The last sum is the γ term of the α�
 MPICH", 2005: a per-byte cost of local work): the method's own passes over its buffers
 (copy in, ÷n, chunk additions, copy out), which it counts in `local_ops` ({"in_place" or
 "fresh": [passes, bytes]}, `Wire.local`). γ is not one number on a CPU: per byte, a pass
-costs several times more once its buffer leaves the caches, and ~10× more again when it
-writes a fresh buffer over glibc's 32 MB (the OS zeroes each new page). So γ(S) is the
+costs several times more once its buffer leaves the caches, and ~4× more again when it
+writes a fresh buffer over glibc's 32 MB (the OS zeroes each new page: 3.2 GB/s at 16 MB,
+0.6–0.75 GB/s from 32 MB on, all ranks at once; docs/BENCHMARKS.md). So γ(S) is the
 microbenchmark's seconds per byte at the measured size nearest to the pass's mean size S.
 The prediction is compared with the blocking sync time (`sync_time_median_s`) of methods
 whose communication all happens there.

@@ -101,11 +101,20 @@ def tradeoff_table(results: list[dict]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def equal_length(results: list[dict]) -> bool:
-    """Whether every run saw the same images (same epochs, nothing stopped early by max_steps):
-    only then do their accuracies compare."""
+def images_seen(result: dict) -> int:
+    """Training images the run consumed: its global batch × its optimizer steps."""
+    return (result.get("global_batch") or 0) * len(result.get("steps") or [])
+
+
+def equal_length(results: list[dict], tolerance: float = 0.02) -> bool:
+    """Whether every run trained as long: the same whole epochs (nothing stopped early by
+    max_steps) on the same images within `tolerance` (a dedicated server's 3 workers split a
+    global batch of 64 as 3 × 21 = 63): only then do their accuracies compare."""
     lengths = {(len(r.get("epochs", [])), bool((r.get("config") or {}).get("max_steps"))) for r in results}
-    return len(lengths) == 1 and not next(iter(lengths))[1]
+    if len(lengths) != 1 or next(iter(lengths))[1]:
+        return False
+    images = [images_seen(r) for r in results]
+    return min(images) >= (1 - tolerance) * max(images)
 
 
 def accuracy_lines(table: pd.DataFrame, baseline: str) -> list[str]:
@@ -119,8 +128,10 @@ def accuracy_lines(table: pd.DataFrame, baseline: str) -> list[str]:
         if row.method == baseline or math.isnan(row.top1_pct):
             continue
         gap = row.top1_pct - base.top1_pct
-        errors = [2 * se for se in (row.top1_se_pct, base.top1_se_pct) if not math.isnan(se)]
-        noise = max(errors + [row.top1_high - row.top1_low, base.top1_high - base.top1_low])
+        # twice the standard error of the difference of two independent accuracies, or the
+        # repeats' own ranges (different seeds), whichever is wider
+        errors = [se for se in (row.top1_se_pct, base.top1_se_pct) if not math.isnan(se)]
+        noise = max([2 * math.hypot(*errors)] + [row.top1_high - row.top1_low, base.top1_high - base.top1_low])
         verdict = (f"{'above' if gap > 0 else 'below'} {baseline} by {abs(gap):.1f} points, beyond the noise ({noise:.1f})"
                    if abs(gap) > noise else f"not told apart from {baseline}: {gap:+.1f} points within the noise of {noise:.1f}")
         bytes_ratio = row.MB_sent / base.MB_sent if base.MB_sent else float("nan")
@@ -142,7 +153,7 @@ def accuracy_vs_cost(table: pd.DataFrame, baseline: str | None = None):
     for ax, column, label in ((axes[0], "MB_sent", "MB sent by rank 0 in the whole run"),
                               (axes[1], "time_s", "training time (s)")):
         for row in table.itertuples():
-            se = row.top1_se_pct if row.top1_se_pct == row.top1_se_pct and row.top1_se_pct else 0.0
+            se = row.top1_se_pct if pd.notna(row.top1_se_pct) else 0.0
             low, high = row.top1_low - se, row.top1_high + se
             ax.errorbar([getattr(row, column)], [row.top1_pct], yerr=[[row.top1_pct - low], [high - row.top1_pct]],
                         fmt="o", color=colors[row.method], capsize=3, label=row.method)

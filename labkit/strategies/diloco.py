@@ -30,8 +30,8 @@ import torch.distributed as dist
 
 from labkit.errors import ConfigError
 
-from .base import Option, Strategy, flatten, nbytes
-from .localsgd import SYNC_EVERY, average_buffers, check_period, local_state, resume_local_state
+from .base import Option, Strategy, flatten, nbytes, optimizer_state_tensors
+from .localsgd import SYNC_EVERY, average_buffers, check_period, local_state, on_cpu, resume_local_state
 
 
 class DiLoCo(Strategy):
@@ -69,6 +69,9 @@ class DiLoCo(Strategy):
         # their .grad (torchft does the same): its state is keyed to them, like any optimizer's.
         momentum = self.options.outer_momentum
         self.outer = torch.optim.SGD(self.params, lr=self.options.outer_lr, momentum=momentum, nesterov=momentum > 0)
+        if momentum > 0:  # made now, not at the first sync, so the memory count sees it (0·μ + g = g: same step)
+            for p in self.params:
+                self.outer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.model, self.optimizer = model, self.inner  # what local_state saves: this rank's own
         self.schedule = optimizer  # the run's optimizer carries the lr schedule (warm-up)
         self.steps = resume_local_state(self, model, self.inner)
@@ -103,8 +106,14 @@ class DiLoCo(Strategy):
             self.synced = flatten(self.params).detach().clone()
         average_buffers(model, self.world, self.wire)
 
+    def held_tensors(self):  # for the memory count: the synced copy, the outer momentum, AdamW's moments
+        state = optimizer_state_tensors(self.outer)
+        if self.inner is not self.schedule:  # AdamW: the loop's SGD holds nothing, this one two moments
+            state += optimizer_state_tensors(self.inner)
+        return {"params": [self.synced], "optimizer_state": state}
+
     def state_dict(self):
-        return {**local_state(self), "synced": self.synced, "outer": self.outer.state_dict()}
+        return {**local_state(self), **on_cpu({"synced": self.synced, "outer": self.outer.state_dict()})}
 
     def load_state_dict(self, state):
         self.resumed = state  # applied in prepare, after the contract's broadcast of rank 0's model

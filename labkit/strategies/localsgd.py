@@ -26,6 +26,7 @@ The production version: pytorch/torchft's LocalSGD (torchft/local_sgd.py).
 
 import warnings
 
+import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
@@ -105,8 +106,20 @@ def local_state(strategy) -> dict:
     its own model when between syncs (at a sync every rank holds rank 0's), and the step
     count that places the next sync."""
     between_syncs = strategy.steps % strategy.options.sync_every != 0
-    return {"steps": strategy.steps, "model": strategy.model.state_dict() if between_syncs else None,
-            "optimizer": strategy.optimizer.state_dict()}
+    return on_cpu({"steps": strategy.steps, "model": strategy.model.state_dict() if between_syncs else None,
+                   "optimizer": strategy.optimizer.state_dict()})
+
+
+def on_cpu(state):
+    """`state` with every tensor on the CPU: the checkpoint gathers it to rank 0 by pickling,
+    and a CUDA tensor would unpickle there onto its own rank's GPU."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {key: on_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(value) for value in state)
+    return state
 
 
 def resume_local_state(strategy, model, optimizer) -> int:

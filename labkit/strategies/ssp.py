@@ -22,10 +22,14 @@ step k − 1, but was computed from parameters holding only `seen` complete step
 0 when synchronous, ≤ s by the bound — is in every step record of rank 0 (`staleness`, one
 entry per gradient received in that step).
 
-Compare with `ps` (s = 0) under `--set straggler=1:3`: there all wait for the slow worker
-every step; here the others run ahead (up to s), which is why asynchrony exists.
+Compare with `ps` (s = 0) under a straggler: there all wait for the slow worker every step;
+here the others run ahead (up to s), which is why asynchrony exists. A worker that is always
+slow (`--set straggler=1:3`) still sets the pace in the long run (the others can be only s
+steps ahead of it); a transient one (`straggler=any:3`, a different worker each step) is
+what the bound absorbs (notebook 05b).
 """
 
+import contextlib
 import copy
 
 import torch
@@ -96,7 +100,7 @@ class StaleSynchronousServer(Strategy):
             self.pending[step] = self.pending[step] + inbox if step in self.pending else inbox.clone()
             while min(self.pushed.values()) > self.done:  # step done + 1 is complete: apply it
                 self.done += 1
-                self.optimizer_step(self.pending.pop(self.done))
+                self.optimizer_step(self.pending.pop(self.done), self.done)
             self.held.append(worker)
             self.release()
 
@@ -113,8 +117,11 @@ class StaleSynchronousServer(Strategy):
             self.seen[worker] = self.done
             self.held.remove(worker)
 
-    def optimizer_step(self, gradient_sum):
-        """One optimizer step on the mean of n−1 gradients, as ps takes it."""
+    def optimizer_step(self, gradient_sum, step):
+        """One optimizer step on the mean of n−1 gradients, as ps takes it, at the learning rate
+        of `step` (the loop set its own step's; with s > 0 the step completed may lag behind it)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr_at(step)
         for p in self.params:  # the dedicated server has no grads of its own
             if p.grad is None:
                 p.grad = torch.empty_like(p)
@@ -128,7 +135,7 @@ class StaleSynchronousServer(Strategy):
         if not self.pending:  # always so with s = 0
             return flat
         saved = copy.deepcopy(self.optimizer.state_dict())  # momentum buffers, by value
-        self.optimizer_step(sum(self.pending.values()))
+        self.optimizer_step(sum(self.pending.values()), self.done + 1)
         provisional = flatten([p.detach() for p in self.params])
         with torch.no_grad():
             unflatten_into(flat, self.params)
@@ -146,6 +153,22 @@ class StaleSynchronousServer(Strategy):
         self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
         with torch.no_grad():
             unflatten_into(flat, self.params)
+
+    @contextlib.contextmanager
+    def evaluating(self, model):
+        """Validation scores the server's model on every rank (the one checkpoint.pt keeps): with
+        s > 0 a worker's own copy may be up to s steps behind or provisional. Each worker gets its
+        own back afterwards, so the bound and the staleness it records stay exact."""
+        own = flatten([p.detach() for p in self.params])
+        server = own.clone()
+        dist.broadcast(server, src=SERVER)  # validation, not a step: not on the wire count
+        with torch.no_grad():
+            unflatten_into(server, self.params)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                unflatten_into(own, self.params)
 
     def step_record(self) -> dict:
         return {"staleness": list(self.staleness)} if self.rank == SERVER else {}

@@ -8,7 +8,8 @@ A sleep, not extra work: the rank frees its core, so on shared cores the others 
 would without it. It shows what a slow worker costs a synchronous method (everyone waits)
 and why asynchronous ones (ssp) exist. A rank with no data (a dedicated server) computes
 nothing, so nothing is slowed there. `--set straggler=any:FACTOR` slows a different rank
-each step, drawn from the seed and the step, the same draw on every rank: a transient
+each forward + backward pass, drawn from the seed and the pass number, the same draw on every
+rank (a resumed run counts its passes from 1 again, so it draws anew): a transient
 straggler, which a stale-synchronous method can absorb and a persistent one it cannot
 (the fast workers can run only s steps ahead of a rank that is always slow).
 """
