@@ -66,6 +66,9 @@ def kill_group(group: int) -> list[str]:
                 members.append(proc)
         except (ProcessLookupError, psutil.NoSuchProcess):
             pass
+    # One still on its way out (the forkserver, a rank whose parent just went) ends within
+    # moments by itself: it died with torchrun. Only what outlives a second is left over.
+    members = wait_ended(members, timeout_s=1.0)
     kill_all(members, timeout_s=5)
     commands = [(p.pid, " ".join(p.info["cmdline"] or [])) for p in members]
     return [f"{pid} {command[:120]}" for pid, command in commands if RESOURCE_TRACKER not in command]
