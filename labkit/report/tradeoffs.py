@@ -58,14 +58,15 @@ def memory_row(result: dict) -> dict:
 
 def memory_table(results: list[dict], baseline: str) -> pd.DataFrame:
     """The report's memory table (frames.memory_frame: MB per rank, the rank that holds the
-    most) with `vs_baseline`: held_MB against the baseline's in the same setup."""
+    most), one row per method over every setup (seeds, lengths), with `vs_baseline`: held_MB
+    against the baseline's."""
     table = memory_frame(results)
-    table["vs_baseline"] = float("nan")
-    for _, rows in table.groupby("setup"):
-        base = rows.loc[rows.method == baseline, "held_MB"]
-        if len(base):
-            table.loc[rows.index, "vs_baseline"] = rows.held_MB / base.iloc[0]
-    return table
+    # what a rank holds does not depend on the seed or the run's length: one row per method
+    table = table.groupby(["method", "world_size"], as_index=False).agg(
+        {**{c: "median" for c in table.columns if c.endswith("_MB")}, "peak_source": "first"})
+    base = table.loc[table.method == baseline, "held_MB"]
+    table["vs_baseline"] = table.held_MB / base.iloc[0] if len(base) else float("nan")
+    return table.sort_values("held_MB", ignore_index=True)
 
 
 def tradeoff_runs(results: list[dict]) -> pd.DataFrame:
