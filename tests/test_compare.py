@@ -54,7 +54,7 @@ def test_a_gap_within_the_spreads_is_noise_and_one_beyond_them_is_not():
                               result("b1", "ring", 8, 145.0, 130.0, 150.0), result("b2", "ring", 8, 147.0, 135.0, 155.0),
                               result("c1", "ddp", 8, 100.0, 95.0, 105.0), result("c2", "ddp", 8, 102.0, 97.0, 108.0)])
     table = frames.comparison_table(runs).set_index("method")
-    assert table.loc["ps", "throughput_img_s"] == 151.0 and table.loc["ps", "repeats"] == 2
+    assert table.loc["ps", "throughput_img_s"] == 150.0 and table.loc["ps", "repeats"] == 2  # a run's, not 151
     assert (table.loc["ps", "spread_low_img_s"], table.loc["ps", "spread_high_img_s"]) == (140.0, 162.0)
     lines = sentences.verdicts(frames.comparison_table(runs))
     assert "the fastest is ps ×4" in lines[0] and "noise" in lines[0]  # ps 140–162 overlaps ring 130–155
@@ -81,7 +81,7 @@ def test_the_report_gives_the_steady_and_the_wall_figure_and_the_disturbed_steps
     header = next(line for line in report.splitlines() if line.lstrip().startswith("setup"))
     assert "low" in header and "high" in header and "disturbed" in header and "± sd" not in header
     row = next(line for line in report.splitlines() if " ddp " in line and "×" in line and "img/s" not in line)
-    assert row.split()[row.split().index("ddp") + 3] == "100.5"  # img/s: the median of 100 and 101
+    assert row.split()[row.split().index("ddp") + 3] == "100"  # img/s: of 100 and 101 the lower, not 100.5
     assert row.split()[row.split().index("ddp") + 7] == "3"  # disturbed: 3 steps over the two repeats
 
 
@@ -222,3 +222,87 @@ def test_a_sweep_method_may_carry_its_own_settings():
     assert method_spec("localsgd sync_every=4 accumulate=2") == ("localsgd", {"sync_every": "4", "accumulate": 2})
     assert method_spec("ddp") == ("ddp", {})
     assert run_name("ddp accumulate=4", "cpu", "s", 1, None) == "ddp-accumulate_4-cpu-s-r1"
+
+
+def test_a_run_far_off_its_repeats_is_left_out_of_the_median_the_regime_and_the_verdicts():
+    """Issue 32: `single` made 181.7 img/s in one round and 17.6 in the next (another process held
+    a core); the table said 99.6, a midpoint no run made, and the regime line built on it said the
+    ranks' compute was faster than one process."""
+    from labkit.report.regime import regime_lines
+
+    singles = [result(f"s{k}", "single", 8, img_s, world_size=1) for k, img_s in enumerate((181.7, 17.6, 175.0))]
+    ranks = [result(f"d{k}", "ddp", 8, img_s) for k, img_s in enumerate((55.0, 56.0, 54.0))]
+    for r in singles:  # one process on the whole batch: 64 images in 1 / (img/s) ... its compute-only step
+        r["summary"]["compute_only_step_s"] = 64 / r["summary"]["throughput_img_s"]
+    for r in ranks:
+        r["summary"]["compute_only_step_s"] = 0.5
+    chosen = selection.select_runs(singles + ranks)
+    assert [r["name"] for r in chosen.outliers] == ["s1"]
+    assert "s1" not in [r["name"] for r in chosen.kept]
+    reason = dict((r["name"], why) for r, why in chosen.left_out)["s1"]
+    assert "17.6 img/s, 0.10× the median of its 2 other repeats (178.3 img/s)" in reason
+    table = frames.comparison_table(frames.runs_frame(chosen.kept)).set_index("method")
+    assert table.loc["single", "throughput_img_s"] == 175.0 and table.loc["single", "repeats"] == 2
+    assert table.loc["single", "spread_low_img_s"] > 100  # the outlier is out of the spread too
+    regime = "\n".join(regime_lines(chosen.kept, None))
+    assert "so they lose before a byte moves" in regime  # 0.5 s against 0.36: not "faster than one process"
+    report = sentences.report_text(chosen)
+    assert "left out s1 (8 steps): an outlier" in report and "the fastest is single ×1 at 175.0" in report
+    # with the outlier kept (no selection), the same frames would have said otherwise: the test can fail
+    assert frames.comparison_table(frames.runs_frame(singles)).iloc[0].spread_low_img_s < 20
+    # two runs cannot tell which one the machine disturbed: both kept, flagged as a disagreement instead
+    assert selection.select_runs(singles[:2]).outliers == []
+
+
+def test_a_run_slow_from_its_first_step_to_its_last_is_counted_disturbed_against_its_repeats():
+    """Issue 32: the 10×-slow `single` said 0 disturbed steps: each run was compared with its own median."""
+    runs = []
+    for k, step_s in enumerate((0.35, 3.6, 0.36)):
+        r = result(f"s{k}", "single", 8, 64 / step_s, world_size=1, warmup_steps=2)
+        r["summary"].update(measured_steps=6, disturbed_steps=0)
+        r["steps"] = [{**s, "step_s": step_s} for s in r["steps"]]
+        runs.append(r)
+    frame = frames.runs_frame(runs).set_index("name")
+    assert list(frames.disturbed_vs_others(runs)) == [0, 6, 0]
+    assert frame.loc["s1", "disturbed_steps"] == 6 and frame.loc["s0", "disturbed_steps"] == 0
+    runs[0]["summary"]["disturbed_steps"] = 2  # its own count stays where it is larger
+    assert frames.runs_frame(runs).set_index("name").loc["s0", "disturbed_steps"] == 2
+
+
+def test_the_ranking_says_which_methods_are_told_apart_beyond_neighbours():
+    """Issue 32: 'single ≈ ddp ≈ bucketed ≈ ring ≈ ps ≈ allreduce' although DDP's spread (54.5–56.8)
+    cleared ring, ps and allreduce: only neighbours were compared."""
+    spreads = {"single": (60.0, 40.0, 80.0), "ddp": (55.6, 54.5, 56.8), "bucketed": (54.0, 52.0, 55.0),
+               "ring": (52.0, 50.0, 54.0), "ps": (51.0, 49.0, 53.0), "allreduce": (50.5, 48.0, 53.5)}
+    runs = frames.runs_frame([result(m, m, 8, img_s, low, high, world_size=1 if m == "single" else 4)
+                              for m, (img_s, low, high) in spreads.items()])
+    table = frames.comparison_table(runs)
+    assert sentences.ranking(table) == "single ×1 ≈ ddp ×4 ≈ bucketed ×4 ≈ ring ×4 ≈ ps ×4 ≈ allreduce ×4"
+    pairs = dict(sentences.told_apart(table))
+    assert pairs == {"ddp ×4": ["ring ×4", "ps ×4", "allreduce ×4"]}  # bucketed 52–55 overlaps all three
+    marks = sentences.letters(table)
+    for a in marks:  # two methods share a letter exactly when they are not told apart
+        for b in marks:
+            apart = b in pairs.get(a, []) or a in pairs.get(b, [])
+            assert bool(set(marks[a]) & set(marks[b])) == (not apart), (a, b, marks)
+    text = "\n".join(sentences.verdicts(table))
+    assert "told apart: ddp ×4 > {ring ×4, ps ×4, allreduce ×4}" in text and "single ×1 [" in text
+
+
+def test_the_report_has_per_epoch_statistics():
+    runs = []
+    for k, top1 in enumerate((60.0, 64.0, 62.0)):
+        r = result(f"d{k}", "ddp", 30, 100.0)
+        r["epochs"] = [{"epoch": 1, "train_loss": 2.1, "val_loss": 1.9, "val_top1": top1 - 20, "val_images": 300,
+                        "time_s": 4.0, "throughput_img_s": 480.0},
+                       {"epoch": 2, "train_loss": 1.2, "val_loss": 1.0 + k / 10, "val_top1": top1, "val_images": 300,
+                        "time_s": 4.2, "throughput_img_s": 457.0}]
+        runs.append(r)
+    table = frames.epoch_table(runs).set_index("epoch")
+    assert table.loc[2, "val_top1"] == 62.0 and table.loc[2, "repeats"] == 3 and table.loc[2, "val_loss"] == 1.1
+    assert table.loc[2, "top1_se_pct"] == pytest.approx(100 * (0.62 * 0.38 / 300) ** 0.5)
+    report = report_of(runs)
+    assert "Per epoch (the median over repeats)" in report and "± se" in report
+    short = [result("s", "ddp", 8, 100.0, max_steps=8)]
+    short[0]["epochs"] = [{"epoch": 1, "train_loss": 2.3, "val_loss": 2.4, "val_top1": 11.0, "val_images": 300}]
+    assert pd.isna(frames.epoch_table(short).iloc[0].val_top1)  # a few steps: no accuracy

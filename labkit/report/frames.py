@@ -7,7 +7,11 @@ recomputed differently here. Names no method; imports no torch.
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
+
+from labkit.training.timing import DISTURBED_FACTOR  # one definition of "disturbed" (timing.py imports no torch)
 
 from .costmodel import prediction_table
 from .selection import comparison_setup, images_per_step, is_short, method, parallel_units, setup_names
@@ -31,12 +35,44 @@ def _labels(r: dict) -> dict:
             "global_batch": images_per_step(r)}
 
 
+def disturbed_vs_others(results: list[dict]) -> list[int | None]:
+    """Per run, its measured steps over DISTURBED_FACTOR (2) × the median step of the *other*
+    repeats of its method, world size and setup — a run slowed from its first step to its last
+    has a median as slow as its steps, so its own count (summary `disturbed_steps`, against its
+    own median) says 0; against the others it says all. None without another repeat, or for a
+    result without per-step times. A method timed per period (local SGD: H steps, summary
+    `measured_steps` counts periods) is compared whole: all its measured periods when its median
+    is over 2 × the others', else none."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault((comparison_setup(r), method(r), r.get("world_size")), []).append(i)
+    counts: list[int | None] = [None] * len(results)
+    for members in groups.values():
+        for i in members:
+            others = [(results[j].get("summary") or {}).get("step_time_median_s") for j in members if j != i]
+            others = [o for o in others if o]
+            s, cfg = results[i].get("summary") or {}, results[i].get("config") or {}
+            if not others or not s.get("measured_steps"):
+                continue
+            threshold = DISTURBED_FACTOR * statistics.median(others)
+            warmup = cfg.get("warmup_steps") or 0
+            measured = [step.get("step_s") for step in results[i].get("steps", [])[warmup:]]
+            if len(measured) == s["measured_steps"] and all(t is not None for t in measured):
+                counts[i] = sum(t > threshold for t in measured)
+            elif s.get("step_time_median_s"):  # per period, or steps not in the result: the run as a whole
+                counts[i] = s["measured_steps"] if s["step_time_median_s"] > threshold else 0
+    return counts
+
+
 def runs_frame(results: list[dict]) -> pd.DataFrame:
     """One row per run: its labels, setup (selection.setup_label), length, hardware and summary
     figures (absent ones empty; no accuracy for a short `max_steps` run). A result from before
-    the step interval existed gets its own throughput as both ends of it."""
+    the step interval existed gets its own throughput as both ends of it. `disturbed_steps` is
+    the larger of the run's own count (steps over 2 × its own median) and the count against the
+    other repeats' median step (disturbed_vs_others): a run disturbed throughout is counted too."""
     rows, names = [], setup_names(results)
-    for r in results:
+    against_others = disturbed_vs_others(results)
+    for r, vs_others in zip(results, against_others):
         summary, cfg = r.get("summary") or {}, r.get("config", {})
         summary = {"throughput_low_img_s": summary.get("throughput_img_s"),
                    "throughput_high_img_s": summary.get("throughput_img_s"), **summary}
@@ -44,6 +80,9 @@ def runs_frame(results: list[dict]) -> pd.DataFrame:
                      "profile": cfg.get("profile"), "model": cfg.get("model"),
                      "parallel_units": parallel_units(r),
                      **{key: summary.get(key) for key in RUN_COLUMNS}})
+        if vs_others is not None:
+            own = rows[-1]["disturbed_steps"]
+            rows[-1]["disturbed_steps"] = max(own if own is not None else 0, vs_others)
         if is_short(r):  # a max_steps demonstration: its accuracy is no verdict on the method
             rows[-1]["best_val_top1"] = None
     frame = pd.DataFrame(rows, columns=[*LABELS, "setup", "steps", "profile", "model", "parallel_units", *RUN_COLUMNS])
@@ -55,6 +94,33 @@ def epochs_frame(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{**_labels(r), **e} for r in results for e in r.get("epochs", [])])
 
 
+EPOCH_COLUMNS = ["train_loss", "val_loss", "val_top1", "val_images", "time_s", "throughput_img_s"]
+
+
+def epoch_table(results: list[dict]) -> pd.DataFrame:
+    """The per-epoch statistics: one row per setup, method, world size and epoch, each figure
+    the median over the repeats (median_low) — training loss (averaged over every data rank),
+    validation loss and top-1 with its binomial standard error (`top1_se_pct`, for the N
+    validation images), the epoch's time and throughput. A short (`max_steps`) run keeps its
+    losses but shows no accuracy: a few steps say nothing about it."""
+    names, rows = setup_names(results), []
+    for r in results:
+        for e in r.get("epochs", []):
+            row = {"setup": names[comparison_setup(r)], "method": method(r), "world_size": r.get("world_size"),
+                   "epoch": e.get("epoch"), **{key: e.get(key) for key in EPOCH_COLUMNS}}
+            if is_short(r):
+                row["val_top1"] = None
+            rows.append(row)
+    keys = ["setup", "method", "world_size", "epoch"]
+    frame = pd.DataFrame(rows, columns=[*keys, *EPOCH_COLUMNS]).astype({key: float for key in EPOCH_COLUMNS})
+    if not len(frame):
+        return frame.assign(repeats=pd.Series(dtype=int), top1_se_pct=pd.Series(dtype=float))
+    table = frame.groupby(keys, as_index=False)[EPOCH_COLUMNS].agg(median_low)
+    table = table.merge(frame.groupby(keys).size().rename("repeats").reset_index(), on=keys)
+    table["top1_se_pct"] = binomial_se_pct(table["val_top1"], table["val_images"])
+    return table.sort_values(keys, ignore_index=True)
+
+
 def steps_frame(results: list[dict]) -> pd.DataFrame:
     """Long format: one row per run and step, with `images_seen` (global batch × step)."""
     rows = [{**_labels(r), **s} for r in results for s in r.get("steps", [])]
@@ -64,8 +130,17 @@ def steps_frame(results: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def median_low(values: pd.Series) -> float:
+    """The median of the values present; of an even count, the lower of the middle two — a figure
+    one run achieved, never the midpoint of two runs that no run made (issue 32: "99.6 img/s"
+    from 17.6 and 181.7). Lower, not upper: the claim stays on the cautious side."""
+    present = sorted(values.dropna())
+    return present[(len(present) - 1) // 2] if present else float("nan")
+
+
 def comparison_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per setup, method and world size: the median of each figure over the repeats,
+    """One row per setup, method and world size: the median (median_low: never a midpoint) of
+    each figure over the repeats (pass the runs selection kept: an outlier is left out there),
     `repeats`, and the method's spread: `spread_low_img_s` … `spread_high_img_s`, from the
     lowest to the highest end of its runs' own intervals (each run's ~95 % interval of its
     median step, as img/s: timing.median_interval) — so one run has a spread too, and two
@@ -76,7 +151,7 @@ def comparison_table(runs: pd.DataFrame, baseline: str | None = None) -> pd.Data
     (at its largest world size); a setup the baseline did not run gets none: no ratio is
     taken across runs of different length or setup."""
     keys = ["setup", "method", "world_size", "steps"]
-    table = runs.groupby(keys, as_index=False)[RUN_COLUMNS].median(numeric_only=True)
+    table = runs.groupby(keys, as_index=False)[RUN_COLUMNS].agg(median_low)
     grouped = runs.groupby(keys)
     table = table.merge(grouped.size().rename("repeats").reset_index(), on=keys)
     for column in ("disturbed_steps", "measured_steps"):  # counted over all repeats, not a median

@@ -2,8 +2,8 @@
 returns a matplotlib Figure (inline in a notebook; `save_all` writes PNGs).
 
 Habits every figure keeps (docs/EXPERIMENT_GUIDE.md, "The figures"):
-- one colour per method in every figure, from a colour-blind-safe palette, keyed by the
-  method's name (`color_of`);
+- one colour per method in every figure of every notebook, fixed by the method's name
+  (`color_of`: the registry gives each method its own), never by the order of drawing;
 - every bar carries its value as text, so a tiny bar (0.3 MB next to 60 MB) still reads;
 - log axes where values span orders of magnitude;
 - a figure that needs a field the results do not hold says so instead of drawing zero.
@@ -14,40 +14,68 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from .costmodel import ops_per_step
-from .frames import binomial_se_pct, comparison_table, epochs_frame, runs_frame, scaling_frame, steps_frame
+from .frames import (binomial_se_pct, comparison_table, epochs_frame, median_low, runs_frame, scaling_frame,
+                     steps_frame)
 from .selection import comparison_setup, is_short, method, setup_names
 
-# seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed.
+# seaborn's "colorblind" palette (10 colours, after Okabe & Ito), as hex so seaborn is not needed:
+# operations (bandwidth) and anything that is not a method take their colours from it by order.
 PALETTE = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
            "#56b4e9"]
-_COLORS: dict[str, str] = {}  # method → colour, for the life of the process
+# One colour per registered method, in the registry's order (labkit/strategies REGISTRY: a new
+# method appends its line, so no method's colour moves): the colour-blind palette above without its
+# pale yellow (unreadable as a line on white), then Paul Tol's dark and muted colours. 16 for 14 methods.
+METHOD_PALETTE = ["#949494", "#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#56b4e9",
+                  "#332288", "#882255", "#117733", "#44aa99", "#999933", "#aa4499", "#fbafe4", "#661100"]
+# A method outside the registry (a student's file) draws from colours no registered method has.
+OTHER_PALETTE = ["#000000", "#6699cc", "#ddcc77", "#88ccee", "#cc6677", "#997700"]
 
 # Phases of a step in the timelines (not methods: their own neutral colours).
 PHASE_COLORS = {"data_s": "#bbbbbb", "compute_s": "#4477aa", "optimizer_s": "#99ddff", "sync_s": "#ee6677"}
 COMPUTE_LANE = ("data_s", "compute_s", "optimizer_s")  # every other phase is communication
 
 
+def base_method(label: str) -> str:
+    """The registered method a label names: its first word ("bucketed fp16" → bucketed, "ssp (s=2)"
+    → ssp, "localsgd H=4" → localsgd)."""
+    return label.split()[0].split("(")[0] if label.strip() else label
+
+
+def _shade(hex_color: str, amount: float) -> str:
+    """`amount` > 0 mixes towards white, < 0 towards black."""
+    rgb = np.array(matplotlib.colors.to_rgb(hex_color))
+    mixed = rgb + (1 - rgb) * amount if amount > 0 else rgb * (1 + amount)
+    return matplotlib.colors.to_hex(mixed)
+
+
+VARIANT_SHADES = (-0.4, 0.4, -0.6, 0.6)  # a variant of a method: its hue, darker or lighter
+
+
 def color_of(method: str) -> str:
-    """The method's colour: its first choice is crc32(name) mod 10 (stable across runs and
-    processes); if another method already took that colour in this process, the next free
-    one. A method keeps its colour for the life of the process."""
-    if method not in _COLORS:
-        first = zlib.crc32(method.encode()) % len(PALETTE)
-        taken = set(_COLORS.values())
-        free = [PALETTE[(first + i) % len(PALETTE)] for i in range(len(PALETTE))
-                if PALETTE[(first + i) % len(PALETTE)] not in taken]
-        _COLORS[method] = free[0] if free else PALETTE[first]
-    return _COLORS[method]
+    """The method's colour, fixed by its name alone (never by the order figures meet methods):
+    a registered method has its own colour (METHOD_PALETTE, in registry order); a variant of it
+    ("bucketed fp16", "ddp accumulate=4", "ssp (s=2)") keeps the method's hue, darker or lighter
+    by crc32 of the label (two variants of one method may share a shade: 1 in 4); any other name
+    takes one of OTHER_PALETTE by crc32."""
+    from labkit.strategies import REGISTRY  # names and their order only: imports no method, no torch
+
+    names, base = list(REGISTRY), base_method(method)
+    if base in names:
+        color = METHOD_PALETTE[names.index(base) % len(METHOD_PALETTE)]
+        if method.strip() == base:
+            return color
+        return _shade(color, VARIANT_SHADES[zlib.crc32(method.encode()) % len(VARIANT_SHADES)])
+    return OTHER_PALETTE[zlib.crc32(method.encode()) % len(OTHER_PALETTE)]
 
 
 def assign_colors(methods) -> dict[str, str]:
-    """Colours for a set of methods, assigned in sorted order so the result does not depend
-    on the order the figures are drawn in."""
+    """method → colour for a set of methods (color_of each: the same in every figure)."""
     return {m: color_of(m) for m in sorted(set(methods))}
 
 
@@ -215,13 +243,16 @@ def communication_volume(runs: pd.DataFrame):
     return fig
 
 
-def loss_vs_images(steps: pd.DataFrame, classes: int | None = None):
-    """Training loss (rank 0's batch, 5-step moving mean) against images seen (global
-    batch × step), so methods with different batches per step share one x axis. With
-    `classes`, the chance line ln(classes): the loss of a model that guesses uniformly.
-    A one-process run's loss is over its whole batch, a multi-rank run's over rank 0's
-    share of it, so theirs differ step by step by sampling alone."""
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+def loss_vs_images(steps: pd.DataFrame, classes: int | None = None, epochs: pd.DataFrame | None = None):
+    """Training loss (rank 0's batch, 5-step moving mean; solid) against images seen (global
+    batch × step), so methods with different batches per step share one x axis; with `epochs`
+    (frames.epochs_frame), each epoch's validation loss (dashed, circles) where the epoch ended
+    (images seen by then: the epochs' steps so far × the global batch). With `classes`, the
+    chance line ln(classes): the loss of a model that guesses uniformly — a validation loss
+    above it has learnt less than nothing. A one-process run's training loss is over its whole
+    batch, a multi-rank run's over rank 0's share of it, so theirs differ step by step by
+    sampling alone."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
     if classes:
         ax.axhline(np.log(classes), color="0.5", ls=":", lw=1, label=f"chance: ln {classes} = {np.log(classes):.2f}")
     for label in sorted(steps["method"].unique()) if len(steps) else []:
@@ -229,12 +260,25 @@ def loss_vs_images(steps: pd.DataFrame, classes: int | None = None):
         for _, run in steps[steps["method"] == label].groupby("name"):
             run = run.sort_values("step")
             smooth = run["loss"].rolling(5, min_periods=1).mean()
-            ax.plot(run["images_seen"], smooth, color=color_of(label), label=label if first else None, lw=1.4)
+            ax.plot(run["images_seen"], smooth, color=color_of(label), label=f"{label} training" if first else None,
+                    lw=1.4)
             first = False
-    ax.set(title="Training loss against images seen (rank 0's batch, 5-step moving mean)",
+    has_val = epochs is not None and len(epochs) and "val_loss" in epochs and epochs["val_loss"].notna().any()
+    if has_val:
+        for label in sorted(epochs["method"].unique()):
+            first = True
+            for _, run in epochs[epochs["method"] == label].groupby("name"):
+                run = run.sort_values("epoch")
+                seen = run["steps"].cumsum() * run["global_batch"] if "steps" in run else run["epoch"]
+                ax.plot(seen, run["val_loss"], "o--", ms=4, lw=1, color=color_of(label),
+                        label=f"{label} validation" if first else None)
+                first = False
+    ax.set(title="Loss against images seen: training (rank 0's batch, 5-step moving mean)"
+                 + (" and validation (dashed, per epoch)" if has_val else ""),
            xlabel="images seen (global batch × step)", ylabel="cross-entropy")
+    ax.title.set_fontsize(9)
     if len(steps) or classes:
-        ax.legend(fontsize=8, ncol=2)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -246,6 +290,11 @@ def validation_accuracy(epochs: pd.DataFrame):
     told apart by this validation set. A run that did not record N gets no bar."""
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     epochs = epochs.dropna(subset=["val_top1"]) if "val_top1" in epochs else epochs.iloc[0:0]
+    if not len(epochs):
+        _message(ax, "No run here trained whole epochs: accuracy after a few max_steps steps says nothing "
+                     "about a method, so none is drawn (notebook 05b's runs train to the end).")
+        ax.set_title("Validation top-1 accuracy per epoch")
+        return fig
     sizes = set()
     for label in sorted(epochs["method"].unique()) if len(epochs) else []:
         for i, (_, run) in enumerate(epochs[epochs["method"] == label].groupby("name")):
@@ -260,6 +309,96 @@ def validation_accuracy(epochs: pd.DataFrame):
     ax.xaxis.get_major_locator().set_params(integer=True)
     if len(epochs):
         ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _message(ax, text: str) -> None:
+    """A figure the results cannot fill says why, instead of drawing zero."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=9, transform=ax.transAxes)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def total_time(runs: pd.DataFrame):
+    """Training time per method (summary `total_time_s`: the whole run, start-up of the ranks'
+    loop to the end, validation and checkpoints included), the median over repeats, whiskers
+    from the fastest to the slowest repeat; bars in the throughput figure's order."""
+    keys = ["setup", "method", "world_size"]
+    table = runs.groupby(keys, as_index=False).agg(total_s=("total_time_s", median_low),
+                                                   low_s=("total_time_s", "min"), high_s=("total_time_s", "max"),
+                                                   repeats=("total_time_s", "count"))
+    several = table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
+    table = _ranked(table, runs)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * max(1, len(table))))
+    if not table["total_s"].notna().any():
+        _message(ax, "no run recorded its total time (summary total_time_s)")
+        return fig
+    values = table["total_s"].fillna(0)
+    bars = ax.barh(table["label"], values, xerr=[(values - table["low_s"]).clip(lower=0).fillna(0),
+                                                 (table["high_s"] - values).clip(lower=0).fillna(0)],
+                   capsize=3, color=[color_of(m) for m in table["method"]])
+    _label_points(ax, list(table["high_s"].fillna(values)), [b.get_y() + b.get_height() / 2 for b in bars],
+                  [f"{v:.1f} s [{lo:.1f}–{hi:.1f}] (n={n})" for v, lo, hi, n in
+                   zip(values, table["low_s"], table["high_s"], table["repeats"])])
+    ax.set_xlim(0, 1.45 * float(table["high_s"].max() or 1))
+    ax.set(title=f"Total training time per run ({_length_note(runs)}; lower is better;\n"
+                 "median over repeats, whiskers: fastest to slowest repeat)", xlabel="seconds", ylabel="method")
+    ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def communication_overhead(results: list[dict]):
+    """Exposed communication as a share of the step (summary `exposed_comm_pct` = (step − data
+    wait − compute-only step) ÷ (step − data wait)), the median over repeats, with its noise
+    floor as a whisker: ± exposed_comm_noise_s ÷ (compute-only step + exposed), in %. A bar
+    whose whisker crosses 0 shows no cost of communication this measurement can see. A run
+    without a compute-only calibration has no bar, and its label says so."""
+    rows, names = [], setup_names(results)
+    for r in results:
+        s = r.get("summary") or {}
+        pct, exposed, compute = s.get("exposed_comm_pct"), s.get("exposed_comm_s"), s.get("compute_only_step_s")
+        floor = s.get("exposed_comm_noise_s")
+        whole = (compute + exposed) if compute is not None and exposed is not None else None  # step − data wait
+        rows.append({"setup": names[comparison_setup(r)], "method": method(r), "world_size": r.get("world_size"),
+                     "pct": pct, "floor_pct": 100 * floor / whole if floor is not None and whole else None})
+    frame = pd.DataFrame(rows, columns=["setup", "method", "world_size", "pct", "floor_pct"])
+    frame = frame.astype({"pct": float, "floor_pct": float})
+    table = frame.groupby(["setup", "method", "world_size"], as_index=False)[["pct", "floor_pct"]].agg(median_low)
+    several = table["setup"].nunique() > 1
+    table["label"] = [_label(r) + (f" · {r.setup}" if several else "") for r in table.itertuples()]
+    table = _ranked(table, runs_frame(results))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * max(1, len(table))))
+    if not table["pct"].notna().any():
+        _message(ax, "no run measured its exposed communication (it needs a compute-only calibration)")
+        return fig
+    y = np.arange(len(table))
+    values = table["pct"].fillna(0)
+    ax.barh(y, values, color=[color_of(m) for m in table["method"]])
+    floor = table["floor_pct"]
+    has = floor.notna() & table["pct"].notna()
+    if has.any():
+        ax.errorbar(values[has], y[has], xerr=floor[has], fmt="none", ecolor="black", capsize=4,
+                    label="± noise floor")
+        ax.legend(fontsize=7, loc="lower right")
+    texts = []
+    for row in table.itertuples():
+        if pd.isna(row.pct):
+            texts.append("no calibration: unknown")
+        elif pd.notna(row.floor_pct) and abs(row.pct) <= row.floor_pct:
+            texts.append(f"{row.pct:.1f} % ± {row.floor_pct:.1f}: within the noise")
+        else:
+            texts.append(f"{row.pct:.1f} %" + (f" ± {row.floor_pct:.1f}" if pd.notna(row.floor_pct) else ""))
+    ends = np.maximum(values, 0) + floor.fillna(0)
+    _label_points(ax, list(ends), y, texts)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(y, table["label"])
+    low = min(0.0, float((values - floor.fillna(0)).min()))
+    ax.set_xlim(1.1 * low, 1.6 * max(float(ends.max()), 1.0))
+    ax.set(title="Communication overhead: exposed communication, % of the step (data wait excluded)\n"
+                 "(step − compute-only step; the whisker is its noise floor)", xlabel="% of the step", ylabel="method")
+    ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
@@ -390,18 +529,28 @@ def bandwidth(bench: dict, results: list[dict] | None = None):
     return fig
 
 
-def all_figures(results: list[dict]) -> dict:
-    """Every comparison figure for a set of results (pass the runs `select_runs` kept).
-    Validation accuracy is drawn for full-length runs only (not `max_steps` demonstrations)."""
-    runs, steps = runs_frame(results), steps_frame(results)
-    assign_colors(runs["method"])
-    figures = {"throughput": throughput(runs), "time_breakdown": time_breakdown(results),
-               "communication_volume": communication_volume(runs),
-               "loss_vs_images": loss_vs_images(steps, (results[0].get("config") or {}).get("num_classes")
-                                                if results else None)}
-    trained = epochs_frame([r for r in results if not is_short(r)])  # a few steps say nothing about accuracy
-    if "val_top1" in trained and trained["val_top1"].notna().any():
-        figures["validation_accuracy"] = validation_accuracy(trained)
+FIVE = ("throughput", "total_time", "loss", "communication_overhead", "accuracy")  # the original project's plots
+
+
+def all_figures(results: list[dict], trained: list[dict] | None = None) -> dict:
+    """Every comparison figure for a set of results (pass the runs `select_runs` kept): the five
+    of the original project (FIVE) — throughput, total time, loss (training and validation, with
+    the chance line), communication overhead (% of the step, with its noise floor) and accuracy
+    (validation top-1 per epoch, binomial bars) — then the time breakdown, the communication
+    volume, scaling (where a method ran at several sizes) and the timelines. Accuracy is drawn
+    from full-length runs only (not `max_steps` demonstrations): those among `results` and
+    `trained` (e.g. notebook 05b's sweep, trained to the end); with none, the figure says so."""
+    runs = runs_frame(results)
+    full = [r for r in [*results, *(trained or [])] if not is_short(r)]  # a few steps say nothing about accuracy
+    classes = next(((r.get("config") or {}).get("num_classes") for r in [*results, *full]
+                    if (r.get("config") or {}).get("num_classes")), None)
+    learning = [r for r in full if any(e.get("val_loss") is not None for e in r.get("epochs", []))]
+    shown = learning or results  # the loss of runs that trained whole epochs says more than a few steps
+    figures = {"throughput": throughput(runs), "total_time": total_time(runs),
+               "loss": loss_vs_images(steps_frame(shown), classes, epochs_frame(shown)),
+               "communication_overhead": communication_overhead(results),
+               "accuracy": validation_accuracy(epochs_frame(full)),
+               "time_breakdown": time_breakdown(results), "communication_volume": communication_volume(runs)}
     if len(runs) and runs.groupby("method").world_size.nunique().max() > 1:
         figures["scaling"] = scaling(runs)
     latest = {}  # per method, its run at the largest world size (the last such one)

@@ -10,6 +10,7 @@ so this file names no method. It imports no torch: reading results must stay fas
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class Selection:
     """The runs a comparison keeps, and every run it leaves out with the reason."""
     kept: list[dict] = field(default_factory=list)
     left_out: list[tuple[dict, str]] = field(default_factory=list)
+    outliers: list[dict] = field(default_factory=list)  # also in left_out, with their reason
 
     def lines(self) -> list[str]:
         """One line per left-out run, for the report and the notebooks."""
@@ -76,7 +78,9 @@ def select_runs(results: list[dict], profile: str | None = None) -> Selection:
     - a fault was injected: a demonstration of failure and resume, not a measurement;
     - shorter than the longest run of the same method and world size: total time and
       accuracy depend on the length of training, so a quick check is not averaged with a
-      full run. Repeats of the same length are all kept (they give the spread)."""
+      full run. Repeats of the same length are kept (they give the spread)...
+    - ...but for an outlier: a repeat far off the others of its method and setup (`outliers`:
+      over 2× faster or slower than their median), which is left out with its figures."""
     chosen, candidates = Selection(), []
     for r in results:
         cfg = r.get("config", {})
@@ -92,13 +96,63 @@ def select_runs(results: list[dict], profile: str | None = None) -> Selection:
     for r in candidates:
         key = (method(r), r.get("world_size"))
         longest[key] = max(longest.get(key, 0), len(r.get("steps", [])))
+    full = []
     for r in candidates:
         most = longest[(method(r), r.get("world_size"))]
         if len(r.get("steps", [])) == most:
-            chosen.kept.append(r)
+            full.append(r)
         else:
             chosen.left_out.append((r, f"a {most}-step run of {method(r)} on {r.get('world_size')} rank(s) is compared"))
+    far = outliers(full)
+    for r in full:
+        if id(r) in far:
+            chosen.left_out.append((r, far[id(r)]))
+            chosen.outliers.append(r)
+        else:
+            chosen.kept.append(r)
     return chosen
+
+
+OUTLIER_RATIO = 2.0  # a repeat 2× faster or slower than the median of its others was not on the same machine
+
+
+def throughput_of(result: dict) -> float | None:
+    return (result.get("summary") or {}).get("throughput_img_s")
+
+
+def outliers(results: list[dict]) -> dict[int, str]:
+    """The runs far off the other repeats of their method, world size and setup, each with its
+    reason (keyed by id() of the result dict).
+
+    The rule: a run is an outlier when its steady throughput is more than OUTLIER_RATIO (2×)
+    above or below the median of the *other* repeats — measured against the others, so the run
+    itself cannot drag the reference towards it. It needs at least 2 others (3 runs): of two
+    runs that disagree, nothing says which one the machine disturbed (frames.disagreements
+    flags them instead). Why not median ± k·MAD: with 3–5 repeats the MAD is itself noise (two
+    identical repeats give a MAD of 0, and any third run would be flagged); a factor of 2 is
+    beyond any method's own repeat-to-repeat spread on a quiet machine (timing.DISTURBED_FACTOR
+    says the same of single steps), and it catches the busy moment issue 32 saw: `single` at
+    17.6 img/s beside 181.7. An outlier is left out of every median, spread, ratio and verdict,
+    and the report says so with its figures."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if throughput_of(r):
+            groups.setdefault((comparison_setup(r), method(r), r.get("world_size")), []).append(r)
+    far = {}
+    for group in groups.values():
+        if len(group) < 3:
+            continue
+        for r in group:
+            others = statistics.median(throughput_of(o) for o in group if o is not r)
+            ratio = throughput_of(r) / others
+            if ratio > OUTLIER_RATIO or ratio < 1 / OUTLIER_RATIO:
+                disturbed = (r.get("summary") or {}).get("disturbed_steps")
+                far[id(r)] = (f"an outlier: {throughput_of(r):.1f} img/s, {ratio:.2f}× the median of its "
+                              f"{len(group) - 1} other repeats ({others:.1f} img/s), beyond the {OUTLIER_RATIO:g}× "
+                              "rule: the machine was not the same for it"
+                              + (f" ({disturbed} of its own steps disturbed)" if disturbed else "")
+                              + "; left out of the medians, the regime and every verdict")
+    return far
 
 
 SETUP_KEYS = ("profile", "model", "lr", "seed", "dtype", "batch_size", "epochs", "max_steps")  # keys of config.json

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .costmodel import TOLERANCE, prediction_table, prediction_text
-from .frames import (comparison_table, disagreements, memory_frame, overlaps, report_table, runs_frame,
+from .frames import (comparison_table, disagreements, epoch_table, memory_frame, overlaps, report_table, runs_frame,
                      scaling_frame)
 from .regime import regime_lines
 from .selection import Selection, is_short, method
@@ -34,14 +34,71 @@ def _spread(row) -> str:
             if pd.notna(row.spread_low_img_s) else f"no spread, {n} run{'s' if n > 1 else ''}")
 
 
+def _known(row) -> bool:
+    return pd.notna(row.spread_low_img_s) and pd.notna(row.spread_high_img_s)
+
+
 def ranking(group: pd.DataFrame) -> str:
     """One setup's methods fastest first, `>` where the gap to the next is beyond both spreads,
-    `≈` where the spreads overlap (noise: the order between them is not known)."""
+    `≈` where the spreads overlap (noise: the order between them is not known). Neighbours
+    only: groups() says which methods are told apart from which."""
     rows = list(group.sort_values("throughput_img_s", ascending=False).itertuples())
     text = _row_label(rows[0])
     for a, b in zip(rows, rows[1:]):
-        text += (" ≈ " if overlaps(a, b) else " > ") + _row_label(b)
+        text += (" ≈ " if overlaps(a, b) or not (_known(a) and _known(b)) else " > ") + _row_label(b)
     return text
+
+
+def told_apart(group: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """Every pair of one setup's methods whose spreads do not overlap, neighbours or not, as
+    (faster method, [the slower ones it clears]), fastest first. A method without a spread is
+    told apart from none."""
+    rows = [r for r in group.sort_values("throughput_img_s", ascending=False).itertuples() if _known(r)]
+    pairs = []
+    for i, a in enumerate(rows):
+        cleared = [_row_label(b) for b in rows[i + 1:] if b.spread_high_img_s < a.spread_low_img_s]
+        if cleared:
+            pairs.append((_row_label(a), cleared))
+    return pairs
+
+
+def letters(group: pd.DataFrame) -> dict[str, str]:
+    """A compact letter display: method → letters; two methods share a letter exactly when
+    their spreads overlap (not told apart), and a letter is a set of methods whose spreads all
+    share a point. Spreads are intervals, so these sets are the intervals' maximal cliques,
+    found by one sweep over the ends (fastest first: letter a holds the fastest)."""
+    rows = [r for r in group.itertuples() if _known(r)]
+    # a start before an end at the same point: touching spreads overlap, as frames.overlaps says
+    events = sorted([(-r.spread_high_img_s, 0, i) for i, r in enumerate(rows)]
+                    + [(-r.spread_low_img_s, 1, i) for i, r in enumerate(rows)])
+    active, cliques, opened = set(), [], False
+    for _, kind, i in events:
+        if kind == 0:
+            active.add(i)
+            opened = True
+        else:
+            if opened:  # the last event was a start: what is open now is a maximal set
+                cliques.append(set(active))
+            opened = False
+            active.discard(i)
+    marks = {_row_label(r): "" for r in group.itertuples()}
+    for letter, clique in zip("abcdefghijklmnopqrstuvwxyz", cliques):
+        for i in sorted(clique):
+            marks[_row_label(rows[i])] += letter
+    return {label: mark or "–" for label, mark in marks.items()}  # –: no spread, no letter
+
+
+def groups_lines(group: pd.DataFrame) -> list[str]:
+    """The ranking as groups: the letters, and each method with the methods it clears."""
+    ordered = group.sort_values("throughput_img_s", ascending=False)
+    marks = letters(ordered)
+    lines = ["  groups (methods sharing a letter are not told apart; '–': no spread): "
+             + ", ".join(f"{label} [{mark}]" for label, mark in marks.items())]
+    pairs = told_apart(ordered)
+    lines += [f"  told apart: {faster} > {{{', '.join(slower)}}}" for faster, slower in pairs]
+    if not pairs:
+        lines.append("  told apart: none — every spread overlaps every other (or has none)")
+    return lines
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
@@ -73,6 +130,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             line += ": larger than both spreads"
         lines.append(line + ".")
         lines.append(f"  ranking ('>' beyond the spreads, '≈' noise; each sign compares neighbours): {ranking(group)}")
+        lines += groups_lines(group)
     return lines
 
 
@@ -116,8 +174,11 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
              "throughput (global batch ÷ median step; the median over repeats); low–high is its spread, from",
              "the lowest to the highest end of the repeats' ~95 % intervals: methods whose spreads overlap",
              "are not told apart. wall img/s counts every step's wall time; `disturbed` counts steps over",
-             "2 × the median (the machine was busy). Runs are compared only within one setup (length,",
-             "batch, recipe)" + (f"; vs base: throughput ÷ {baseline}'s in the same setup." if baseline else "."),
+             "2 × the median step, the run's own or its other repeats' (the machine was busy). img/s and",
+             "every figure is the median over repeats (of an even count the lower middle one: a figure a",
+             "run made, never a midpoint); a repeat over 2× faster or slower than the median of its other",
+             "repeats is an outlier, left out with its figures. Runs are compared only within one setup",
+             "(length, batch, recipe)" + (f"; vs base: throughput ÷ {baseline}'s in the same setup." if baseline else "."),
              ""]
     if isinstance(chosen, Selection):
         lines += [f"Compared: {len(chosen.kept)} run(s); left out: {len(chosen.left_out)}."] + chosen.lines() + [""]
@@ -125,6 +186,7 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
     disagree = disagreement_lines(runs)
     lines += ["", *disagree] if disagree else []
     if isinstance(chosen, Selection):
+        lines += epoch_lines(epoch_table(chosen.kept))
         lines += memory_lines(memory_frame(chosen.kept))
     scaling = scaling_frame(runs)
     several = scaling.groupby(["setup", "method"]).world_size.transform("nunique") > 1 if len(scaling) else []
@@ -142,6 +204,23 @@ def report_text(chosen: Selection | pd.DataFrame, communication: pd.DataFrame | 
         lines += ["", "Why this ranking (the regime in numbers; the predictions are predictions):", "",
                   *regime_lines(chosen.kept, fits)]
     return "\n".join(lines) + "\n"
+
+
+EPOCH_HEADINGS = {"setup": "setup", "method": "method", "world_size": "ranks", "epoch": "epoch", "repeats": "repeats",
+                  "train_loss": "train loss", "val_loss": "val loss", "val_top1": "top-1 %", "top1_se_pct": "± se",
+                  "time_s": "time s", "throughput_img_s": "img/s"}
+
+
+def epoch_lines(epochs: pd.DataFrame) -> list[str]:
+    """The report's per-epoch statistics (frames.epoch_table), with what each column means."""
+    if not len(epochs):
+        return []
+    shown = epochs[list(EPOCH_HEADINGS)].rename(columns=EPOCH_HEADINGS).astype({"ranks": "Int64", "epoch": "Int64"})
+    return ["", "Per epoch (the median over repeats): training loss averaged over every data rank, validation",
+            "loss and top-1 with ± its binomial standard error √(p(1−p)/N) for the N validation images (no",
+            "top-1 for a short max_steps run: a few steps say nothing about accuracy), the epoch's wall time",
+            "and images per second (validation excluded). Chance is a loss of ln(classes).", "",
+            _table_text(shown)]
 
 
 MEMORY_HEADINGS = {"setup": "setup", "method": "method", "world_size": "ranks", "params_MB": "params MB",
