@@ -12,6 +12,10 @@ The kernel's own stderr (its start-up log, e.g. "Kernel is running over TCP with
 encryption", and debugger notices) goes to results/notebooks/<name>.kernel.log; only
 lines that are not such known notices are echoed, so a kernel crash still shows.
 Where pyzmq has CurveZMQ, the kernel's channels are encrypted as well.
+
+The lab ends (closing) with what it showed: the lessons table (results/lessons.json, each
+notebook's measured claim, shown on this machine or not and why) and the original project's five
+plots in results/plots/, drawn from the newest comparison (06) and learning sweep (05b).
 """
 
 from __future__ import annotations
@@ -197,4 +201,43 @@ def run_notebooks(parameters: dict, only: list[str] | None = None, log_output: b
                             f"{error.ename}: {error.evalue} (executed copy: {target})") from None
         print(f"== {path.name} done in {duration(time.time() - started)}", flush=True)
         written.append(target)
+    closing()
     return written
+
+
+def closing(draw: bool = True) -> None:
+    """What this machine showed: the lessons table (nothing written when no notebook recorded a
+    lesson: it says so), then, with `draw`, the five plots of lab_plots()."""
+    from labkit.report import lessons
+
+    entries = lessons.load()
+    print(f"\n== lessons ({lessons.lessons_path()})" if entries else
+          "\n== lessons: no lesson was recorded (no notebook that records one ran)", flush=True)
+    if entries:
+        print(lessons.table(entries), flush=True)
+    if draw:
+        for line in lab_plots():
+            print(line, flush=True)
+
+
+def lab_plots() -> list[str]:
+    """The five plots (plots.FIVE, and the extras) into results/plots/, from the newest sweep of
+    notebook 06 (results/runs/compare-…: throughput, time, overhead) and of 05b (runs trained
+    whole epochs: loss and accuracy); lines that say what was drawn, or why nothing was."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a terminal has no display; the files are what is wanted
+    import matplotlib.pyplot as plt
+
+    from labkit.report import plots
+    from labkit.report.selection import select_runs
+    from labkit.report.tradeoffs import latest_sweep
+
+    compared, trained = select_runs(latest_sweep("compare-")).kept, select_runs(latest_sweep("05b-")).kept
+    if not compared and not trained:
+        return ["== plots: no sweep of notebook 06 or 05b to draw from"]
+    figures = plots.all_figures(compared or trained, trained)
+    paths = plots.save_all(figures, results_root() / "plots")
+    plt.close("all")
+    return [f"== plots ({paths[0].parent}): " + ", ".join(p.name for p in paths)
+            + ("" if compared else " (no sweep of notebook 06: from 05b's runs)")]

@@ -41,7 +41,7 @@ def _number(name: str, value) -> float | None:
 
 def _text(name: str, value, empty_ok: bool = False) -> str:
     if not isinstance(value, str) or (not empty_ok and not value.strip()):
-        raise ValueError(f"lesson {name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"lesson {name} must be a{'' if empty_ok else ' non-empty'} string, got {value!r}")
     return value.strip()
 
 
