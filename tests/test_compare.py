@@ -306,3 +306,32 @@ def test_the_report_has_per_epoch_statistics():
     short = [result("s", "ddp", 8, 100.0, max_steps=8)]
     short[0]["epochs"] = [{"epoch": 1, "train_loss": 2.3, "val_loss": 2.4, "val_top1": 11.0, "val_images": 300}]
     assert pd.isna(frames.epoch_table(short).iloc[0].val_top1)  # a few steps: no accuracy
+
+
+def test_a_comparison_lesson_is_shown_only_beyond_the_spreads_and_says_why_not():
+    from labkit.report import lessons
+
+    def runs_of(ddp, blocking, exposed_s=0.010, noise_s=0.030):
+        runs = [result(f"s{k}", "single", 8, 180.0, world_size=1) for k in range(3)]
+        runs += [result(f"d{k}", "ddp", 8, img_s, img_s - 1, img_s + 1) for k, img_s in enumerate(ddp)]
+        runs += [result(f"a{k}", "allreduce", 8, img_s, img_s - 1, img_s + 1) for k, img_s in enumerate(blocking)]
+        for r in runs:
+            r["summary"].update(compute_only_step_s=0.30 if r["world_size"] == 1 else 0.45,
+                                exposed_comm_s=exposed_s, exposed_comm_noise_s=noise_s)
+        return runs
+
+    runs = runs_of((56.0, 55.0, 57.0), (50.0, 49.0, 51.0))
+    lesson = sentences.comparison_lesson(frames.comparison_table(frames.runs_frame(runs)), runs, "ddp", "allreduce")
+    assert lesson["shown"] and lesson["figure"] == pytest.approx(56 / 50)
+    assert (lesson["low"], lesson["high"]) == (pytest.approx(54 / 52), pytest.approx(58 / 48))
+    assert "the spreads do not overlap (ddp 54.0–58.0 img/s over 3 repeats, allreduce 48.0–52.0" in lesson["why"]
+    lessons.validate("06_compare", "ddp is faster", **lesson)  # a valid lesson entry as it stands
+
+    runs = runs_of((52.0, 51.0, 53.0), (50.0, 49.0, 51.0))
+    lesson = sentences.comparison_lesson(frames.comparison_table(frames.runs_frame(runs)), runs, "ddp", "allreduce")
+    assert not lesson["shown"] and lesson["figure"] == pytest.approx(52 / 50)
+    assert "the spreads overlap" in lesson["why"] and "4 ranks share 2 cores (their compute-only step is 1.50×" in lesson["why"]
+    assert "allreduce's exposed communication (10 ms) is within its noise floor (± 30 ms)" in lesson["why"]
+    missing = sentences.comparison_lesson(frames.comparison_table(frames.runs_frame(runs[:6])), runs[:6], "ddp",
+                                          "allreduce")
+    assert missing["figure"] is None and "no finished run of allreduce" in missing["why"]

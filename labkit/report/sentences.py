@@ -309,3 +309,50 @@ def describe(result: dict) -> str:
         lines.append(f"Final training loss {s.get('final_train_loss', float('nan')):.3f}; best validation top-1 "
                      f"{s['best_val_top1']:.1f} %.")
     return "\n".join(lines)
+
+
+def comparison_lesson(table: pd.DataFrame, results: list[dict], faster: str, slower: str) -> dict:
+    """A lesson of the form "`faster` is faster than `slower`", measured: the figure is the ratio
+    of their median throughputs (comparison_table, one setup), the interval the ratio of their
+    spreads' ends (faster's low ÷ slower's high … faster's high ÷ slower's low), shown when that
+    interval lies wholly above 1 (the spreads do not overlap). Else `why` says what this machine's
+    own runs show against it: the spreads overlapping, ranks sharing cores (the oversubscription
+    ratio), the slower method's exposed communication within its noise floor (little to gain),
+    disturbed steps. Returns lessons.record's figure, unit, low, high, shown and why."""
+    from .regime import oversubscription
+
+    rows = {row.method: row for row in table.sort_values("world_size", ascending=False).itertuples()}
+    missing = [name for name in (faster, slower) if name not in rows]
+    if missing:
+        return {"figure": None, "unit": "×", "low": None, "high": None, "shown": False,
+                "why": f"no finished run of {' and '.join(missing)} in this comparison"}
+    a, b = rows[faster], rows[slower]
+    ratio = a.throughput_img_s / b.throughput_img_s
+    known = _known(a) and _known(b)
+    low, high = (a.spread_low_img_s / b.spread_high_img_s, a.spread_high_img_s / b.spread_low_img_s) if known else (None, None)
+    spreads = (f"{faster} {a.spread_low_img_s:.1f}–{a.spread_high_img_s:.1f} img/s over {int(a.repeats)} repeats, "
+               f"{slower} {b.spread_low_img_s:.1f}–{b.spread_high_img_s:.1f} over {int(b.repeats)}") if known else ""
+    if known and low > 1:
+        return {"figure": ratio, "unit": "×", "low": low, "high": high, "shown": True,
+                "why": f"the spreads do not overlap ({spreads})"}
+    reasons = ([f"the spreads overlap ({spreads})" if not (known and high < 1) else
+                f"{slower} is faster beyond both spreads ({spreads})"] if known else
+               ["a method has no spread to tell a gap from noise"])
+    over = oversubscription(results)
+    cores = max(((r.get("env") or {}).get("cpu_count") or 0 for r in results), default=0)
+    if over and cores and over["ranks"] > cores:
+        reasons.append(f"{over['ranks']} ranks share {cores} cores (their compute-only step is {over['ratio']:.2f}× one "
+                       "process's), so transfers and backward compete for the same cores: overlap has no idle core "
+                       "to hide behind")
+    mine = [r.get("summary") or {} for r in results if method(r) == slower]
+    exposed = sorted(s["exposed_comm_s"] for s in mine if s.get("exposed_comm_s") is not None)
+    floors = sorted(s["exposed_comm_noise_s"] for s in mine if s.get("exposed_comm_noise_s") is not None)
+    if exposed and floors:
+        e, f = exposed[(len(exposed) - 1) // 2], floors[(len(floors) - 1) // 2]
+        if abs(e) <= f:
+            reasons.append(f"{slower}'s exposed communication ({1e3 * e:.0f} ms) is within its noise floor "
+                           f"(± {1e3 * f:.0f} ms): on this link there is little communication to hide")
+    disturbed = sum(int(count) for count in (a.disturbed_steps, b.disturbed_steps) if pd.notna(count))
+    if disturbed:
+        reasons.append(f"{disturbed} of their steps were disturbed (the machine was busy)")
+    return {"figure": ratio, "unit": "×", "low": low, "high": high, "shown": False, "why": "; ".join(reasons)}
