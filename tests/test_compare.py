@@ -149,7 +149,7 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
     fits = {"all_reduce": {"alpha_s": 5e-3, "beta_s_per_byte": 1e-9}}
     text = "\n".join(regime_lines(runs, fits))
     assert "ratio 1.18, so they lose before a byte moves (4 ranks on 2 cores)" in text
-    assert "α = 5.00 ms a call" in text and "allreduce's 62 calls a step cost 310 ms in latency alone (of its 427 ms" in text
+    assert "α_call = 5.00 ms a call" in text and "not 00b's α and β of one message" in text and "allreduce's 62 calls a step cost 310 ms in latency alone (of its 427 ms" in text
     assert all(source.split(" (")[0][:20] in text for _, _, source, _ in LINKS.values())  # where each comes from
     assert text.count("Prediction for") == len(LINKS)
     # these nodes on 1 Gbit/s: compute-only + calls × 0.1 ms + bytes at 0.125 GB/s (blocking: neither has a busbw

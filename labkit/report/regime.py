@@ -142,23 +142,26 @@ def regime_lines(results: list[dict], fits: dict | None, elsewhere: list[dict] |
         lines.append("Oversubscription: not known here (it needs a single run and a multi-rank run with a "
                      "compute-only calibration).")
     fit = (fits or {}).get("all_reduce")
+    # one meaning per symbol: 00b's α is one message's cost; a whole all-reduce call is many messages
+    lines.append("α_call below is the fixed cost of one whole collective call, β_call its cost a byte (not 00b's "
+                 "α and β of one message: a ring all-reduce on n ranks sends 2(n−1) messages one after another).")
     if fit:
-        lines.append(f"This machine's all-reduce: α = {1e3 * fit['alpha_s']:.2f} ms a call, β = "
+        lines.append(f"This machine's all-reduce: α_call = {1e3 * fit['alpha_s']:.2f} ms a call, β_call = "
                      f"{1e9 * fit['beta_s_per_byte']:.2f} ns a byte (labkit bench collectives).")
     for name, (alpha, busbw, source, _) in LINKS.items():
-        lines.append(f"{name}: α ≈ {1e6 * alpha:.0f} µs a call, busbw ≈ {busbw:g} GB/s — {source}.")
+        lines.append(f"{name}: α_call ≈ {1e6 * alpha:.0f} µs a call, busbw ≈ {busbw:g} GB/s — {source}.")
     costs = per_method_costs(results, fits)
     if costs and fit:
         calls = sorted(costs, key=lambda row: row["calls"])
         few, many = calls[0], calls[-1]
-        lines.append(f"Here a call costs α = {1e3 * fit['alpha_s']:.2f} ms: {many['method']}'s {many['calls']:.0f} calls a "
+        lines.append(f"Here a call costs α_call = {1e3 * fit['alpha_s']:.2f} ms: {many['method']}'s {many['calls']:.0f} calls a "
                      f"step cost {many['here_latency_ms']:.0f} ms in latency alone (of its {many['step_ms']:.0f} ms "
                      f"median step), {few['method']}'s {few['calls']:.0f} cost {few['here_latency_ms']:.0f} ms (of "
                      f"{few['step_ms']:.0f} ms).")
     for name, (_, _, _, rate) in LINKS.items() if costs else ():
         if rate is None:  # other hardware: its compute is not measured here, so communication alone
             ordered = sorted(costs, key=lambda row: row[f"{name}: ms"])
-            lines.append(f"Prediction for a {name} (α, β above; its compute is not measured here): communication "
+            lines.append(f"Prediction for a {name} (α_call and busbw above; its compute is not measured here): communication "
                          "per step " + ", ".join(f"{row['method']} {row[f'{name}: ms']:.1f} ms" for row in ordered) + ".")
             continue
         steps = {row["method"]: predicted_step_ms(row, name) for row in costs}
@@ -167,7 +170,7 @@ def regime_lines(results: list[dict], fits: dict | None, elsewhere: list[dict] |
             continue
         seen = measured_on(rate, elsewhere or [], results[0])
         lines.append(f"Prediction for these nodes on a {name} (compute-only step measured here + communication "
-                     "at α, β above; a method overlapping backward: the larger of the two): step "
+                     "at α_call and busbw above; a method overlapping backward: the larger of the two): step "
                      + ", ".join(f"{label} {ms:.0f} ms" + (f" (measured at link={rate}: {seen[label]:.0f} ms)"
                                                            if label in seen else "") for ms, label in known)
                      + f"; order {predicted_order(known)} ('≈': within the model's ±{TOLERANCE:.0%}).")
