@@ -145,10 +145,10 @@ def test_the_regime_is_stated_in_numbers_from_the_runs():
         r["steps"] = [{**step, "ops": {"all_reduce": [calls, mb * 1e6 / 1.5]}} for step in r["steps"]]
         runs.append(r)
     over = oversubscription(runs)
-    assert over["ranks"] == 4 and over["ratio"] == pytest.approx(((0.414 + 0.359) / 2) / 0.328)
+    assert over["ranks"] == 4 and over["ratio"] == pytest.approx(0.359 / 0.328)  # the lower middle, not a midpoint
     fits = {"all_reduce": {"alpha_s": 5e-3, "beta_s_per_byte": 1e-9}}
     text = "\n".join(regime_lines(runs, fits))
-    assert "ratio 1.18, so they lose before a byte moves (4 ranks on 2 cores)" in text
+    assert "ratio 1.09, so they lose before a byte moves (4 ranks on 2 cores)" in text
     assert "α_call = 5.00 ms a call" in text and "not 00b's α and β of one message" in text and "allreduce's 62 calls a step cost 310 ms in latency alone (of its 427 ms" in text
     assert all(source.split(" (")[0][:20] in text for _, _, source, _ in LINKS.values())  # where each comes from
     assert text.count("Prediction for") == len(LINKS)

@@ -50,7 +50,7 @@ def oversubscription(results: list[dict]) -> dict | None:
     multi = [m for m in multi if m]
     if not solo or not multi:
         return None
-    single_s, multi_s = statistics.median(solo), statistics.median(multi)
+    single_s, multi_s = statistics.median_low(solo), statistics.median_low(multi)  # a run's figure, never a midpoint
     # the calibration's own spread (max − min of its rounds' medians), typical over these runs:
     # a gap smaller than it is not the ranks' compute winning or losing
     spreads = [(r.get("summary") or {}).get("compute_only_spread_s") for r in results]
@@ -61,21 +61,27 @@ def oversubscription(results: list[dict]) -> dict | None:
 
 
 def per_method_costs(results: list[dict], fits: dict | None) -> list[dict]:
-    """Per method (its first run at the largest world size): calls and MB per step, and the
+    """Per method (its runs at the largest world size; step times the median over them): calls and MB per step, and the
     latency (calls × α) and bandwidth (bytes × β) parts of its communication — measured α, β
     of this machine where `fits` has them, and on each of LINKS."""
-    rows, seen = [], set()
+    rows, repeats = [], {}
     world = max((r.get("world_size") or 1 for r in results), default=1)
     for r in results:
-        label, s = method(r), r.get("summary") or {}
-        if r.get("world_size") != world or world < 2 or label in seen:
-            continue
-        seen.add(label)
+        if r.get("world_size") == world >= 2:
+            repeats.setdefault(method(r), []).append(r)
+
+    def median_of(runs, key):  # over the repeats: the lower middle one, a figure a run made (never a midpoint)
+        values = sorted(v for v in ((r.get("summary") or {}).get(key) for r in runs) if v)
+        return values[(len(values) - 1) // 2] if values else None
+
+    for label, runs in repeats.items():
+        r, s = runs[0], runs[0].get("summary") or {}  # calls and bytes: the same in every repeat
         ops = ops_per_step(r)
         calls = sum(c for c, _ in ops.values()) or s.get("collectives_per_step") or 0
         sent = s.get("bytes_sent_per_step") or 0
-        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6, "step_ms": 1e3 * (s.get("step_time_median_s") or 0),
-               "compute_only_ms": 1e3 * s["compute_only_step_s"] if s.get("compute_only_step_s") else None,
+        step_s, compute_s = median_of(runs, "step_time_median_s"), median_of(runs, "compute_only_step_s")
+        row = {"method": label, "calls": calls, "MB_sent": sent / 1e6, "step_ms": 1e3 * (step_s or 0),
+               "compute_only_ms": 1e3 * compute_s if compute_s else None,
                # communication inside backward (no busbw of its own, for that reason) can hide behind compute
                "overlapped": bool(sent) and s.get("achieved_busbw_gb_s") is None}
         if fits:
