@@ -18,43 +18,87 @@ def cmd_check(args) -> int:
 
         return gpu_check(["--steps", str(args.steps)])
     from labkit.hardware import check_lines
+    from labkit.jobs.cluster import check_line
     from labkit.lockfile import summary
 
-    lines = [*check_lines(), ("lock", summary())]  # installed versions against requirements.lock
+    # installed versions against requirements.lock; which way this machine emulates a cluster
+    lines = [*check_lines(), ("emulated cluster", check_line()), ("lock", summary())]
     width = max(len(name) for name, _ in lines)
     for name, value in lines:
         print(f"{name:<{width}}  {value}")
     return 0
 
 
+# What --resume leaves as it was: a resumed run is the same run. --max-restarts may change.
+NOT_WITH_RESUME = ("strategy", "nproc", "nodes", "node_rank", "rdzv_endpoint", "interface", "epochs", "max_steps",
+                   "name", "out", "set")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, SLURM's scancel, a system shutting down) or SIGHUP (the terminal went
+    away): stop the run as Ctrl-C does, so it ends interrupted, with its status written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_like_ctrl_c() -> None:
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
+
+
 def cmd_run(args) -> int:
-    from labkit.jobs.launch import Job, describe_failure
     from labkit.profiles import make_config, resume_config
 
-    overrides = parse_overrides(args.set)
-    for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts", "nodes", "node_rank",
-                "rdzv_endpoint", "interface"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.out:
-        overrides["out_dir"] = args.out
     if args.resume:
-        cfg = resume_config(args.resume)
+        given = [f"--{key.replace('_', '-')}" for key in NOT_WITH_RESUME if getattr(args, key, None)]
+        if args.profile != "auto":
+            given.append("--profile")
+        if given:
+            raise ConfigError(f"--resume continues {args.resume} exactly as it was set up; drop {' '.join(given)} "
+                              f"(only --max-restarts may be given with it), or start a new run in a new folder")
+        cfg = resume_config(args.resume, max_restarts=args.max_restarts)
     elif not args.strategy:
         raise ConfigError("--strategy is required (or --resume DIR to continue a run)")
     else:
+        overrides = parse_overrides(args.set)
+        for key in ("strategy", "nproc", "epochs", "max_steps", "name", "max_restarts", "nodes", "node_rank",
+                    "rdzv_endpoint", "interface"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        if args.out:
+            overrides["out_dir"] = args.out
         cfg = make_config(args.profile, **overrides)
+    from labkit.jobs.launch import Job, describe_failure
+
     nodes = f" on {cfg.nodes} {'emulated ' if cfg.emulated else ''}node(s)" if cfg.nodes > 1 else ""
-    print(f"labkit: {cfg.strategy} on {cfg.nproc} rank(s){nodes}, {cfg.backend}/{cfg.device}, "
-          f"{cfg.model} on {cfg.dataset}, global batch {cfg.global_batch} → {cfg.out_dir}", flush=True)
+    print(f"labkit: {'resuming ' if cfg.resume else ''}{cfg.strategy} on {cfg.nproc} rank(s){nodes}, "
+          f"{cfg.backend}/{cfg.device}, {cfg.model} on {cfg.dataset}, global batch {cfg.global_batch} → {cfg.out_dir}",
+          flush=True)
+    stop_like_ctrl_c()
     job = Job(cfg).start()
     try:
         status = job.wait(progress=True)
+    except Terminated as stop:
+        import signal
+
+        print(f"labkit: {signal.Signals(stop.signum).name}: stopped every process of {cfg.name}; "
+              f"its status is interrupted", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"labkit: interrupted; stopped every process of {cfg.name}", file=sys.stderr)
         return 130
-    import json
-    result = json.loads((job.out / "result.json").read_text())
+    if status == "ok" and not (job.out / "result.json").exists():  # a node other than node 0, on its own disk
+        print(f"labkit: node {cfg.node_rank}'s ranks finished ok; node 0 wrote the run's result.json into its own "
+              f"--out, on that machine")
+        return 0
+    result = job.read_result()
     if status != "ok":
         print(describe_failure(result), file=sys.stderr)
         return 1
@@ -151,7 +195,12 @@ def cmd_prepare_imagenet(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from pathlib import Path
+
     from labkit.datasets.verify import verify
+
+    if not Path(args.dir).is_dir():
+        raise ConfigError(f"{args.dir} is not a folder; give the ImageFolder tree (the folder holding train/ and val/)")
 
     report = verify(args.dir, decode=args.decode, workers=args.workers)
     for split, stats in report["splits"].items():
@@ -213,10 +262,14 @@ def cmd_sweep(args) -> int:
     from labkit.report.selection import Selection
     from labkit.report.sentences import report_text
 
+    from labkit.strategies import load_strategy
+
     if args.repeats < 1:
         raise ConfigError(f"--repeats {args.repeats}: give 1 or more")
-    sizes = [int(n) for n in args.nproc.split(",")] if args.nproc else None
+    sizes = world_sizes(args.nproc, "--nproc") if args.nproc else None
     strategies = [name.strip() for name in args.strategy.split(",") if name.strip()]
+    for name in strategies:  # every method known before the first run starts
+        load_strategy(name)
     results = sweep(strategies, args.repeats, args.profile, parse_overrides(args.set), sizes=sizes, out=args.out)
     print(report_text(Selection(kept=results), baseline=args.baseline))
     runs = runs_frame(results)
@@ -240,12 +293,23 @@ def cmd_check_strategy(args) -> int:
         raise ConfigError(f"--method {args.method}: choose one of {', '.join(METHODS)}")
     options = {k: _literal(v) for k, _, v in (pair.partition("=") for pair in args.set)}
     try:
-        report = check(args.spec, method=args.method, worlds=[int(n) for n in args.nproc.split(",")],
+        report = check(args.spec, method=args.method, worlds=world_sizes(args.nproc, "--nproc"),
                        model=args.model, steps=args.steps, options=options, timeout_s=args.timeout)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     print(f"{'all checks passed' if report.ok else 'FAILED'} in {report.seconds:.0f} s")
     return 0 if report.ok else 1
+
+
+def world_sizes(text: str, flag: str) -> list[int]:
+    """'2,3,4' → [2, 3, 4], or one line saying what is wrong."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"{flag} {text}: give world sizes of 1 or more, separated by commas (e.g. 2,3,4)")
+    return sizes
 
 
 def cmd_slurm(args) -> int:
@@ -409,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from labkit.lockfile import torch_problem
+    from labkit.system import unsupported
+
+    problem = unsupported() or torch_problem()  # Windows, or a torch too old: one line before anything fails
+    if problem and args.func is not cmd_check:  # check prints it among its rows
+        print(f"labkit: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ConfigError as error:

@@ -7,17 +7,18 @@ stops here, with one line naming it and the fix, before any process or folder is
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
 from pathlib import Path
 
-from labkit import hardware
 from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
                            parse_rate, parse_straggler, results_root)
 from labkit.datasets import tiny
 from labkit.datasets.folders import check_image_folder, data_root
-from labkit.strategies import BASELINE, load_strategy  # light: a method's file is read when chosen
+from labkit.jobs import folder
+from labkit.strategies import BASELINE, REGISTRY, check_import, load_strategy  # light: a method's file is read when chosen
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
                 backend="nccl", device="cuda", workers=16, epochs=3, batch_size=64, lr=0.0,
@@ -42,6 +43,8 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     if is_file_spec(strategy):  # the workers start elsewhere: give them the whole path
         strategy = overrides["strategy"] = f"{Path(strategy.rsplit(':', 1)[0]).expanduser().resolve()}:" \
                                           f"{strategy.rsplit(':', 1)[1]}"
+    precheck(profile, overrides)  # what needs no torch, first: a refusal in a fraction of a second
+    check_import(strategy)  # a file of the user's: imported first in a child, under a watchdog
     method = load_strategy(strategy)
     # Keys the lab knows are config fields; the rest must be options the method declares,
     # and a method may not declare a name the lab already uses (`--set` could not tell them apart).
@@ -57,12 +60,12 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     given = {**overrides.pop("options", {}), **{k: overrides.pop(k) for k in list(overrides) if k in option_names}}
     options = method.option_values(given)
     if profile == "auto":
-        profile, _ = hardware.auto_profile()
+        profile, _ = hardware().auto_profile()
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile '{profile}'; choose one of auto, {', '.join(PROFILES)}")
     values = dict(PROFILES[profile], profile=profile)
-    if profile != "cpu" and "nproc" not in overrides and hardware.gpu_count():
-        values["nproc"] = hardware.gpu_count()  # one rank per GPU
+    if profile != "cpu" and "nproc" not in overrides and hardware().gpu_count():
+        values["nproc"] = hardware().gpu_count()  # one rank per GPU
     values.update(method.defaults)  # what the method prefers (single: one process)...
     values.update(overrides)        # ...unless the user said otherwise
     cfg = RunConfig(**values, options=options)
@@ -70,8 +73,6 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     if cfg.global_batch_size and "batch_size" not in overrides:  # the recipe's global batch, whatever
         # the rank count (single: all) and the micro-batches of a step (accumulate)
         cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks * cfg.accumulate))
-    if cfg.nodes > 1 and cfg.rdzv_endpoint and not cfg.name:  # a name from the clock could differ by a second
-        raise ConfigError("real nodes need the same --name on every node: it names the run and its rendezvous")
     resolve(cfg)
     validate(cfg)
     method.check(cfg)
@@ -79,12 +80,86 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     return cfg
 
 
+def hardware():
+    """labkit.hardware, imported when first needed: it imports torch (seconds), and a refusal
+    of a bad setting should not wait for that."""
+    from labkit import hardware as module
+
+    return module
+
+
+def cheap_profile(profile: str) -> str | None:
+    """The profile, where it is known without torch: named, or `auto` on a machine with no
+    NVIDIA device at all (no driver: torch could not see a GPU either). None: ask torch."""
+    if profile != "auto":
+        return profile
+    import sys
+
+    if sys.platform == "darwin" or not (Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists()):
+        return "cpu"
+    return None
+
+
+def precheck(profile: str, overrides: dict) -> None:
+    """Everything about a run that can be decided without torch (the method's file imports it):
+    the method's name, the profile, every value given, nodes, the run folder. make_config
+    checks them all again on the whole config; this only makes a refusal fast."""
+    strategy = overrides["strategy"]
+    if not is_file_spec(strategy) and strategy not in REGISTRY:
+        load_strategy(strategy)  # its one-line refusal, without importing anything
+    if is_file_spec(strategy) and not Path(strategy.rsplit(":", 1)[0]).is_file():
+        load_strategy(strategy)
+    name = cheap_profile(profile)
+    if name is None:
+        return
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile '{name}'; choose one of auto, {', '.join(PROFILES)}")
+    fields = {k: v for k, v in overrides.items() if k in field_types() and k != "options"}
+    draft = RunConfig(**{**PROFILES[name], "profile": name, **fields})
+    if not draft.name:  # the name resolve() would give, fixed now so both agree (a clock's second may pass)
+        draft.name = overrides["name"] = f"{draft.strategy_name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_values(draft, nproc_known="nproc" in overrides)  # a method may choose its own (single: 1)
+    check_nodes(draft)
+    folder.check_new(Path(draft.out_dir or results_root() / "runs" / draft.name).expanduser(), **folder.run_of(draft))
+
+
+def check_values(cfg: RunConfig, nproc_known: bool = True) -> None:
+    """Each value within its range: one line naming the key, the value and what it takes."""
+    require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name) is not None,
+            f"run name '{cfg.name}' may hold only letters, digits, '.', '_' and '-'")
+    for key, kind in field_types().items():
+        value = getattr(cfg, key)
+        if kind is float:
+            require(math.isfinite(value), f"{key}={value}: give a finite number")
+    require(cfg.lr >= 0, f"lr={cfg.lr}: give a learning rate > 0 (or 0 for the linear scaling rule, 0.1 × global batch / 256)")
+    require(cfg.momentum >= 0 and cfg.weight_decay >= 0,
+            f"momentum={cfg.momentum}, weight_decay={cfg.weight_decay}: neither can be negative")
+    require(cfg.pg_timeout_s > 0, f"pg_timeout_s={cfg.pg_timeout_s}: a collective's timeout must be > 0 seconds")
+    require(cfg.watchdog_s > 0, f"watchdog_s={cfg.watchdog_s}: the watchdog's wait must be > 0 seconds "
+            f"(a larger one waits longer before a run without progress is stopped as hung)")
+    require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
+    for key in ("epochs", "batch_size", "image_size", "num_classes", "accumulate"):
+        require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
+    for key in ("max_steps", "workers", "warmup_steps", "calibration_steps", "timeline_steps", "checkpoint_every",
+                "max_restarts", "lr_warmup_steps", "global_batch_size", "synthetic_steps"):
+        require(getattr(cfg, key) >= 0, f"{key}={getattr(cfg, key)} cannot be negative")
+    require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
+            f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
+    if cfg.fault:
+        rank, step, _ = cfg.fault.split(":")
+        require(int(step) >= 1, f"fault='{cfg.fault}': steps count from 1")
+        require(not nproc_known or int(rank) < cfg.nproc, f"fault='{cfg.fault}': there is no rank {rank} in a run of "
+                f"{cfg.nproc} rank(s) (0 … {cfg.nproc - 1}); the fault would never fire")
+    if nproc_known:
+        parse_straggler(cfg.straggler, cfg.nproc)  # a one-line ConfigError for text it cannot read
+
+
 def resolve(cfg: RunConfig) -> None:
     """Turn 'auto' and empty defaults into concrete values, written into config.json."""
     if cfg.backend == "auto":
-        cfg.backend = "nccl" if hardware.gpu_count() and cfg.device != "cpu" else "gloo"
+        cfg.backend = "nccl" if hardware().gpu_count() and cfg.device != "cpu" else "gloo"
     if cfg.device == "auto":
-        cfg.device = "cuda" if cfg.backend == "nccl" or hardware.gpu_count() else "cpu"
+        cfg.device = "cuda" if cfg.backend == "nccl" or hardware().gpu_count() else "cpu"
     if not cfg.name:
         cfg.name = f"{cfg.strategy_name}-{cfg.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.out_dir:
@@ -108,20 +183,12 @@ def validate(cfg: RunConfig) -> None:
     require(cfg.dtype in DTYPES, f"dtype='{cfg.dtype}' is not one of {', '.join(DTYPES)}")
     require(cfg.dtype == "float32" or cfg.amp == "off", "amp mixes float16/bfloat16 into float32 runs; "
             "use --set amp=off with dtype=float64")
-    require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.name) is not None,
-            f"run name '{cfg.name}' may hold only letters, digits, '.', '_' and '-'")
-    require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
+    check_values(cfg)
     check_nodes(cfg)
-    for key in ("epochs", "batch_size", "image_size", "num_classes", "accumulate"):
-        require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
-    require(cfg.max_steps >= 0 and cfg.workers >= 0, "max_steps and workers cannot be negative")
-    require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
-            f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
-    parse_straggler(cfg.straggler, cfg.nproc)  # a one-line ConfigError for text it cannot read
     check_devices(cfg)
     check_data(cfg)
-    require(not finished_ok(Path(cfg.out_dir)),
-            f"{cfg.out_dir} already holds a finished run; choose another --name or --out")
+    if not cfg.resume:  # (a resumed run's folder is checked by resume_config)
+        folder.check_new(Path(cfg.out_dir), **folder.run_of(cfg))
 
 
 def check_accumulate(cfg: RunConfig, method) -> None:
@@ -136,8 +203,10 @@ def check_accumulate(cfg: RunConfig, method) -> None:
 
 def check_nodes(cfg: RunConfig) -> None:
     """Several nodes: each runs nproc / nodes ranks; real ones name the rendezvous, emulated
-    ones a link rate (labkit/jobs/cluster.py checks the machine can emulate them)."""
+    ones a link rate and a machine that can emulate them (labkit/jobs/cluster.py)."""
     require(cfg.nodes >= 1, f"nodes must be at least 1 (got {cfg.nodes})")
+    require(not (cfg.nodes > 1 and cfg.rdzv_endpoint and not cfg.name) or cfg.resume,  # a clock's name could differ
+            "real nodes need the same --name on every node: it names the run and its rendezvous")
     require(cfg.nproc % cfg.nodes == 0, f"{cfg.nodes} nodes do not divide {cfg.nproc} ranks; "
             f"use --nproc {cfg.nodes * max(1, cfg.nproc // cfg.nodes)} or another node count")
     require(0 <= cfg.node_rank < cfg.nodes, f"node rank {cfg.node_rank} is out of range for {cfg.nodes} node(s) "
@@ -154,17 +223,15 @@ def check_nodes(cfg: RunConfig) -> None:
     if cfg.emulated:
         require(cfg.backend == "gloo", "emulated nodes run gloo on the CPU: NCCL's traffic may not pass "
                 "through the shaped links (use --profile cpu)")
+        from labkit.jobs.cluster import MAX_NODES, missing_capability
 
-
-def finished_ok(folder: Path) -> bool:
-    import json
-
-    result = folder / "result.json"
-    return result.exists() and json.loads(result.read_text()).get("status") == "ok"
+        require(cfg.nodes <= MAX_NODES, f"at most {MAX_NODES} emulated nodes (got {cfg.nodes})")
+        why = missing_capability()
+        require(why is None, str(why))
 
 
 def check_devices(cfg: RunConfig) -> None:
-    gpus = hardware.gpu_count()
+    gpus = hardware().gpu_count()
     if cfg.device == "cuda":
         require(gpus > 0, "device=cuda but no GPU is visible; use --profile cpu (or --set device=cpu backend=gloo)")
         # One rank per GPU, whatever the backend: a rank past the last GPU fails with
@@ -173,7 +240,7 @@ def check_devices(cfg: RunConfig) -> None:
                 f"use --nproc {gpus}, or run on the CPU with --profile cpu")
         # Before Ampere a GPU has no bfloat16 units: autocast would emulate it, slowly and silently.
         if cfg.amp == "bf16" and not bf16_native():
-            raise ConfigError(f"amp=bf16 but the GPU ({hardware.gpu_names()[0]}) has no native bfloat16 and would "
+            raise ConfigError(f"amp=bf16 but the GPU ({hardware().gpu_names()[0]}) has no native bfloat16 and would "
                               f"emulate it slowly; use --set amp=fp16 or --set amp=off")
     if cfg.backend == "nccl":
         require(cfg.device == "cuda", "backend nccl needs device=cuda; use --set backend=gloo on CPU")
@@ -217,12 +284,25 @@ def count_images(folder: Path, stop_at: int) -> int:
     return found
 
 
-def resume_config(run_dir) -> RunConfig:
-    """The saved config of an earlier run, set to continue from its checkpoint."""
-    folder = Path(run_dir)
-    if not (folder / "config.json").exists() or not (folder / "checkpoint.pt").exists():
-        raise ConfigError(f"{folder} holds no config.json and checkpoint.pt to resume from")
-    cfg = RunConfig.load(folder / "config.json")
-    cfg.resume, cfg.out_dir = True, str(folder.resolve())
+def resume_config(run_dir, max_restarts: int | None = None) -> RunConfig:
+    """The saved config of an earlier, unfinished run, set to continue from its checkpoint.
+    Nothing else about the run changes (a resumed run is the same run); only the number of
+    restarts torchrun may make from here, which is written into its config.json."""
+    import zipfile
+
+    path = Path(run_dir).expanduser()
+    folder.check_resumable(path)
+    try:
+        cfg = RunConfig.load(path / "config.json")
+    except (ValueError, TypeError) as error:  # JSON cut short or edited by hand
+        raise ConfigError(f"{path / 'config.json'} is not a readable run config ({str(error).splitlines()[0]}); "
+                          f"this run cannot be resumed — start it afresh in a new folder") from None
+    if not zipfile.is_zipfile(path / "checkpoint.pt"):  # torch's format is a zip archive: no torch needed to tell
+        raise ConfigError(f"{path / 'checkpoint.pt'} is corrupt or not a checkpoint; this run cannot be resumed — "
+                          f"start it afresh in a new folder")
+    cfg.resume, cfg.out_dir = True, str(path.resolve())
+    if max_restarts is not None:
+        require(max_restarts >= 0, f"--max-restarts {max_restarts} cannot be negative")
+        cfg.max_restarts = max_restarts
     check_devices(cfg)
     return cfg

@@ -90,7 +90,7 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
     spec = resolve(spec)
     options = {"bucket_mb": 0.001, **(options or {})}
     outcomes = []
-    problem = syntax_problem(spec)
+    problem = syntax_problem(spec) or import_problem(spec)
     if problem:  # no need to start torchrun to find this
         outcomes.append(WorldOutcome(worlds[0], False, problem, 0.0))
         if verbose:
@@ -104,6 +104,18 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
         if not outcome.ok:
             break
     return CheckReport(spec, outcomes)
+
+
+def import_problem(spec: str) -> str | None:
+    """A file that hangs, exits or fails when imported, in one line (labkit.strategies.check_import)."""
+    from labkit.errors import ConfigError
+    from labkit.strategies import check_import
+
+    try:
+        check_import(spec)
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def side_by_side(report: CheckReport, predicted: dict, measured: dict):

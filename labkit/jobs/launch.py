@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from labkit import hardware
 from labkit.config import LAB_ROOT, RunConfig, results_root
 from labkit.files import write_json
 from labkit.jobs.failures import describe_failure
+from labkit.jobs import folder
 from labkit.jobs.launcher import Launch, Torchrun, start
 
 
@@ -32,7 +34,18 @@ class RunFailed(RuntimeError):
     """The run did not end ok; the message names the failing rank and its traceback."""
 
 
+class StillRunning(TimeoutError):
+    """wait(timeout=...) ran out; the run itself goes on."""
+
+
 STARTUP_GRACE_S = 300.0  # before a rank's first step, the watchdog waits this long more
+# Every rank touches logs/alive-RANK each second from a thread of its own (training/heartbeat.py),
+# whatever its step does: a rank waiting in a collective still touches it, a stopped (SIGSTOP)
+# or wedged one does not. One silent this long while another touched its file within
+# ALIVE_FRESH_S is named and the job stopped — long before a collective's timeout blames the
+# healthy rank that waited for it.
+SILENT_RANK_S = 20.0
+ALIVE_FRESH_S = 5.0
 
 
 def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
@@ -41,8 +54,9 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     import them, ~7 s of CPU apiece, ~15 s a job on 2 cores. GPU jobs take turns on one lock
     (CPU jobs share the cores, so each has a lock of its own and never waits)."""
     # (a node of a job on several nodes has its own: two nodes on one machine would wait for each other)
-    lock = results_root() / (".cuda.lock" if cfg.device == "cuda" else f".cpu-{cfg.name}-node{cfg.node_rank}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = results_root() / ".cuda.lock" if cfg.device == "cuda" else None  # CPU jobs never wait
+    if lock is not None:
+        lock.parent.mkdir(parents=True, exist_ok=True)
     out = Path(cfg.out_dir)
     ranks_here = cfg.nproc if cfg.emulated else cfg.ranks_per_node  # emulated nodes share this machine's cores
     env = {"OMP_NUM_THREADS": str(hardware.cpu_threads_per_rank(ranks_here))}
@@ -51,7 +65,8 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
         env["TORCHELASTIC_ERROR_FILE"] = str(out / "logs" / "0" / "error.json")
     launch = Launch("labkit.training.worker", [str(config_path)], nproc=cfg.ranks_per_node, run_dir=out,
                     log_dir=out / "logs", log_name="launcher.log", rank_logs=True, run_id=cfg.name,
-                    max_restarts=cfg.max_restarts, torchrun=cfg.torchrun, queue_lock=lock, env=env, cwd=LAB_ROOT)
+                    max_restarts=cfg.max_restarts, torchrun=cfg.torchrun, queue_lock=lock,
+                    started_file=out / "started", env=env, cwd=LAB_ROOT)
     if cfg.nodes > 1 and not cfg.emulated:  # a real node: torchrun's c10d rendezvous on node 0
         launch = dataclasses.replace(launch, nnodes=cfg.nodes, node_rank=cfg.node_rank,
                                      rdzv_endpoint=cfg.rdzv_endpoint, local_addr=interface_address(cfg.interface),
@@ -87,26 +102,47 @@ class Job:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.handle: Torchrun | None = None
+        self.lock: folder.FolderLock | None = None
+        self.ended: dict | None = None  # how it ended, as written into result.json by the launcher
         self._status = "queued"
 
     # -- starting --------------------------------------------------------------------
     def start(self) -> "Job":
+        """Claim the run folder (locked for the run's life; refused in one line when it holds
+        anything but this run's own unfinished work), then start the job. Nothing is written
+        before the claim, and a start that fails leaves the folder as it found it."""
         from labkit.datasets.tiny import make_for
 
-        make_for(self.cfg)  # the tiny set is generated on first need, here, before the ranks read it
-        (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*")]:  # from a run resumed now
-            stale.unlink(missing_ok=True)
-        # Node 0's config is the run's; another node on the same disk keeps its own copy.
-        config_path = self.out / ("config.json" if self.cfg.node_rank == 0 else f"config-node{self.cfg.node_rank}.json")
-        self.cfg.save(config_path)
-        launch = launch_of(self.cfg, config_path)
-        if self.cfg.emulated:  # one agent per node namespace (labkit.jobs.cluster)
-            from labkit.jobs.cluster import EmulatedCluster
+        created = not self.out.exists()
+        self.lock = folder.FolderLock(self.out, self.cfg.node_rank).acquire()
+        try:
+            if self.cfg.resume:
+                folder.check_resumable(self.out)
+            else:
+                folder.check_new(self.out, **folder.run_of(self.cfg))
+            make_for(self.cfg)  # the tiny set is generated on first need, here, before the ranks read it
+            (self.out / "logs").mkdir(parents=True, exist_ok=True)
+            for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*"),
+                          *(self.out / "logs").glob("alive-*")]:  # from a run resumed now
+                stale.unlink(missing_ok=True)
+            # Node 0's config is the run's; another node on the same disk keeps its own copy.
+            config_path = self.out / ("config.json" if self.cfg.node_rank == 0 else f"config-node{self.cfg.node_rank}.json")
+            if not self.cfg.resume:
+                self.cfg.save(config_path)
+            elif self.cfg.max_restarts != RunConfig.load(config_path).max_restarts:  # the one thing resume may change
+                self.cfg.save(config_path)
+            launch = dataclasses.replace(launch_of(self.cfg, config_path), keep_fds=(self.lock.fd,))
+            if self.cfg.emulated:  # one agent per node namespace (labkit.jobs.cluster)
+                from labkit.jobs.cluster import EmulatedCluster
 
-            self.handle = EmulatedCluster(launch, self.cfg.nodes, self.cfg.link)
-        else:
-            self.handle = start(launch)
+                self.handle = EmulatedCluster(launch, self.cfg.nodes, self.cfg.link)
+            else:
+                self.handle = start(launch)
+        except BaseException:
+            if created:  # ours alone: nothing of a start that failed stays
+                shutil.rmtree(self.out, ignore_errors=True)
+            self.lock.release()
+            raise
         self.started = self.handle.started
         self._status = "running"  # "queued" until the agent holds the device lock
         return self
@@ -151,7 +187,8 @@ class Job:
         return lines[-n:] if n else lines
 
     def wait(self, progress: bool = True, timeout: float | None = None) -> str:
-        """Block until the run ends, showing progress; Ctrl-C cancels the run."""
+        """Block until the run ends, showing progress; Ctrl-C cancels the run. With a timeout,
+        TimeoutError after that many seconds, and the run goes on (cancel() is cancel's job)."""
         from .progress import ProgressDisplay
 
         display = ProgressDisplay(self.cfg.name) if progress else None
@@ -160,12 +197,18 @@ class Job:
             while self.poll() in ("queued", "running"):
                 if display:
                     display.update(self.progress())
-                if self.stalled_s() > self.cfg.watchdog_s > 0:
+                stopped = self.stopped_rank()
+                if stopped:
+                    self._stop_hung(*stopped)
+                elif self.stalled_s() > self.cfg.watchdog_s > 0:
                     self._stop_hung()
-                if deadline and time.time() > deadline:
-                    raise TimeoutError(f"run {self.cfg.name} still running after {timeout} s")
+                if deadline and time.time() > deadline and self._status in ("queued", "running"):
+                    raise StillRunning(f"run {self.cfg.name} still running after {timeout} s; it goes on "
+                                       f"(job.cancel() stops it)")
                 time.sleep(0.5)
-        except BaseException:  # KeyboardInterrupt, a kernel interrupt, papermill's timeout
+        except StillRunning:
+            raise
+        except BaseException:  # KeyboardInterrupt, SIGTERM (labkit run), a kernel interrupt, papermill's timeout
             self.cancel()
             raise
         finally:
@@ -176,7 +219,7 @@ class Job:
     def result(self) -> dict:
         if self.poll() in ("queued", "running"):
             self.wait(progress=False)
-        result = json.loads((self.out / "result.json").read_text())
+        result = self.read_result()
         if result["status"] != "ok":
             raise RunFailed(describe_failure(result))
         return result
@@ -200,13 +243,37 @@ class Job:
             steps[int(path.name.split("-")[1])] = int(text) if text else 0
         return dict(sorted(steps.items()))
 
-    def _stop_hung(self) -> None:
+    def stopped_rank(self) -> tuple[int, str] | None:
+        """(rank, why) of a rank that has stopped showing life while the others still do."""
+        now, alive = time.time(), {}
+        for path in (self.out / "logs").glob("alive-*"):
+            try:
+                alive[int(path.name.split("-")[1])] = (now - path.stat().st_mtime, int(path.read_text().split()[0]))
+            except (OSError, ValueError, IndexError):  # being written, or gone with a resume
+                continue
+        if len(alive) < 2 or min(age for age, _ in alive.values()) > ALIVE_FRESH_S:
+            return None  # nobody to compare with, or nobody moves (the machine paused; the job ends)
+        rank, (age, pid) = max(alive.items(), key=lambda item: item[1][0])
+        if age < SILENT_RANK_S:
+            return None
+        try:
+            state = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
+            return None  # it exited: torchrun reports that itself
+        if state == psutil.STATUS_ZOMBIE:
+            return None
+        how = "stopped (SIGSTOP, or a debugger holds it)" if state == psutil.STATUS_STOPPED else f"{state}, not responding"
+        return rank, (f"rank {rank} (pid {pid}) stopped showing life {age:.0f} s ago while the other ranks were "
+                      f"alive and waiting for it: its process was {how}")
+
+    def _stop_hung(self, rank: int | None = None, why: str = "") -> None:
         steps = self.last_steps()
         self._stop()
-        stuck = min(steps, key=steps.get) if steps else None
+        stuck = rank if rank is not None else (min(steps, key=steps.get) if steps else None)
+        why = why or f"no progress on any rank for {self.cfg.watchdog_s:.0f} s (watchdog_s)"
         self._finish(status="hung", failure={
-            "rank": stuck, "exception": f"no progress on any rank for {self.cfg.watchdog_s:.0f} s (watchdog_s); "
-            f"step each rank was on: {steps}", "traceback": "", "last_step_by_rank": steps})
+            "rank": stuck, "exception": f"{why}; step each rank was on: {steps}", "traceback": "",
+            "last_step_by_rank": steps})
 
     # -- stopping ----------------------------------------------------------------------
     def cancel(self) -> None:
@@ -224,21 +291,37 @@ class Job:
         self.handle.stop()  # SIGTERM: torchrun stops its ranks; then SIGKILL what remains
 
     def _finish(self, status: str | None = None, failure: dict | None = None) -> None:
-        """Called once the agent has exited: make sure result.json says how it ended. A result
-        the run wrote itself is never overwritten (a run that ended ok stays ok)."""
+        """Called once the agent has exited: make sure result.json says how it ended, then let go
+        of the folder. A result the run wrote itself is never overwritten (ok stays ok)."""
         self.handle.leftovers()  # nothing should be left: ranks die with torchrun; if so, logged
-        self.handle.close()
+        try:
+            self._record_end(status, failure)
+        finally:
+            self.handle.close()
+            self.lock.release()
+
+    def _record_end(self, status: str | None, failure: dict | None) -> None:
         if self._ended_status():
             self._status = self._ended_status()
             return
         if status is None and self.cfg.nodes > 1 and not self.cfg.emulated and self.handle.returncode == 0:
-            self._status = "ok"  # this node's ranks finished; rank 0, elsewhere, wrote the run's result
+            self._status = "ok"  # this node's ranks finished; rank 0 wrote the run's result (on node 0)
             return
         self._status = status or "failed"
-        write_json(self.out / "result.json", {
-            "schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy_name, "status": self._status,
-            "config": self.cfg.to_dict(), "exit_code": self.handle.returncode,
-            "failure": failure or self.handle.failure()})
+        self.ended = {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy_name, "status": self._status,
+                      "config": self.cfg.to_dict(), "exit_code": self.handle.returncode,
+                      "failure": failure or self.handle.failure()}
+        try:
+            write_json(self.out / "result.json", self.ended)
+        except OSError as error:  # a full disk: the last good result.json stays; the status is said here
+            self.ended["failure"] = {**(self.ended["failure"] or {}), "exception": f"result.json not written: {error}"}
+
+    def read_result(self) -> dict:
+        """The run's result.json, or, where it could not be written (a full disk), how it ended."""
+        path = self.out / "result.json"
+        if self.ended is not None and (not path.exists() or path.stat().st_mtime < self.started):
+            return self.ended
+        return json.loads(path.read_text())
 
     def processes(self) -> list[psutil.Process]:
         """This job's live processes (the agent, torchrun, its forkserver, the ranks): every

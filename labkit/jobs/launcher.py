@@ -22,8 +22,10 @@ What every job gets, whoever starts it:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,9 @@ class Launch:
     fork_ranks: bool = True         # False: each rank a fresh interpreter (a script; the primer)
     torchrun: bool = True           # False: one plain process (a method that needs no process group)
     queue_lock: Path | None = None  # wait for this lock before starting (GPU jobs take turns)
-    netns: str = ""                 # run inside this network namespace (an emulated node: labkit.jobs.cluster)
+    started_file: Path | None = None  # touched once the job holds its queue lock (if any) and starts
+    keep_fds: tuple[int, ...] = ()  # open files the job inherits and holds till it ends (its run folder's lock)
+    enter: tuple[str, ...] = ()     # a command that execs ours inside an emulated node's namespaces (labkit.jobs.cluster)
     env: dict = field(default_factory=dict)
     cwd: Path | None = None
 
@@ -98,17 +102,20 @@ def command(launch: Launch) -> list[str]:
         else:  # a fresh interpreter per rank, still dying with torchrun
             cmd += ["-m", "labkit.jobs.rank", launch.program]
         cmd += launch.args
-    if launch.queue_lock is not None:
-        cmd = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(launch.queue_lock),
-               str(Path(launch.run_dir) / "started"), "--", *cmd]
-    if launch.netns:  # `ip netns exec` execs the command: the same process, in the node's namespace
-        cmd = ["ip", "netns", "exec", launch.netns, *cmd]
+    if launch.queue_lock is not None or launch.started_file is not None:
+        cmd = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(launch.queue_lock or "-"),
+               str(launch.started_file or "-"), "--", *cmd]
+    if launch.enter:  # `ip netns exec NS` or `nsenter ...` execs the command: the same process, in the node
+        cmd = [*launch.enter, *cmd]
     return cmd
 
 
-def environment(launch: Launch) -> dict:
+def environment(launch: Launch, tmp_dir: str) -> dict:
     path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **launch.env,
+            # torch's error files and log folders (torchelastic_*), multiprocessing's listeners
+            # (pymp-*): in a temporary folder of the job's own, removed when it ends
+            "TMPDIR": tmp_dir,
             "LABKIT_RUN_DIR": str(launch.run_dir),  # how a job's forked ranks are found (ps shows the forkserver)
             "LABKIT_FAILURES": str(launch.failures_path),
             "LABKIT_LAUNCHER_PID": str(os.getpid())}  # torchrun dies with us (labkit.jobs.torchrun)
@@ -123,8 +130,10 @@ class Torchrun:
         launch.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
         self.log = open(launch.log_path, "ab")
         self.started = time.time()
-        self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch), stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        self.tmp_dir = tempfile.mkdtemp(prefix="labkit-job-")
+        self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch, self.tmp_dir),
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     pass_fds=launch.keep_fds,
                                      start_new_session=True)  # Ctrl-C in a terminal reaches us, not torchrun
 
     @property
@@ -164,7 +173,9 @@ class Torchrun:
         return killed
 
     def close(self) -> None:
+        """Once the job has ended: close its log and remove its temporary folder."""
         self.log.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     def failure(self) -> dict | None:
         """The rank that brought the job down, or None (labkit.jobs.failures)."""

@@ -61,6 +61,9 @@ def load_strategy(spec: str):
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
         raise ConfigError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
+    except SystemExit as error:  # sys.exit() at module level would end labkit itself, having run nothing
+        raise ConfigError(f"{path}: importing it called sys.exit({error.code}); a strategy file must not exit when "
+                          f"imported (put a script's code under `if __name__ == \"__main__\":`)") from None
     except Exception as error:  # an import that fails, a NameError at module level...
         raise ConfigError(f"{path}: importing it failed: {type(error).__name__}: {error}") from None
     cls = getattr(module, name, None)
@@ -72,6 +75,32 @@ def load_strategy(spec: str):
         raise ConfigError(f"{path}: {name} is not a Strategy subclass; write `class {name}(Strategy):` "
                           f"(from labkit.strategies.base import Strategy)")
     return cls
+
+
+IMPORT_TIMEOUT_S = 60.0  # torch's own import is most of it: seconds, on 2 busy cores
+
+
+def check_import(spec: str, timeout_s: float = IMPORT_TIMEOUT_S) -> None:
+    """Import a method's file in a child process first, under a watchdog: a file that waits
+    forever at module level (a loop, input(), a collective before any process group) is
+    reported in one line instead of hanging the launcher with it."""
+    import subprocess
+
+    if not is_file_spec(spec):
+        return
+    code = "import sys; from labkit.strategies import load_strategy; load_strategy(sys.argv[1])"
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding labkit/, for a checkout not installed
+    try:
+        done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL, cwd=Path(spec.rsplit(":", 1)[0]).parent,
+                              env={**__import__("os").environ, "PYTHONPATH": root})
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{spec.rsplit(':', 1)[0]}: importing it did not finish in {timeout_s:.0f} s — something at "
+                          f"module level waits forever (a loop, input(), a collective); move it into a method") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        said = lines[-1].removeprefix("labkit.errors.ConfigError: ") if lines else f"exit code {done.returncode}"
+        raise ConfigError(said)
 
 
 def describe(spec: str) -> list[str]:
@@ -91,4 +120,4 @@ def __getattr__(name):  # PEP 562: STRATEGIES (name → class) imports every met
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "describe", "load_strategy"]
+__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "check_import", "describe", "load_strategy"]

@@ -14,6 +14,13 @@ def setup(cfg):
     """Rank, world size and device from torchrun's environment (a plain process = rank 0 of 1)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cfg.nodes > 1 and cfg.rdzv_endpoint and "RANK" in os.environ:
+        # Real nodes: torchrun's c10d rendezvous numbers the nodes in the order they joined,
+        # whatever --node-rank says. Rank 0 writes the result and the checkpoints, so number the
+        # ranks by the node rank the user gave instead: node 0's first rank is rank 0, and the
+        # result lands in node 0's --out. (The same mapping on every rank: a permutation.)
+        rank = cfg.node_rank * int(os.environ["LOCAL_WORLD_SIZE"]) + local_rank
+        os.environ["RANK"] = str(rank)
     if cfg.device == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
