@@ -18,10 +18,12 @@ $(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
 	$(BIN)/pip install --no-deps -e .
 	touch $@
 
-# Refresh requirements.lock from the requirements files (pip-tools' pip-compile), then commit it.
+# Refresh requirements.lock from the requirements files, then commit it: one universal resolution
+# (uv) for every supported platform, an entry that holds on some only carrying its marker (the
+# CUDA stack: sys_platform == 'linux'); pip installs the entries whose markers hold where it runs.
 lock: $(BIN)/python
-	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile --universal --python-version 3.11 --upgrade --no-emit-index-url \
 		-o requirements.lock requirements-test.txt requirements-assignments.txt
 
 install: $(VENV)/.installed

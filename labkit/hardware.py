@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from labkit import system as this_system  # "system" is the NVIDIA GPUs below
 from labkit.config import LAB_ROOT, ConfigError
 
 NVIDIA_PROC = Path("/proc/driver/nvidia")  # the kernel driver's own view of its GPUs
@@ -49,6 +50,8 @@ def version_tuple(text: str) -> tuple[int, ...]:
 def system_gpus() -> list[tuple[str, str]]:
     """(name, driver version) of every NVIDIA GPU the system has, whether torch can use it
     or not: from nvidia-smi when it is on PATH and answers, else from /proc/driver/nvidia."""
+    if not this_system.is_linux():  # NVIDIA's CUDA drivers are Linux's (and Windows', which runs labkit in WSL2)
+        return []
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -105,6 +108,8 @@ def nccl_loaded() -> tuple[str, str] | None:
     """(version, path) of the NCCL library this process has loaded, asked of the library
     itself: torch.cuda.nccl.version() is only the version torch was compiled against,
     and the wheel's nvidia-nccl package (or LD_LIBRARY_PATH) may bring another."""
+    if not this_system.is_linux():  # /proc/self/maps is Linux's; no NCCL elsewhere
+        return None
     try:
         paths = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
                         if "/libnccl" in line.split()[-1]})
@@ -210,9 +215,12 @@ def check_lines() -> list[tuple[str, str]]:
     system = system_gpus()
     free_gb = shutil.disk_usage(LAB_ROOT).free / 1e9
     tiny = LAB_ROOT / "data" / "tiny"
+    from labkit.lockfile import floor, torch_problem
+
     return [
+        ("system", this_system.unsupported() or f"{this_system.name()} {platform.machine()}"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
-        ("torch", torch.__version__),
+        ("torch", torch_problem() or f"{torch.__version__} (labkit supports torch{floor('torch')})"),
         ("torchvision", torchvision.__version__),
         ("cuda", f"{torch.version.cuda} available" if gpus else f"not available (build {torch.version.cuda or 'cpu'})"),
         ("nvidia driver", system[0][1] if system else "none found (nvidia-smi, /proc/driver/nvidia)"),

@@ -2,11 +2,15 @@
 on the forkserver dies the moment torchrun does (PR_SET_PDEATHSIG), as the ranks it forks die
 with it. A chain of parent-death signals, kept by the kernel: torchrun killed outright
 (SIGKILL, the out-of-memory killer) takes the forkserver with it, and the forkserver its ranks,
-even a rank stuck inside C code."""
+even a rank stuck inside C code.
+
+On macOS (no parent-death signal) no watcher thread is started here: the forkserver must stay
+single-threaded to fork safely, and Python's forkserver ends by itself once torchrun is gone
+(its last client closes the pipe it waits on); each rank watches its own parent (rank.py)."""
 
 import os
 import signal
 
 from labkit.jobs.processes import die_with_parent
 
-die_with_parent(int(os.environ["LABKIT_TORCHRUN_PID"]), signal.SIGKILL)
+die_with_parent(int(os.environ["LABKIT_TORCHRUN_PID"]), signal.SIGKILL, watch=False)

@@ -7,9 +7,10 @@ Two kinds of stop:
 After either, `kill_group(pid)` kills what is left of the job's own process group (the root
 started one: it is the launcher's `start_new_session`), and says what that was.
 
-And one way to die with a parent: `die_with_parent` (Linux's PR_SET_PDEATHSIG). The agent,
-torchrun's forkserver, every rank and data preparation's pool workers use it, so each link
-of the chain dies with the one above it, even when that one was killed outright.
+And one way to die with a parent: `die_with_parent` (Linux's PR_SET_PDEATHSIG; on macOS, which
+has no such signal, a thread that watches the parent). The agent, torchrun, its forkserver,
+every rank and data preparation's pool workers use it, so each link of the chain dies with the
+one above it, even when that one was killed outright.
 
 Only the standard library and psutil: every stage can use these without importing torch.
 """
@@ -19,23 +20,48 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 import time
 
 import psutil
 
+from labkit import system
+
 PR_SET_PDEATHSIG = 1
 RESOURCE_TRACKER = "multiprocessing.resource_tracker"  # on its command line
+WATCH_INTERVAL_S = 0.2  # without the kernel's signal: how often a watcher asks who our parent is
 
 
-def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
-    """Have Linux send us `sig` when our parent dies (it survives exec). The parent may
-    already have died before we asked (we were then handed to another process): check."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    except OSError:  # not Linux: the launcher's own teardown still applies
-        return
-    if os.getppid() != parent_pid:
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM, watch: bool = True) -> str:
+    """Receive `sig` when our parent dies, and say how: "kernel" (Linux's PR_SET_PDEATHSIG,
+    kept across exec), "watcher" (elsewhere: a daemon thread sees getppid() change when we are
+    handed to another parent; gone at exec, so a process that execs asks again after it), or
+    "none" (watch=False where the kernel cannot: a forkserver must stay single-threaded, and
+    Python's own forkserver ends by itself when the process that started it is gone). The
+    parent may already have died before we asked (we were then handed to another): checked."""
+    how = "none"
+    if system.is_linux() and _prctl_pdeathsig(sig):
+        how = "kernel"
+    elif watch:
+        threading.Thread(target=_watch_parent, args=(parent_pid, sig), name="labkit-die-with-parent",
+                         daemon=True).start()
+        how = "watcher"
+    if os.getppid() != parent_pid and how != "none":
         os.kill(os.getpid(), sig)
+    return how
+
+
+def _prctl_pdeathsig(sig: int) -> bool:
+    try:  # CDLL(None): the C library this interpreter is linked with (glibc's libc.so.6, musl's, ...)
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int, sig: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(WATCH_INTERVAL_S)
+    os.kill(os.getpid(), sig)
 
 
 def stop_tree(pid: int, grace_s: float = 10.0) -> None:

@@ -3,7 +3,7 @@
 torchrun tells its ranks to stop only while it is alive to do so. Killed outright (SIGKILL,
 the out-of-memory killer), it would leave them running on: they still have each other, so
 they would train to the end. Here each rank asks Linux for SIGKILL the moment its parent
-dies (PR_SET_PDEATHSIG), then becomes MODULE, exactly as `python -m MODULE ARGS` would.
+dies (PR_SET_PDEATHSIG; on macOS a thread watching its parent), then becomes MODULE, exactly as `python -m MODULE ARGS` would.
 
 labkit's runs give torchrun this file's path with `--run-path` and
 `--start-method=forkserver`: the ranks are then forked from torchrun's forkserver, which has

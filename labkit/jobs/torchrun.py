@@ -67,8 +67,11 @@ def main() -> None:
     die_with_parent(int(os.environ.get("LABKIT_LAUNCHER_PID", os.getppid())))
     os.environ["LABKIT_TORCHRUN_PID"] = str(os.getpid())
     if is_loopback(local_addr(sys.argv[1:]) or ""):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # inherited by the ranks
-        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+        from labkit.system import loopback_interface
+
+        loopback = loopback_interface()  # lo on Linux, lo0 on macOS
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)  # inherited by the ranks
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback)
     start_forkserver(sys.argv[1:])  # after the environment above, which the ranks inherit from it
     # Before torch.distributed.run is imported: its rendezvous module keeps its own reference.
     bind_stores()
