@@ -244,7 +244,11 @@ values do not divide by 2, 3 or 4, so the flat buffers are padded at the end to 
                "`rank * shard_len`; `unflatten_into` ignores extra values at the end. Give new buffers the shard's "
                "`dtype=` and `device=`.",
                "Count with `self.wire.reduce_scatter(nbytes(padded_grads))` and `self.wire.all_gather(nbytes(flat))`; "
-               "`update` steps `self.shard_optimizer` with `super().update(self.shard_optimizer, scaler)`."],
+               "`update` steps `self.shard_optimizer` with `super().update(self.shard_optimizer, scaler)`.",
+               "The shard's optimizer is the loop's class with the loop's hyperparameters (as torch's "
+               "ZeroRedundancyOptimizer builds its own): `type(optimizer)([{**optimizer.param_groups[0], "
+               "\"params\": [self.shard]}])` works for SGD and AdamW alike (`**optimizer.defaults` does not: "
+               "AdamW refuses one of its own defaults)."],
         predict="""How many bytes per rank per step on 4 ranks, against exercise 5's server? How many momentum
 values does each rank keep on 4 ranks, against the whole model's 517?""",
         prediction=("bytes_4_ranks", "momentum_values_per_rank"),
@@ -259,7 +263,7 @@ values does each rank keep on 4 ranks, against the whole model's 517?""",
    (4,136 / 8,272 / 12,408 B).
 2. 1, 2 and 3 values (518, 519, 520): 2(n−1)/n × 8 B each: 8 B more on 2 ranks, ≈ 21 B on 3, 36 B on 4.
 3. The all-gather gives every rank every updated shard; the shards' optimizers together are exactly one
-   optimizer over all parameters (SGD with momentum works value by value).""",
+   optimizer over all parameters (SGD with momentum, and AdamW, work value by value).""",
     ),
     dict(
         name="ex7_fsdp", title="Exercise 7 · FSDP by hand: shard every layer, gather it to compute, reduce-scatter its gradients",

@@ -72,6 +72,9 @@ class RunConfig:
     lr_warmup_steps: int = 0  # linear warm-up: step k (1-based) of the first N uses lr × k/N (0 = none)
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # the loop's optimizer: sgd (with momentum) or adamw (decoupled weight decay; give it its own lr);
+    # a sharded method shards whichever it is (training/optim.py)
+    optimizer: str = "sgd"
     seed: int = 0
     # GPU speed options
     amp: str = "off"  # off / bf16 / fp16 autocast (fp16 adds a GradScaler)

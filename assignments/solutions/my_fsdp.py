@@ -56,8 +56,9 @@ class MyFSDP(Strategy):
             for p in params:
                 p.register_post_accumulate_grad_hook(functools.partial(self.on_grad_ready, index))
             ### END SOLUTION
-        # The optimizer steps the shards only: 1/n of the momentum on each rank.
-        self.shard_optimizer = type(optimizer)(self.shards, **optimizer.defaults)
+        # The optimizer steps the shards only: 1/n of its state on each rank. Built as torch's
+        # ZeroRedundancyOptimizer builds its own: the loop's class and param group, the shards as params.
+        self.shard_optimizer = type(optimizer)([{**optimizer.param_groups[0], "params": self.shards}])
         if getattr(self, "restored", None):  # a checkpoint's momentum, of this rank's shards
             self.shard_optimizer.load_state_dict(self.restored["shard_optimizer"])
         return model

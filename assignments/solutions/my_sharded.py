@@ -14,12 +14,13 @@ class MySharded(Strategy):
         self.shard_len = math.ceil(total / self.world)  # every shard the same length
         self.padded = self.shard_len * self.world
         # self.shard: an nn.Parameter, a copy of this rank's slice of the (padded) flat parameters;
-        # self.shard_optimizer: an optimizer like the loop's that only knows self.shard.
+        # self.shard_optimizer: an optimizer like the loop's (its class, its param group's
+        # hyperparameters: SGD's momentum or AdamW's betas) that only knows self.shard.
         ### BEGIN SOLUTION
         flat = self.pad(flatten([p.detach() for p in self.params]))
         mine = flat[self.rank * self.shard_len:(self.rank + 1) * self.shard_len]
         self.shard = torch.nn.Parameter(mine.clone())
-        self.shard_optimizer = type(optimizer)([self.shard], **optimizer.defaults)
+        self.shard_optimizer = type(optimizer)([{**optimizer.param_groups[0], "params": [self.shard]}])
         ### END SOLUTION
         return model
 

@@ -9,8 +9,9 @@ steps the synced parameters along it. Local SGD (`localsgd`) is the special case
 outer SGD with lr 1 and no momentum: the average itself. So with H = 1, `inner=sgd`,
 `outer_lr=1` and `outer_momentum=0` DiLoCo makes exactly DDP's update.
 
-Options: `inner` (sgd: the run's own SGD with its momentum and lr schedule; adamw: an AdamW
-at `inner_lr` following the run's schedule, with the run's weight decay, as in the paper),
+Options: `inner` (sgd: the run's own optimizer with its lr schedule, SGD unless `--set
+optimizer=adamw`; adamw: an AdamW of diloco's own at `inner_lr` following the run's schedule,
+with the run's weight decay, as in the paper),
 `outer_lr`, `outer_momentum` (Nesterov when above 0). The paper's 8 workers matched
 synchronous training with 500× less communication on a language model; the lab's runs are
 hundreds of steps, hence a default H of 5 (one sync in H, as `localsgd`).
@@ -36,7 +37,8 @@ from .localsgd import SYNC_EVERY, average_buffers, check_period, local_state, on
 
 class DiLoCo(Strategy):
     options = (SYNC_EVERY,
-               Option("inner", "sgd", "inner optimizer: the run's SGD, or AdamW as in the paper", ("sgd", "adamw")),
+               Option("inner", "sgd", "inner optimizer: the run's own (--set optimizer=), or AdamW at inner_lr "
+                      "as in the paper", ("sgd", "adamw")),
                Option("inner_lr", 1e-3, "AdamW's learning rate (inner=adamw; scaled by the run's warm-up)"),
                Option("outer_lr", 0.7, "outer SGD's learning rate on the averaged pseudo-gradient"),
                Option("outer_momentum", 0.9, "outer SGD's Nesterov momentum (0: plain SGD)"))
@@ -108,7 +110,7 @@ class DiLoCo(Strategy):
 
     def held_tensors(self):  # for the memory count: the synced copy, the outer momentum, AdamW's moments
         state = optimizer_state_tensors(self.outer)
-        if self.inner is not self.schedule:  # AdamW: the loop's SGD holds nothing, this one two moments
+        if self.inner is not self.schedule:  # its own AdamW: the loop's optimizer holds nothing, this one two moments
             state += optimizer_state_tensors(self.inner)
         return {"params": [self.synced], "optimizer_state": state}
 

@@ -74,8 +74,9 @@ class FullyShardedDP(Strategy):
         self.root_bytes = padded_bytes(p for p in model.parameters() if id(p) not in in_units)
 
     def repoint(self, optimizer, old, new):
-        """The optimizer was built over the full parameters: point it at the DTensor shards.
-        State it already holds (a resumed checkpoint's momentum) is cut the same way."""
+        """The loop's optimizer, whichever it is (SGD, AdamW), was built over the full parameters:
+        point it at the DTensor shards, so its state is made per shard (1/n of it on each rank).
+        State it already holds (a resumed checkpoint's momentum or moments) is cut the same way."""
         name_of = {id(p): name for name, p in old.items()}
         for group in optimizer.param_groups:
             group["params"] = [new[name_of[id(p)]] for p in group["params"]]

@@ -5,8 +5,9 @@ Use Large Mini-Batches, Use Local SGD", 2018): skip the gradient all-reduce. Eac
 steps its own optimizer on its own gradients, so the ranks' models drift apart; every H
 steps (`--set sync_every=H`) one all-reduce replaces every rank's parameters with their
 average. With H = 1 and plain SGD (momentum included: it is linear in the gradients) the
-average after each step is exactly DDP's update; larger H divides the bytes by H and lets
-the models wander between syncs, which costs accuracy as H grows.
+average after each step is exactly DDP's update (not with `--set optimizer=adamw`: each
+rank's moments see only its own gradients, and Adam's step is not linear in them); larger H
+divides the bytes by H and lets the models wander between syncs, which costs accuracy as H grows.
 
 What is averaged: the parameters, by PyTorch's own model averager
 (torch.distributed.algorithms.model_averaging.averagers.PeriodicModelAverager: one flat

@@ -7,7 +7,8 @@ owner steps its slice, all-gather the parameters so every rank has the whole mod
 
 Communication: reduce-scatter + all-gather = exactly the two halves of a ring
 all-reduce, 2(n−1)/n·S per rank — while `ps` moves (n−1)·S through rank 0 alone.
-The optimizer state (momentum) is split n ways too: that is ZeRO stage 1's memory saving.
+The optimizer state (SGD's momentum, AdamW's two moments) is split n ways too: that is
+ZeRO stage 1's memory saving.
 """
 
 import math
@@ -41,13 +42,17 @@ class ShardedServer(Strategy):
         flat = self.pad(flatten([p.detach() for p in self.params]))
         mine = flat[self.rank * self.shard_len:(self.rank + 1) * self.shard_len]
         self.shard = torch.nn.Parameter(mine.clone())
-        # This rank's optimizer only ever sees its own slice, so it keeps 1/n of the state.
-        self.shard_optimizer = type(optimizer)([self.shard], **optimizer.defaults)
+        # This rank's optimizer only ever sees its own slice, so it keeps 1/n of the state. Built
+        # as ZeroRedundancyOptimizer builds its local one: the loop's optimizer class and its param
+        # group's hyperparameters (SGD's momentum, AdamW's betas and weight decay), only the params
+        # replaced. (`**optimizer.defaults` is not a constructor's keywords: AdamW refuses its own.)
+        (group,) = optimizer.param_groups  # one group: the flat shard mixes every parameter
+        self.shard_optimizer = type(optimizer)([{**group, "params": [self.shard]}])
         if getattr(self, "_restored", None):  # a checkpoint was loaded before prepare
             self.load_state_dict(self._restored)
         return model
 
-    # Every rank steps its own shard: a checkpoint keeps each rank's momentum, not just rank 0's.
+    # Every rank steps its own shard: a checkpoint keeps each rank's optimizer state, not just rank 0's.
     def state_dict(self):
         return {"shard_optimizer": self.shard_optimizer.state_dict()}
 
@@ -58,7 +63,7 @@ class ShardedServer(Strategy):
         self.shard_optimizer.load_state_dict(state["shard_optimizer"])
 
     # The memory count: besides the full model and its gradients, this rank keeps its shard,
-    # the shard's gradient and 1/n of the momentum (the shard optimizer's state).
+    # the shard's gradient and 1/n of the optimizer state (the shard optimizer's).
     def held_tensors(self):
         return {"params": [self.shard], "grads": [self.shard.grad],
                 "optimizer_state": optimizer_state_tensors(self.shard_optimizer)}

@@ -4,6 +4,8 @@ The lesson of ZeRO (Rajbhandari et al., "ZeRO: Memory Optimizations Toward Train
 Trillion Parameter Models", SC 2020) and of FSDP, as numbers. With SGD and momentum, DDP
 keeps on every rank the full parameters, the full gradients and the full momentum;
 ps_sharded (ZeRO stage 1) keeps 1/n of the momentum; FSDP (ZeRO stage 3) 1/n of all three.
+With AdamW (`--set optimizer=adamw`) the optimizer state is two moments per parameter, 2×
+the parameters' bytes on DDP and 2/n of them on the sharded methods: ZeRO's larger saving.
 
 Counted once, at the end of the first measured step (after warm-up), while the gradients
 still exist: the loop frees them with zero_grad(set_to_none=True) right after. Each tensor
@@ -12,10 +14,11 @@ local shard this rank stores.
 
     params_bytes           the model's parameters
     grads_bytes            their .grad tensors
-    optimizer_state_bytes  the loop optimizer's state (SGD's momentum; Adam's two moments)
+    optimizer_state_bytes  the loop optimizer's state (SGD's momentum; AdamW's two moments and
+                           a 4-byte step count per parameter tensor)
 
 each plus what the method keeps itself (Strategy.held_tensors: ps_sharded's shard, its
-gradient and its shard optimizer's momentum). Not counted: buffers (BatchNorm statistics),
+gradient and its shard optimizer's state). Not counted: buffers (BatchNorm statistics),
 communication buffers (DDP's buckets, a method's flat copies) and activations: those show
 only in the peak.
 

@@ -25,6 +25,7 @@ from labkit.training.data import build_loaders, epoch_steps, steps_per_epoch
 from labkit.training.evaluate import validate
 from labkit.training.memory import gather_memory
 from labkit.training.models import build_model
+from labkit.training.optim import build_optimizer
 from labkit.training.process_group import finish, setup, sync_buffers
 from labkit.training.recorder import StepRecorder
 from labkit.training.result import build_result, gather_step_medians, gather_timeline
@@ -42,8 +43,7 @@ def main(config_path: str):
     model = build_model(cfg.model, cfg.num_classes).to(device, getattr(torch, cfg.dtype))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.parameters(), cfg)  # --set optimizer=sgd|adamw
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     method = load_strategy(cfg.strategy)
     strategy = method(cfg, rank, world)
