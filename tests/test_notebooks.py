@@ -53,10 +53,12 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     for strategy in ("single", "ddp", "allreduce", "ps"):  # 06's interleaved sweep
         assert f" {strategy} " in report or f"\n{strategy} " in report, strategy
     results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("**/result.json")]
-    # 01–04, 05's seven variants, 02's killed-and-resumed demo, 05b's 7 methods × 2 rounds, its 2
-    # straggler runs and the student's choice, 06's 4 methods × 3 rounds, and 07's 7 methods × 2
-    # link rates where this machine can emulate nodes (00b's primer ranks write no result)
+    # 01's run; 02's killed-and-resumed demo; 03's allreduce and bucketed × 2 rounds; 05's seven variants;
+    # 05b's 5 methods, its 2 memory runs, 2 straggler runs and the student's choice; 06's 4 methods × 3
+    # rounds; and where this machine can emulate nodes, 02's overlap pair, 04's ps and ring at n = 2, 3, 4,
+    # 05's three bucket sizes and 07's 7 methods × 2 link rates (00b's primer ranks write no result)
     from labkit.jobs.cluster import missing_capability
-    assert len(results) == 4 + 7 + 1 + (7 * 2 + 2 + 1) + 12 + (14 if missing_capability() is None else 0)
+    emulated = missing_capability() is None
+    assert len(results) == 1 + 1 + 2 * 2 + 7 + (5 + 2 + 2 + 1) + 12 + ((2 + 6 + 3 + 14) if emulated else 0)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)
