@@ -7,6 +7,7 @@ ends with one line `labkit: error: …` and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from labkit.config import ConfigError, parse_overrides
@@ -43,14 +44,26 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def stop_like_ctrl_c() -> None:
+@contextlib.contextmanager
+def stop_like_ctrl_c():
+    """While the run lasts, SIGTERM and SIGHUP raise Terminated (the handlers before are put
+    back afterwards: `main` may run inside another program, a test or a notebook)."""
     import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
 
     def handler(signum, frame):
         raise Terminated(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
+    before = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, old in before.items():
+            signal.signal(signum, old)
 
 
 def cmd_run(args) -> int:
@@ -81,10 +94,10 @@ def cmd_run(args) -> int:
     print(f"labkit: {'resuming ' if cfg.resume else ''}{cfg.strategy} on {cfg.nproc} rank(s){nodes}, "
           f"{cfg.backend}/{cfg.device}, {cfg.model} on {cfg.dataset}, global batch {cfg.global_batch} → {cfg.out_dir}",
           flush=True)
-    stop_like_ctrl_c()
-    job = Job(cfg).start()
     try:
-        status = job.wait(progress=True)
+        with stop_like_ctrl_c():
+            job = Job(cfg).start()
+            status = job.wait(progress=True)
     except Terminated as stop:
         import signal
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, RunConfig, field_types, is_file_spec,
                            parse_rate, parse_straggler, results_root)
 from labkit.datasets import tiny
-from labkit.datasets.folders import check_image_folder, data_root
+from labkit.datasets.folders import check_image_folder, data_root, is_image_file
 from labkit.jobs import folder
 from labkit.strategies import BASELINE, REGISTRY, check_import, load_strategy  # light: a method's file is read when chosen
 
@@ -275,8 +275,6 @@ def check_data(cfg: RunConfig) -> None:
 
 def count_images(folder: Path, stop_at: int) -> int:
     """Count image files, stopping early once `stop_at` are found (ImageNet is large)."""
-    from torchvision.datasets.folder import is_image_file
-
     found = 0
     for _, _, files in os.walk(folder):
         found += sum(1 for name in files if is_image_file(name))

@@ -89,9 +89,9 @@ def holder(folder: Path) -> str | None:
         os.close(fd)  # (closing drops the shared lock we may have taken)
 
 
-def describe(folder: Path) -> str:
-    """What the folder holds, in a few words, for a refusal."""
-    pid = holder(folder)
+def describe(folder: Path, locked: bool = False) -> str:
+    """What the folder holds, in a few words, for a refusal (`locked`: we hold its lock)."""
+    pid = None if locked else holder(folder)
     if pid:
         return f"a run in progress (launcher pid {pid})"
     names = contents(folder)
@@ -121,16 +121,17 @@ def check_path(folder: Path) -> None:
         raise ConfigError(f"cannot write in {existing} (read-only or not yours); give --out a folder you can write")
 
 
-def check_new(folder: Path, name: str | None = None, node_rank: int = 0) -> None:
+def check_new(folder: Path, name: str | None = None, node_rank: int = 0, locked: bool = False) -> None:
     """A fresh run starts only in a folder that does not exist or is empty (a run on several
-    real nodes, `name`: or that holds only what its other nodes wrote there)."""
+    real nodes, `name`: or that holds only what its other nodes wrote there). `locked`: the
+    caller holds the folder's lock (the final check, at start), so it is not someone else's run."""
     folder = Path(folder)
     check_path(folder)
     if not folder.exists() or not contents(folder, name):
         return
     if name is not None and node_rank > 0 and (folder / "config.json").exists() and read_status(folder) is None:
         return  # node 0 wrote the run's config into the shared folder: this node joins it
-    held = describe(folder)
+    held = describe(folder, locked)
     hint = (f"resume it with labkit run --resume {folder}, or choose another --out or --name"
             if held.startswith("an unfinished run") else
             "wait for it to end, or choose another --out or --name" if held.startswith("a run in progress") else
@@ -138,13 +139,13 @@ def check_new(folder: Path, name: str | None = None, node_rank: int = 0) -> None
     raise ConfigError(f"{folder} already holds {held}; {hint}")
 
 
-def check_resumable(folder: Path) -> None:
+def check_resumable(folder: Path, locked: bool = False) -> None:
     """--resume: the folder holds this lab's run, unfinished, with a checkpoint to go on from."""
     folder = Path(folder)
     check_path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{folder} does not exist; --resume takes the folder of an earlier run")
-    pid = holder(folder)
+    pid = None if locked else holder(folder)
     if pid:
         raise ConfigError(f"{folder} holds a run in progress (launcher pid {pid}); wait for it to end")
     status = read_status(folder)

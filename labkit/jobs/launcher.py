@@ -110,12 +110,25 @@ def command(launch: Launch) -> list[str]:
     return cmd
 
 
-def environment(launch: Launch, tmp_dir: str) -> dict:
+SOCKET_PATH_SPARE = 40  # what multiprocessing adds under TMPDIR for its listener: pymp-XXXXXXXX/listener-XXXXXXXX
+
+
+def job_temp_dir() -> str | None:
+    """A temporary folder of the job's own (removed when it ends), for torch's error files and log
+    folders (torchelastic_*) and multiprocessing's listeners (pymp-*) — unless its path would be
+    too long for a Unix socket's address (104 bytes on macOS, 108 on Linux): then the job uses
+    the system's, as it would without labkit."""
+    folder = tempfile.mkdtemp(prefix="labkit-job-")
+    if len(folder.encode()) + SOCKET_PATH_SPARE > 100:
+        os.rmdir(folder)
+        return None
+    return folder
+
+
+def environment(launch: Launch, tmp_dir: str | None) -> dict:
     path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **launch.env,
-            # torch's error files and log folders (torchelastic_*), multiprocessing's listeners
-            # (pymp-*): in a temporary folder of the job's own, removed when it ends
-            "TMPDIR": tmp_dir,
+            **({"TMPDIR": tmp_dir} if tmp_dir else {}),
             "LABKIT_RUN_DIR": str(launch.run_dir),  # how a job's forked ranks are found (ps shows the forkserver)
             "LABKIT_FAILURES": str(launch.failures_path),
             "LABKIT_LAUNCHER_PID": str(os.getpid())}  # torchrun dies with us (labkit.jobs.torchrun)
@@ -130,7 +143,7 @@ class Torchrun:
         launch.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
         self.log = open(launch.log_path, "ab")
         self.started = time.time()
-        self.tmp_dir = tempfile.mkdtemp(prefix="labkit-job-")
+        self.tmp_dir = job_temp_dir()
         self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch, self.tmp_dir),
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      pass_fds=launch.keep_fds,
@@ -175,7 +188,8 @@ class Torchrun:
     def close(self) -> None:
         """Once the job has ended: close its log and remove its temporary folder."""
         self.log.close()
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if self.tmp_dir:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
     def failure(self) -> dict | None:
         """The rank that brought the job down, or None (labkit.jobs.failures)."""

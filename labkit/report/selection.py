@@ -26,7 +26,13 @@ def load_results(paths=None, status: str | None = None) -> list[dict]:
     for path in paths:
         files = [path] if path.name == "result.json" else sorted(path.rglob("result.json")) if path.exists() else []
         for file in files:
-            result = json.loads(file.read_text())
+            try:
+                result = json.loads(file.read_text())
+                if not isinstance(result, dict) or "status" not in result:
+                    raise ValueError("not a labkit result")
+            except (OSError, ValueError) as error:  # cut short, garbage, another program's JSON: listed, not fatal
+                result = {"status": "unreadable", "strategy": file.parent.name, "name": file.parent.name,
+                          "failure": {"exception": f"result.json unreadable: {str(error).splitlines()[0][:120]}"}}
             result["path"] = str(file.parent)
             if status is None or result.get("status") == status:
                 results.append(result)
@@ -84,7 +90,9 @@ def select_runs(results: list[dict], profile: str | None = None) -> Selection:
     chosen, candidates = Selection(), []
     for r in results:
         cfg = r.get("config", {})
-        if r.get("status", "ok") != "ok":
+        if r.get("status") == "unreadable":
+            chosen.left_out.append((r, r["failure"]["exception"]))
+        elif r.get("status", "ok") != "ok":
             chosen.left_out.append((r, f"status {r.get('status')}"))
         elif profile and cfg.get("profile") != profile:
             chosen.left_out.append((r, f"profile {cfg.get('profile')}, not {profile}"))

@@ -41,10 +41,8 @@ REGISTRY = {
 def load_strategy(spec: str):
     """The Strategy class for a registry name or 'path/to/file.py:ClassName'.
     Bad input raises ConfigError with one line saying what is wrong and how to fix it."""
-    from .base import Strategy
-
     if not is_file_spec(spec):
-        if spec not in REGISTRY:
+        if spec not in REGISTRY:  # said before anything imports torch
             raise ConfigError(f"unknown strategy '{spec}'; choose one of {', '.join(REGISTRY)}, "
                               f"or give a file: --strategy path/to/file.py:ClassName")
         module, name = REGISTRY[spec].split(":")
@@ -53,6 +51,8 @@ def load_strategy(spec: str):
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise ConfigError(f"strategy file {file} not found (from --strategy {spec})")
+    from .base import Strategy
+
     module_name = f"labkit_user_strategy_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
