@@ -1,9 +1,12 @@
 """Beyond one machine: real nodes (two torchrun agents on loopback joined by c10d), and nodes
 emulated in network namespaces with shaped links (skipped, with the reason, where the machine
-cannot make namespaces)."""
+cannot make namespaces) — as root, and without root's powers (CAP_NET_ADMIN and CAP_SYS_ADMIN
+dropped with capsh: an unprivileged user + network namespace per job)."""
 
 import json
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,19 +86,22 @@ def assert_no_namespace_left(links_before):
     assert host_links() == links_before  # veths live only inside the job's namespaces
 
 
+BUSBW_PROBE = (
+    "import time, torch, torch.distributed as dist\n"
+    "dist.init_process_group('gloo'); x = torch.ones(1 << 20)  # 4 MB of float32\n"
+    "dist.all_reduce(x[:1024]); times = []\n"
+    "for _ in range(3):\n"
+    "    dist.barrier(); t = time.perf_counter(); dist.all_reduce(x); times.append(time.perf_counter() - t)\n"
+    "n = dist.get_world_size(); busbw = 2 * (n - 1) / n * x.numel() * 4 / min(times)\n"
+    "if dist.get_rank() == 0: print(f'busbw_bytes_s {busbw:.0f}', flush=True)\n"
+    "dist.destroy_process_group()\n")
+
+
 @needs_namespaces
 def test_a_shaped_link_caps_all_reduce_bandwidth(tmp_path):
     """2 nodes × 1 rank at 100 Mbit/s: a 4 MB all-reduce's bus bandwidth is the link's rate."""
     probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import time, torch, torch.distributed as dist\n"
-        "dist.init_process_group('gloo'); x = torch.ones(1 << 20)  # 4 MB of float32\n"
-        "dist.all_reduce(x[:1024]); times = []\n"
-        "for _ in range(3):\n"
-        "    dist.barrier(); t = time.perf_counter(); dist.all_reduce(x); times.append(time.perf_counter() - t)\n"
-        "n = dist.get_world_size(); busbw = 2 * (n - 1) / n * x.numel() * 4 / min(times)\n"
-        "if dist.get_rank() == 0: print(f'busbw_bytes_s {busbw:.0f}', flush=True)\n"
-        "dist.destroy_process_group()\n")
+    probe.write_text(BUSBW_PROBE)
     links = host_links()
     job = cluster.EmulatedCluster(Launch(str(probe), nproc=1, run_dir=tmp_path, fork_ranks=False, cwd=REPO),
                                   nodes=2, link="100mbit")
@@ -176,3 +182,130 @@ def test_nothing_is_left_after_a_cancel_or_a_sigkill(tmp_path):
     assert not processes_of(tmp_path / "killed")
     assert cluster.remove_stale() and not cluster.namespaces()  # what the next start does
     assert host_links() == links
+
+
+# -- which way: root, user namespaces, or none ------------------------------------------
+
+BOTH = 1 << cluster.CAP_NET_ADMIN | 1 << cluster.CAP_SYS_ADMIN
+
+
+def everything_installed(name):
+    return f"/usr/bin/{name}"
+
+
+def test_the_mode_follows_the_capabilities_not_the_uid():
+    status = "Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t000001fffedfefff\n"  # what capsh --drop leaves
+    assert cluster.effective_capabilities(status) == 0x1fffedfefff and not cluster.has_admin_capabilities(0x1fffedfefff)
+    assert cluster.has_admin_capabilities(0x1fffeffffff)  # root's full set
+    works = lambda: None  # noqa: E731 — the probe's answer where user namespaces are allowed
+    assert cluster.detect_mode(BOTH, works, everything_installed)[0] == "root"
+    assert cluster.detect_mode(1 << cluster.CAP_NET_ADMIN, works, everything_installed)[0] == "user namespaces"
+    assert cluster.detect_mode(0, works, everything_installed)[0] == "user namespaces"
+    how, why = cluster.detect_mode(0, works, lambda name: None if name == "nsenter" else f"/usr/bin/{name}")
+    assert how == "none" and "util-linux's `unshare` and `nsenter`" in why
+
+
+@pytest.mark.parametrize("switch, value, fix", [
+    ("kernel/apparmor_restrict_unprivileged_userns", "1", "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+    ("kernel/unprivileged_userns_clone", "0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+    ("user/max_user_namespaces", "0", "sudo sysctl -w user.max_user_namespaces=15000"),
+])
+def test_a_kernel_that_forbids_user_namespaces_is_named_with_the_fix(switch, value, fix, tmp_path, monkeypatch):
+    (tmp_path / switch).parent.mkdir(parents=True)
+    (tmp_path / switch).write_text(value + "\n")
+    monkeypatch.setattr(cluster, "SYSCTL", tmp_path)
+    refused = "unshare: unshare failed: Operation not permitted"
+    how, why = cluster.detect_mode(0, lambda: refused, everything_installed)
+    assert how == "none" and refused in why and f"`{fix}`" in why and "or run as root" in why and "\n" not in why
+
+
+def test_off_linux_the_cluster_says_it_needs_linux(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    how, why = cluster.detect_mode(BOTH, lambda: None, everything_installed)
+    assert how == "none" and why.startswith("the emulated cluster needs Linux network namespaces, which macOS") \
+        and "notebook 07 shows its stored reference run" in why
+
+
+def test_check_says_which_mode_this_machine_has():
+    from conftest import labkit_cli
+
+    row = next(line for line in labkit_cli("check").stdout.splitlines() if line.startswith("emulated cluster"))
+    assert row.split(None, 2)[2].startswith(f"{cluster.mode()[0]} — ")
+
+
+# -- without root's powers ----------------------------------------------------------------
+
+def without_admin(*command: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `command` without CAP_NET_ADMIN and CAP_SYS_ADMIN: through capsh where this process
+    has them (root), as it is where it has not. Skipped, in one line, where that cannot be made
+    or the kernel forbids unprivileged user namespaces."""
+    if cluster.has_admin_capabilities():
+        capsh = shutil.which("capsh")
+        if not capsh:
+            pytest.skip("capsh is missing (apt-get install libcap2-bin): root's capabilities cannot be dropped")
+        command = (capsh, "--drop=cap_net_admin,cap_sys_admin", "--", "-c", shlex.join(command))
+    answer = cluster.userns_probe()
+    if answer is not None:
+        pytest.skip(cluster.userns_forbidden(answer))
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+ROOTLESS_PROBE = """
+import sys
+from pathlib import Path
+from labkit.jobs import cluster
+from labkit.jobs.launcher import Launch
+
+print("mode", cluster.mode()[0].replace(" ", "_"), "effective", hex(cluster.effective_capabilities()), flush=True)
+out = Path(sys.argv[2])
+job = cluster.EmulatedCluster(Launch(sys.argv[1], nproc=1, run_dir=out, fork_ranks=False), nodes=2, link="100mbit")
+print("namespaces", len(cluster.namespaces()), flush=True)
+try:
+    assert job.wait(timeout=180) == 0, [h.output() for h in job.handles]
+    busbw = job.handles[0].output(20_000).split("busbw_bytes_s")[-1].split()[0]
+    print("busbw", busbw, flush=True)
+finally:
+    job.kill()
+    job.close()
+print("left", len(cluster.namespaces()), flush=True)
+"""
+
+
+def test_without_root_a_shaped_link_caps_all_reduce_bandwidth(tmp_path):
+    """2 nodes × 1 rank at 100 Mbit/s, made with CAP_NET_ADMIN and CAP_SYS_ADMIN dropped: the job's
+    own user namespace, the bus bandwidth the link's rate, and nothing left after it."""
+    probe, script = tmp_path / "probe.py", tmp_path / "rootless.py"
+    probe.write_text(BUSBW_PROBE)
+    script.write_text(ROOTLESS_PROBE)
+    links = host_links()
+    proc = without_admin(sys.executable, str(script), str(probe), str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    said = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert said["mode"].startswith("user_namespaces") and not cluster.has_admin_capabilities(
+        int(said["mode"].split()[-1], 16)), said
+    assert said["namespaces"] == "3" and said["left"] == "0", said  # the hub and two nodes, then none
+    assert 0.75 * 12.5e6 <= float(said["busbw"]) <= 1.25 * 12.5e6, said
+    assert not cluster.holders() and not processes_of(tmp_path / "run")
+    assert_no_namespace_left(links)
+
+
+def test_without_root_a_run_on_two_nodes_counts_its_link(ddp4, tmp_path):
+    """`labkit run` on 2 emulated nodes × 2 ranks with CAP_NET_ADMIN and CAP_SYS_ADMIN dropped:
+    ends with 4-rank DDP's parameters, and each node's link counters (its own /sys, in its own
+    mount namespace) carry the leaders' all-reduce, as the root way's do."""
+    import torch
+
+    out, links = tmp_path / "run", host_links()
+    sets = [arg for item in (*EXACT, "calibration_steps=0", "nodes=2", "link=1gbit") for arg in ("--set", item)]
+    proc = without_admin(sys.executable, "-m", "labkit.cli", "run", "--strategy", "hierarchical", "--profile", "cpu",
+                         "--nproc", "4", "--max-steps", "3", "--out", str(out), *sets)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert result["status"] == "ok" and max_param_diff(ddp4, checkpoint) < TIGHT
+    gradients = sum(t.numel() * t.element_size() for t in checkpoint["model"].values() if t.is_floating_point()
+                    and t.dim() > 0)
+    for node in result["topology"]["link_bytes_per_step"]:
+        assert gradients <= node["tx_bytes"] <= 1.3 * gradients, (node, gradients)
+    assert not cluster.holders() and not processes_of(out)
+    assert_no_namespace_left(links)
