@@ -305,7 +305,9 @@ def test_without_root_a_run_on_two_nodes_counts_its_link(ddp4, tmp_path):
     assert result["status"] == "ok" and max_param_diff(ddp4, checkpoint) < TIGHT
     gradients = sum(t.numel() * t.element_size() for t in checkpoint["model"].values() if t.is_floating_point()
                     and t.dim() > 0)
-    for node in result["topology"]["link_bytes_per_step"]:
+    counted = result["topology"]["link_bytes_per_step"]
+    assert [node["node"] for node in counted] == [0, 1], counted  # each node read its own eth0
+    for node in counted:
         assert gradients <= node["tx_bytes"] <= 1.3 * gradients, (node, gradients)
     assert not cluster.holders() and not processes_of(out)
     assert_no_namespace_left(links)
