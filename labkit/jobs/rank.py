@@ -13,6 +13,7 @@ nothing here. The forkserver is then our parent, and it dies with torchrun in th
 fresh interpreter whose parent is torchrun.
 """
 
+import gc
 import os
 import runpy
 import signal
@@ -28,6 +29,11 @@ LOST_PEER_DELAY_S = 2.0  # 20 of torchrun's monitor intervals (0.1 s)
 def main() -> None:
     # SIGKILL: checkpoints and results are written atomically, nothing to tidy.
     die_with_parent(os.getppid(), signal.SIGKILL)
+    # The forkserver imported with the collector off (forkserver_init). What it imported lives
+    # as long as we do: frozen, the collector's passes never walk it (nor copy its pages, which
+    # stay shared with the forkserver), and it is on again for what training allocates.
+    gc.freeze()
+    gc.enable()
     sys.argv = sys.argv[1:]
     sys.modules.pop(sys.argv[0], None)  # the forkserver imported MODULE; run it afresh as __main__
     try:
