@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -205,7 +206,10 @@ class Job:
                 if deadline and time.time() > deadline and self._status in ("queued", "running"):
                     raise StillRunning(f"run {self.cfg.name} still running after {timeout} s; it goes on "
                                        f"(job.cancel() stops it)")
-                time.sleep(0.5)
+                try:  # back the moment torchrun ends, not up to 0.5 s later; else look again in 0.5 s
+                    self.handle.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    pass
         except StillRunning:
             raise
         except BaseException:  # KeyboardInterrupt, SIGTERM (labkit run), a kernel interrupt, papermill's timeout
