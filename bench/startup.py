@@ -89,8 +89,12 @@ def watch(tree: Path, args: list[str], name: str, results: Path) -> dict:
                     note("last_rank")
             if ranks_seen and not ranks and "result" in seen:
                 note("ranks_gone")
-        if "result" in seen and not any("labkit.jobs.torchrun" in command_of(c) for c in family):
-            note("torchrun_gone")  # the agent execs torchrun: the same process, gone or a zombie
+        try:  # the agent execs torchrun: the CLI's child, the same process, gone or a zombie
+            direct = cli.children()
+        except psutil.NoSuchProcess:
+            direct = []
+        if "result" in seen and not any(command_of(c) for c in direct):
+            note("torchrun_gone")
         time.sleep(POLL_S)
     wall = round(time.perf_counter() - t0, 3)
     stderr = proc.stderr.read().decode(errors="replace")
