@@ -93,10 +93,12 @@ def test_validation_with_unequal_val_shards_completes_and_agrees_with_ddp(tmp_pa
 
 
 def test_fsdp_resumes_every_ranks_shard_after_a_restart(tmp_path):
-    """The checkpoint holds full tensors (model and momentum); a restarted rank cuts its
-    shard from them again, and the run ends where the uninterrupted one ends."""
-    _, straight = run_to(tmp_path / "straight", "fsdp", 4, *SIMPLE, max_steps=6)
-    sets = [*SIMPLE, "checkpoint_every=3", "fault=1:5:kill", "max_restarts=1"]
+    """The checkpoint holds full tensors (model, and AdamW's two moments: any optimizer's state);
+    a restarted rank cuts its shard from them again, and the run ends where the uninterrupted one ends."""
+    adamw = (*SIMPLE, "optimizer=adamw", "lr=1e-3", "weight_decay=0.01")
+    _, straight = run_to(tmp_path / "straight", "fsdp", 4, *adamw, max_steps=6)
+    assert {"exp_avg", "exp_avg_sq"} <= set(straight["optimizer"]["state"][0])
+    sets = [*adamw, "checkpoint_every=3", "fault=1:5:kill", "max_restarts=1"]
     result, restarted = run_to(tmp_path / "restarted", "fsdp", 4, *sets, max_steps=6)
     assert len(result["steps"]) == 6
     assert max_param_diff(straight, restarted) < TIGHT
