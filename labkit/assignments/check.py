@@ -32,6 +32,8 @@ from pathlib import Path
 TOLERANCE = 1e-9  # float64: exact methods agree with DDP to ~1e-15
 STARTUP_S = 180.0  # importing torch on a busy 2-core machine can be slow
 METHODS = ("allreduce", "bucketed", "overlap", "ring", "ps", "ps_sharded", "fsdp")
+SPLITS = ("ring", "ps_sharded", "fsdp")  # methods that cut a buffer in n: a buffer shorter than n is a case of its own
+SHORT_VALUES = 2  # the "short" model's values (check_worker.MODELS): 4 ranks get two empty chunks side by side
 
 
 @dataclass
@@ -79,10 +81,13 @@ class CheckReport:
 
 
 def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "mlp", steps: int = 3,
-          options: dict | None = None, timeout_s: float = 10.0, seed: int = 0, verbose: bool = True) -> CheckReport:
+          options: dict | None = None, timeout_s: float = 10.0, seed: int = 0, verbose: bool = True,
+          short: bool | None = None) -> CheckReport:
     """Check the strategy `spec` ("file.py:Class", or a registry name) on each world size in
     turn, stopping at the first that fails. `method` names the analytic byte and
     collective counts to hold it to (one of METHODS; None: counts are only shown).
+    `short` (default: for the methods that split a buffer, SPLITS) adds one run of a model of
+    2 values on max(4, largest world) ranks, where some chunks and shards are empty.
     `options`: RunConfig fields the strategy reads (e.g. bucket_mb). `timeout_s`: how
     long no rank may make progress before the run is called a deadlock."""
     if method is not None and method not in METHODS:
@@ -103,6 +108,15 @@ def check(spec: str, method: str | None = None, worlds=(2, 3, 4), model: str = "
             print(("✓ " if outcome.ok else "✗ ") + outcome.message + f"  [{outcome.seconds:.1f} s]", flush=True)
         if not outcome.ok:
             break
+    if (method in SPLITS if short is None else short) and all(o.ok for o in outcomes):
+        world = max(4, *worlds)  # two empty chunks next to each other: a rank with both sides empty
+        outcome = run_world(spec, world, method, "short", steps, options, timeout_s, seed)
+        outcome.message = outcome.message.replace(f"{world} ranks: ", f"{world} ranks, a buffer of {SHORT_VALUES} "
+                                                  f"values (shorter than the world size: empty chunks): ", 1)
+        outcome.counts = {}  # the table shows the 517-value model's counts only
+        outcomes.append(outcome)
+        if verbose:
+            print(("✓ " if outcome.ok else "✗ ") + outcome.message + f"  [{outcome.seconds:.1f} s]", flush=True)
     return CheckReport(spec, outcomes)
 
 
@@ -248,6 +262,9 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
     file = spec.rsplit(":", 1)[0] if ":" in spec else None
     name = f"{world} ranks"
     errors = {rank: e for rank, evs in events.items() for e in evs if e["event"] == "error"}
+    disagree = exchange_mismatch(events)  # what gloo's own error hides: which two sides disagreed, on how much
+    if disagree and (errors or stalled):
+        return False, f"{name}: " + disagree, {}
     if errors:
         return False, f"{name}: " + describe_error(errors, file), {}
     if stalled:
@@ -264,7 +281,7 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         rows = [(rank, steps[rank][step]) for rank in range(world)]
         rank, worst = max(rows, key=lambda r: r[1]["max_diff"])
         if worst["max_diff"] > TOLERANCE:
-            return False, f"{name}: " + describe_mismatch(worst, rank, rows, world, method), {}
+            return False, f"{name}: " + (disagree or describe_mismatch(worst, rank, rows, world, method)), {}
     meta = next(e for e in events[0] if e["event"] == "meta")
     counts = {rank: {k: steps[rank][-1][k] for k in ("bytes_sent", "bytes_received", "collectives")} for rank in range(world)}
     message = (f"{name}: parameters match DDP after {len(steps[0])} steps "
@@ -274,6 +291,10 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         message += "; note: torch says " + " and ".join(old_names)
     if method is None:
         return True, message + "; counted per step on rank 0: " + describe_counts(counts[0]), counts
+    if method == "fsdp":
+        missing = forward_not_freed(steps, world, meta)
+        if missing:
+            return False, f"{name}: parameters match DDP, but " + missing, counts
     held = {rank: steps[rank][-1].get("held_bytes", 0) for rank in range(world)}
     if method == "fsdp" and max(held.values()) > shard_bytes(world, meta):
         rank = max(held, key=held.get)
@@ -288,6 +309,59 @@ def judge(spec, world, method, events, out, stalled, timeout_s, returncode):
         if wrong:
             return False, f"{name}: parameters match DDP, but rank {rank} counted {wrong}", counts
     return True, message + f"; counted {describe_counts(counts[0])} per step on rank 0, as the analytic {method}", counts
+
+
+def forward_not_freed(steps, world, meta) -> str | None:
+    """ZeRO-3's point, measured inside the step: when a layer's forward starts, no other layer
+    may still hold its full parameters (each is freed after its own forward). The check's
+    hooks run after the strategy's, at the start of every layer's forward in training."""
+    for rank in range(world):
+        for step in steps[rank]:
+            forward = step.get("forward") or {}
+            if forward.get("alive"):
+                layers = forward["alive"]
+                whole = sum(meta["sizes"]) * meta["element_size"]
+                return (f"during the forward of step {step['step']} rank {rank} held layer"
+                        f"{'s' if len(layers) > 1 else ''} {', '.join(layers)} whole when layer {forward['at']}'s "
+                        f"forward began ({forward['peak_bytes']:,} B of full parameters at once, where the whole "
+                        f"model is {whole:,} B and one layer at a time is the aim): free each layer's full "
+                        f"parameters in after_forward, once its forward is done — the free at the end of backward "
+                        f"comes too late for the memory FSDP saves")
+    return None
+
+
+def exchange_mismatch(events) -> str | None:
+    """The first exchange whose two sides posted different sizes. The k-th send from rank a to
+    rank b pairs with b's k-th receive from a (gloo matches point-to-point messages in order),
+    so a list per direction, compared in order, finds it — from the sizes each side posted."""
+    sends, recvs, where = {}, {}, {}
+    for rank, evs in events.items():
+        phase = None
+        for e in evs:
+            if e["event"] == "phase":
+                phase = f"step {e['step']}, {e['phase']}"
+            elif e["event"] == "p2p" and e.get("peer") is not None:
+                pair = (rank, e["peer"]) if e["kind"] == "send" else (e["peer"], rank)
+                (sends if e["kind"] == "send" else recvs).setdefault(pair, []).append(e["values"])
+                where.setdefault((e["kind"], pair, len((sends if e["kind"] == "send" else recvs)[pair])), phase)
+    for (src, dst), sent in sorted(sends.items()):
+        received = recvs.get((src, dst), [])
+        for k, (a, b) in enumerate(zip(sent, received)):
+            if a == b:
+                continue
+            phase = where.get(("recv", (src, dst), k + 1)) or where.get(("send", (src, dst), k + 1))
+            text = (f"rank {dst} received {b} values where rank {src} sent {a} ({phase}, message {k + 1} from "
+                    f"rank {src} to rank {dst}): the two sides of this exchange disagree on the chunk")
+            if 0 in (a, b):
+                empty = src if a == 0 else dst
+                text += (f". Rank {empty}'s side was an empty chunk, which it posted while its neighbour posted "
+                         f"nothing for it (or the other way round), so the messages that follow pair up wrongly: "
+                         f"skip each empty send and each empty receive on its own, as the neighbour does")
+            else:
+                text += (": both must post the same chunk's index, and chunks may differ in length by one, so "
+                         "an index one off shows as a size mismatch")
+            return text + ". Any `Connection reset by peer` on another rank follows from this"
+    return None
 
 
 def describe_counts(c):
@@ -342,9 +416,17 @@ def short(path, file):
 def describe_error(errors, file) -> str:
     def own(e):
         return [f for f in e["frames"] if file and Path(f["file"]) == Path(file)]
-    rank = min(errors, key=lambda r: (not own(errors[r]), r))  # the rank whose error is in the student's code
+    def consequence(e):  # what a rank says when a peer died: not the cause
+        return any(s in e["message"] for s in CONSEQUENCES)
+
+    # The rank that failed first with an error of its own; the others' resets follow from it.
+    rank = min(errors, key=lambda r: (consequence(errors[r]), not own(errors[r]), errors[r].get("time", 0), r))
     e = errors[rank]
     lines = [f"exception on rank {rank} in {e['where']}: {e['type']}: {e['message'].strip().splitlines()[0] if e['message'].strip() else ''}"]
+    followers = sorted(r for r in errors if r != rank and consequence(errors[r]))
+    if followers and not consequence(e):
+        lines[0] += (f" (rank{'s' if len(followers) > 1 else ''} {', '.join(map(str, followers))} then lost "
+                     f"the connection to it: a consequence, not a second error)")
     frames = own(e) or ([] if e["where"] == "loading your file" else e["frames"][-1:])
     lines += [f"    {short(f['file'], file)} line {f['line']} in {f['function']}: {f['code']}" for f in frames]
     if "for storage of size 0" in e["message"]:  # a tensor whose memory was freed (exercise 7's layers)
@@ -352,6 +434,7 @@ def describe_error(errors, file) -> str:
     return "\n".join(lines)
 
 
+CONSEQUENCES = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket closed")
 FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<function>\S+)')
 
 
@@ -411,7 +494,29 @@ def describe_mismatch(worst, rank, rows, world, method=None) -> str:
                  f"ranks: a gradient was left local (never reduced across the ranks)")
         if method == "fsdp":
             text += "; in FSDP every layer's gradients go through a reduce-scatter, summed over the ranks"
+    if method == "ring" and step == 1 and not (ratio is not None and abs(ratio - world) < 0.05 * world):
+        text += ring_phase(rows, world)
     same = sorted(r for r, s in rows if s["max_diff"] <= TOLERANCE)
     if same:
         text += f". Ranks {', '.join(map(str, same))} match DDP; the others do not"
     return text
+
+
+def ring_phase(rows, world) -> str:
+    """Which phase of a ring's step 1 is off, from which chunks of the gradient (tensor_split in n)
+    each rank held right after sync_gradients. A working reduce-scatter leaves each rank one
+    chunk's full sum, all n chunks between them (whichever chunk each finishes); the all-gather
+    then copies them everywhere."""
+    right = {rank: step.get("chunks_right") for rank, step in rows}
+    if any(v is None for v in right.values()) or all(all(v) for v in right.values()):
+        return ""
+    wrong_everywhere = [r for r in range(world) if not any(right[r])]
+    if wrong_everywhere:
+        return (f". After sync_gradients no chunk of rank{'s' if len(wrong_everywhere) > 1 else ''} "
+                f"{', '.join(map(str, wrong_everywhere))}'s gradient held the average over the ranks: the "
+                f"reduce-scatter's sums are off (which chunk each rank adds into, or what it adds)")
+    if all(any(right[r][c] for r in range(world)) for c in range(world)):
+        return (". After sync_gradients every chunk's right sum was on some rank but not every rank held every "
+                "chunk: the reduce-scatter worked, the all-gather's copies are off (which chunk each rank sends, "
+                "and which it receives into)")
+    return ""

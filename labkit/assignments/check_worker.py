@@ -40,14 +40,16 @@ from labkit.config import RunConfig
 # Small BatchNorm-free MLPs: layer widths. The check's own "mlp" has 517 parameters (6 tensors), which
 # 2, 3 and 4 do not divide: uneven ring chunks and a padded shard are part of every visible check.
 # The hidden cases add others of the same kinds: "odd" (58: 3 and 4 do not divide it), "deep" (10 tensors).
-MODELS = {"mlp": [9, 16, 16, 5], "odd": [7, 5, 3], "deep": [9, 8, 8, 8, 8, 5]}
+# "short": one bias-free layer of 2 values, a buffer shorter than 3 or more ranks: some chunks are empty.
+MODELS = {"mlp": [9, 16, 16, 5], "odd": [7, 5, 3], "deep": [9, 8, 8, 8, 8, 5], "short": [1, 2]}
+NO_BIAS = {"short"}
 BATCH = 4  # samples per rank per step
 
 
-def build(widths):
+def build(widths, bias=True):
     layers = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers += [torch.nn.Linear(a, b)] + ([torch.nn.Tanh()] if i < len(widths) - 2 else [])
+        layers += [torch.nn.Linear(a, b, bias=bias)] + ([torch.nn.Tanh()] if i < len(widths) - 2 else [])
     return torch.nn.Sequential(*layers).double()
 
 
@@ -76,6 +78,74 @@ def held_bytes(model) -> int:
     method frees its layers' full copies between uses."""
     tensors = [t for p in model.parameters() for t in (p, p.grad) if t is not None]
     return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def record_point_to_point(say):
+    """Log every send and receive the strategy posts (peer and number of values) before it runs:
+    the k-th send from a to b pairs with b's k-th receive from a, so the checker can say which
+    two sides of an exchange disagreed on the size, where gloo says only `op.preamble.length <=
+    op.nbytes` or another rank's `Connection reset by peer`. The wrappers replace the functions
+    in torch.distributed and in distributed_c10d both: P2POp accepts only the latter's isend and
+    irecv, and batch_isend_irecv calls them through P2POp."""
+    import torch.distributed.distributed_c10d as c10d
+
+    def wrap(name, kind):
+        original = getattr(c10d, name)
+
+        def posted(tensor, *args, **kwargs):
+            peer = kwargs.get("dst", kwargs.get("src", kwargs.get("group_dst", kwargs.get("group_src",
+                                                                                    args[0] if args else None))))
+            say(event="p2p", kind=kind, peer=peer, values=tensor.numel(), call=name)
+            return original(tensor, *args, **kwargs)
+
+        for module in (dist, c10d):
+            setattr(module, name, posted)
+
+    for name, kind in (("isend", "send"), ("send", "send"), ("irecv", "recv"), ("recv", "recv")):
+        wrap(name, kind)
+
+
+def watch_layers(model, running):
+    """Forward pre-hooks, registered after the strategy's own (so they run after its gather):
+    at the start of each layer's forward in a training step, which layers whose forward already
+    ran in this step still hold their full parameters' storage. A sharded method (ZeRO-3) frees
+    a layer after its own forward, so none should. (A layer still whole from the previous
+    step's backward is the between-steps weighing's to report.) Returns the record, reset by
+    the caller each step."""
+    layers = [(name, m) for name, m in model.named_modules() if list(m.parameters(recurse=False))]
+    record = {"peak_bytes": 0, "at": None, "alive": [], "started": []}
+
+    def held(module):
+        return sum({p.untyped_storage().data_ptr(): p.untyped_storage().nbytes()
+                    for p in module.parameters(recurse=False)}.values())
+
+    def before(index):
+        if running[0] != "forward/backward" or not torch.is_grad_enabled():
+            return
+        alive = [layers[j][0] for j in record["started"] if j != index and held(layers[j][1]) > 0]
+        record["started"].append(index)
+        total = sum(held(layers[j][1]) for j in set(record["started"]))
+        if alive and (not record["alive"] or total > record["peak_bytes"]):
+            record.update(peak_bytes=total, at=layers[index][0], alive=alive)
+
+    for index, (_, module) in enumerate(layers):
+        module.register_forward_pre_hook(lambda module, args, i=index: before(i))
+    return record
+
+
+def ring_chunks_right(model, reference_grads, world) -> list[bool] | None:
+    """After sync_gradients: which of the flat gradient's n chunks (tensor_split, as the ring
+    cuts it) hold DDP's averaged values on this rank. None when the model's gradients are not
+    all there (a sharded method keeps them elsewhere)."""
+    grads = [p.grad for p in model.parameters()]
+    if any(g is None for g in grads) or len(grads) != len(reference_grads):
+        return None
+    mine = torch.cat([g.detach().reshape(-1) for g in grads])
+    ref = torch.cat([g.reshape(-1) for g in reference_grads])
+    if mine.shape != ref.shape:
+        return None
+    return [bool((a - b).abs().max() <= 1e-9) if a.numel() else True
+            for a, b in zip(mine.tensor_split(world), ref.tensor_split(world))]
 
 
 def local_gradients(model, x, y, group):
@@ -117,7 +187,7 @@ def main(job_path):
 
     widths = MODELS[job["model"]]
     torch.manual_seed(job["seed"] + 7919 * rank)  # every rank its own initial weights
-    reference = build(widths)
+    reference = build(widths, bias=job["model"] not in NO_BIAS)
     mine = copy.deepcopy(reference)
     ddp = torch.nn.parallel.DistributedDataParallel(reference, process_group=reference_group)  # → rank 0's state
     initial = {k: v.detach().clone() for k, v in reference.named_parameters()}
@@ -138,6 +208,9 @@ def main(job_path):
         my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
         mine = strategy.prepare(mine, my_optimizer)
+        running = [None]  # which part of the step runs now, for the layer watcher
+        forward = watch_layers(mine, running)
+        record_point_to_point(say)  # after the initial broadcast and DDP's setup: the strategy's own messages
         say(event="start_state", **compare(parameters(ddp), parameters(mine, strategy), initial, 0),
             setup=strategy.setup_wire.as_dict())
         shard = strategy.data_shard()
@@ -149,29 +222,38 @@ def main(job_path):
             where = f"step {step}, the reference DDP step"
             say(event="phase", step=step, phase="reference")
             F.cross_entropy(ddp(x), y).backward()
+            reference_grads = [p.grad.detach().clone() for p in ddp.parameters()]
             ref_optimizer.step()
             ref_optimizer.zero_grad(set_to_none=True)
             strategy.wire.reset()
             where = f"step {step}, forward/backward"  # your hooks run here
             say(event="phase", step=step, phase="forward/backward")
+            running[0] = "forward/backward"
+            forward.update(peak_bytes=0, at=None, alive=[], started=[])
             F.cross_entropy(mine(x), y).backward()
+            running[0] = None
+            chunks = None
             for phase, call in (("sync_gradients", lambda: strategy.sync_gradients(mine)),
                                 ("update", lambda: strategy.update(my_optimizer, None)),
                                 ("sync_parameters", lambda: strategy.sync_parameters(mine))):
                 where = f"step {step}, {phase}"
                 say(event="phase", step=step, phase=phase)
                 call()
+                if phase == "sync_gradients" and step == 1:
+                    chunks = ring_chunks_right(mine, reference_grads, world)
             counts, held = strategy.wire.as_dict(), held_bytes(mine)  # before a gather for the comparison
             my_optimizer.zero_grad(set_to_none=True)
             where = f"step {step}, gathering your full parameters to compare them"
             say(event="step", step=step, **compare(parameters(ddp), parameters(mine, strategy), initial, step,
-                                                   local, job["lr"]), held_bytes=held, **counts)
+                                                   local, job["lr"]), held_bytes=held,
+                forward={k: forward[k] for k in ("peak_bytes", "at", "alive")},
+                chunks_right=chunks, **counts)
     except Exception as error:  # shown to the student with the lines of their own file
         frames = [dict(file=f.filename, line=f.lineno, function=f.name, code=f.line)
                   for f in traceback.extract_tb(error.__traceback__)]
         if isinstance(error, SyntaxError) and error.filename:
             frames.append(dict(file=error.filename, line=error.lineno, function="<module>", code=(error.text or "").strip()))
-        say(event="error", where=where, type=type(error).__name__, message=str(error), frames=frames)
+        say(event="error", time=time.time(), where=where, type=type(error).__name__, message=str(error), frames=frames)
         log.close()
         os._exit(1)  # torchrun stops the other ranks
     say(event="done")
