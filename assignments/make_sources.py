@@ -25,6 +25,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the lab's checkout: the hints' texts come from its package
 SOURCE, SOLUTIONS = HERE / "source", HERE / "solutions"
 POINTS = dict(check=5, hidden=3, answers=2)  # per exercise: 10
 
@@ -55,10 +56,6 @@ rank from rank 0's parameters, every rank stays identical to PyTorch's DDP.
 
 The lab's loop calls `sync_gradients(model)` after backward and before the optimizer step.
 You say what you put on the wire through `self.wire` (`labkit/strategies/base.py`, section 2).""",
-        hints=["Which collective leaves the *sum* over all ranks on every rank? The primer (00b) ran it live.",
-               "`dist.all_reduce(t, op=dist.ReduceOp.SUM)` works in place on `t`; the number of ranks is `self.world`; "
-               "`self.wire.all_reduce(nbytes(t))` counts one all-reduce of `t`.",
-               "One loop over `grads_of(model)`: reduce, divide, count."],
         predict="""The check's model has 517 float64 parameters in 6 tensors (S = 4,136 bytes). How many
 bytes will rank 0 *send* per step on 2 ranks? On 4 ranks? How many collectives per step?""",
         prediction=("bytes_2_ranks", "bytes_4_ranks", "collectives"),
@@ -89,12 +86,6 @@ same bytes, far fewer α. DDP fills its buckets walking the parameters **in reve
 (backward produces the last layer's gradient first), closing a bucket once it holds at least
 `bucket_mb` MB. The check runs with tiny buckets (`bucket_mb=0.001`, about 1 kB) so that
 the small model gets several.""",
-        hints=["Two parts: `prepare` decides, once, which parameters go together; `sync_gradients` runs one "
-               "collective per group. Exercise 1's loop is the inner part.",
-               "`flatten(list_of_tensors)` makes one buffer, `unflatten_into(flat, list_of_tensors)` copies it back; "
-               "`nbytes(p)` is a parameter's size in bytes; `reversed(list)` walks backwards.",
-               "Keep a current list and its size in bytes; append, add, and when the size reaches the limit, "
-               "close the list and start an empty one. Do not forget the last, unfinished list."],
         predict="""The check's model has 6 gradient tensors of 144, 16, 256, 16, 80 and 5 float64 values. With
 `bucket_mb=0.001` (1,048.6 bytes), how many buckets will you make? How many bytes does rank 0
 send per step on 4 ranks — more or fewer than in exercise 1?""",
@@ -124,12 +115,6 @@ earlier layers. That is DDP's central trick. The loop's three calls after backwa
 `sync_gradients`, `update` (the optimizer step) and `sync_parameters`; here the first has
 only to wait for what backward already started. The buckets are given (`make_buckets`, the
 lab's version of exercise 2).""",
-        hints=["`p.register_post_accumulate_grad_hook(fn)` makes autograd call `fn(p)` inside backward, right after "
-               "`p.grad` is final. `functools.partial(self.on_grad_ready, index)` is a function that remembers `index`.",
-               "`work = dist.all_reduce(t, async_op=True)` returns at once; `work.wait()` blocks until `t` holds the "
-               "sum. Keep what you launched in `self.in_flight`.",
-               "Count arrivals in `self.arrived[index]`; when it equals the bucket's length, flatten, divide, launch and "
-               "count. In `sync_gradients`: wait, copy back, and zero the counts for the next step."],
         predict="""With the same buckets as exercise 2, will the bytes and collectives per step differ from
 exercise 2's? Write the collectives per step on 2 ranks and the bytes rank 0 sends on 4.""",
         prediction=("collectives", "bytes_4_ranks"),
@@ -161,13 +146,6 @@ finished sums, copying what arrives, until after n−1 more steps every rank hol
 
 The check's buffer has 517 values: on 2, 3 and 4 ranks the chunks differ in length
 (`flat.tensor_split(n)`), and a buffer shorter than n would have empty ones.""",
-        hints=["Write `exchange` first: a blocking `dist.send` then `dist.recv` on every rank can deadlock "
-               "(everyone sends, nobody receives). `dist.batch_isend_irecv([dist.P2POp(dist.isend, a, right), "
-               "dist.P2POp(dist.irecv, b, left)])` posts both at once; wait for every request it returns.",
-               "In the reduce-scatter receive into a temporary (`torch.empty_like(chunk)`) and add it; in the all-gather "
-               "receive straight into the chunk. Count the bytes of each chunk you send.",
-               "The indices, with r the rank and s = 0 … n−2: reduce-scatter sends chunk (r − s) mod n and receives "
-               "chunk (r − s − 1) mod n; all-gather sends chunk (r − s + 1) mod n and receives chunk (r − s) mod n."],
         predict="""With S = 4,136 bytes, about how many bytes does each rank send per step on 2 ranks? On 4?
 How many point-to-point exchanges (messages) per sync on 4 ranks?""",
         prediction=("bytes_2_ranks", "bytes_4_ranks", "messages_4_ranks"),
@@ -205,12 +183,6 @@ How many point-to-point exchanges (messages) per sync on 4 ranks?""",
 
 Count each point-to-point message with `self.wire.count(sent=..., received=...)`: one
 collective per message (`calls=` when one count stands for several).""",
-        hints=["One flat buffer per message: `flatten([p.grad for p in params])`; copy back with `unflatten_into` "
-               "(it keeps each tensor's layout; `parameters_to_vector` would fail on channels_last weights).",
-               "The server receives from ranks 1 … n−1: post every `dist.irecv` first, then wait for each and add; "
-               "a worker simply `dist.send`s. The pull is the same in the other direction.",
-               "Writing into parameters needs `with torch.no_grad():`. The server's update is "
-               "`super().update(optimizer, scaler)`; a worker's is nothing."],
         predict="""On 4 ranks (S = 4,136 bytes), how many bytes does the server send per step? A worker? How
 does the server's figure grow with n?""",
         prediction=("server_bytes_4_ranks", "worker_bytes_4_ranks"),
@@ -238,17 +210,6 @@ and every rank gets every updated slice back into its model (`sync_parameters`).
 
 The collectives that do this need every slice to be the same length: the check's 517
 values do not divide by 2, 3 or 4, so the flat buffers are padded at the end to n·shard_len.""",
-        hints=["`reduce_scatter_single(out, inp)`: `inp` (n·len values) is summed over ranks and rank i keeps slice i "
-               "in `out` (len values). `all_gather_single(out, inp)`: the reverse. The primer ran both.",
-               "`self.pad(flat)` pads to `self.padded`; the shard is a slice of the padded flat parameters, from "
-               "`rank * shard_len`; `unflatten_into` ignores extra values at the end. Give new buffers the shard's "
-               "`dtype=` and `device=`.",
-               "Count with `self.wire.reduce_scatter(nbytes(padded_grads))` and `self.wire.all_gather(nbytes(flat))`; "
-               "`update` steps `self.shard_optimizer` with `super().update(self.shard_optimizer, scaler)`.",
-               "The shard's optimizer is the loop's class with the loop's hyperparameters (as torch's "
-               "ZeroRedundancyOptimizer builds its own): `type(optimizer)([{**optimizer.param_groups[0], "
-               "\"params\": [self.shard]}])` works for SGD and AdamW alike (`**optimizer.defaults` does not: "
-               "AdamW refuses one of its own defaults)."],
         predict="""How many bytes per rank per step on 4 ranks, against exercise 5's server? How many momentum
 values does each rank keep on 4 ranks, against the whole model's 517?""",
         prediction=("bytes_4_ranks", "momentum_values_per_rank"),
@@ -301,20 +262,6 @@ On this torch the collectives are `dist.all_gather_single` and `dist.reduce_scat
 they are deprecated); gloo runs both on the CPU, so no all-reduce-then-slice is needed. The
 check compares your parameters with DDP's (gathered whole by the given `full_parameters`) and
 also weighs the model between steps: it may hold no more than one shard's bytes.""",
-        hints=["Hooks: `layer.register_forward_pre_hook(fn)` calls `fn(module, args)` before the layer's forward, "
-               "`layer.register_forward_hook(fn)` calls `fn(module, args, output)` after it, and "
-               "`p.register_post_accumulate_grad_hook(fn)` calls `fn(p)` once `p.grad` is final (exercise 3). In a "
-               "loop, `lambda module, args, i=index: self.gather(i)` remembers *this* index (a bare `index` would be "
-               "the last one).",
-               "Before backward: `output.register_hook(fn)` calls `fn(grad)` when the gradient for the layer's output "
-               "arrives, that is just before the layer's own backward; register it in `after_forward`, only when "
-               "`output.requires_grad` (not in validation). `gather`: `allocate(full)`, then "
-               "`dist.all_gather_single(full, shard.detach())`, counted with `self.wire.all_gather(nbytes(full))`.",
-               "`on_grad_ready`: flatten the layer's gradients, pad them with zeros to `self.full[index].numel()`, "
-               "divide by the world size; `shard.grad = torch.empty_like(shard)`; "
-               "`dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)`; "
-               "`self.wire.reduce_scatter(nbytes(grads))`; then `p.grad = None` for the layer's parameters and "
-               "`free(self.full[index])`."],
         predict="""The check's MLP has three layers of 160, 272 and 85 float64 values (S = 4,136 bytes). How many
 collectives per step? How many bytes does rank 0 send per step on 2 ranks, and on 4 — against
 exercise 6's 4,144 and 6,240? How many bytes of parameters does a rank keep between steps on
@@ -363,8 +310,14 @@ def solution(ex: dict) -> str:
 
 
 def hints(ex: dict) -> str:
-    return "".join(f"\n\n<details><summary><b>Hint {i}</b> (open it when you are stuck)</summary>\n\n{text}\n\n</details>"
-                   for i, text in enumerate(ex["hints"], 1))
+    """How to open the hints: a call, never their text (labkit/notebook/hints.py holds it; a folded
+    <details> block is plain text in the .ipynb, to an editor or `nbconvert --to script`)."""
+    from labkit.notebook.hints import HINTS
+
+    short, count = ex["name"].split("_", 1)[0], len(HINTS[ex["name"]])
+    return (f"\n\n**Hints** ({count}, from a nudge to nearly the answer): run `labkit.hint(\"{short}\", 1)` in a new "
+            f"cell; hint 2 opens after hint 1, and so on. Which hints you opened is noted in `hints_opened.json` "
+            "beside this notebook, for your instructor; it costs no points.")
 
 
 def notebook(ex: dict) -> nbformat.NotebookNode:
@@ -393,8 +346,7 @@ def notebook(ex: dict) -> nbformat.NotebookNode:
         new_code_cell(f"{names} = {', '.join(['None'] * len(ex['prediction']))}  # your predictions"),
         new_markdown_cell(f"## Your strategy\n\nReplace each `raise NotImplementedError()` in `{ex['file']}` with your "
                           "code, run the cell, then run the check. Each docstring says what the part must achieve; "
-                          "the idea above says why. The hints go from a nudge to nearly the answer: open one only "
-                          "when you are stuck." + hints(ex), metadata=grader("readonly", f"{n}_task")),
+                          "the idea above says why." + hints(ex), metadata=grader("readonly", f"{n}_task")),
         new_code_cell(f"%%writefile {ex['file']}\n" + solution(ex), metadata=grader("solution", f"{n}_code")),
         new_markdown_cell("## The instant check\n\nReal torchrun, 2, 3 and 4 gloo ranks on the CPU, a small float64 "
                           "model of 517 parameters (no world size divides it), every rank seeded differently, a few "

@@ -13,3 +13,5 @@ c.CourseDirectory.db_url = "sqlite:///gradebook.db"  # relative to the folder a 
 c.Execute.timeout = 600
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+# grades.csv with a hints_opened column: the tiers each student opened with labkit.hint (their hints_opened.json)
+c.ExportApp.plugin_class = "labkit.assignments.export.HintsCsvExportPlugin"

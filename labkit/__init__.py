@@ -15,7 +15,7 @@ _LAZY = {
     "Job": "labkit.jobs.launch", "RunFailed": "labkit.jobs.launch",
     "PROFILES": "labkit.profiles", "make_config": "labkit.profiles", "resume_config": "labkit.profiles",
     "STRATEGIES": "labkit.strategies", "load_strategy": "labkit.strategies",
-    "check": "labkit.assignments.check",
+    "check": "labkit.assignments.check", "hint": "labkit.notebook.hints",
 }
 
 
