@@ -63,7 +63,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding labkit/
 
 # A namespace's holder: it dies with the launching process (SIGKILL, even when that is killed
 # outright), says it is ready, and waits until the job closes its stdin. argv: launcher pid, name.
-HOLD = ("import os, signal, sys\n"
+HOLD = ("import signal, sys\n"
         "from labkit.jobs.processes import die_with_parent\n"
         "die_with_parent(int(sys.argv[1]), signal.SIGKILL)\n"
         "print('ready', flush=True)\n"
@@ -104,24 +104,24 @@ def userns_probe() -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
 
 
-def userns_forbidden(answer: str, sysctl: Path = SYSCTL) -> str:
+def userns_forbidden(answer: str) -> str:
     """One line: the kernel refuses unprivileged user namespaces, which switch does, and how to allow it."""
     def read(name):
         try:
-            return (sysctl / name).read_text().strip()
+            return (SYSCTL / name).read_text().strip()
         except OSError:
             return None
 
     if read("kernel/apparmor_restrict_unprivileged_userns") == "1":  # Ubuntu 23.10 and later
-        how = "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"
+        how = "`sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`"
     elif read("kernel/unprivileged_userns_clone") == "0":  # Debian's and Arch's older kernels
-        how = "sudo sysctl -w kernel.unprivileged_userns_clone=1"
+        how = "`sudo sysctl -w kernel.unprivileged_userns_clone=1`"
     elif read("user/max_user_namespaces") == "0":
-        how = "sudo sysctl -w user.max_user_namespaces=15000"
+        how = "`sudo sysctl -w user.max_user_namespaces=15000`"
     else:
-        how = "ask the administrator to allow unprivileged user namespaces"
+        how = "the administrator's help (a sysctl or security policy forbids them)"
     return (f"the emulated cluster needs root or unprivileged user namespaces, and this kernel forbids the "
-            f"latter ({answer}): allow them with `{how}`, or run as root")
+            f"latter ({answer}): allow them with {how}, or run as root")
 
 
 def detect_mode(capabilities: int | None = None, probe=userns_probe, which=shutil.which) -> tuple[str, str]:
