@@ -177,6 +177,18 @@ def test_release_never_contains_a_solution(course):
         assert answer_cell(nbformat.reads(release, 4)).source.strip() == "YOUR ANSWER HERE", exercise
 
 
+def test_release_holds_no_hint_text(course):
+    """The hints are opened by a call (labkit.hint), one tier at a time: no tier's text is in
+    a released notebook, where an editor or `nbconvert --to script` would show it."""
+    from labkit.notebook.hints import HINTS
+
+    for exercise in EXERCISES:
+        released = (course / "release" / exercise / f"{exercise}.ipynb").read_text()
+        assert f'labkit.hint(\\"{exercise.split("_")[0]}\\", 1)' in released, exercise
+        for hint in HINTS[exercise]:
+            assert json.dumps(hint[:60])[1:-1] not in released, f"{exercise}: a hint's text is in the release"
+
+
 def test_solutions_get_full_marks(course):
     """Every automatic point, and the written answers left for the instructor: graded by hand
     (the formgrader writes a manual score), the solution reaches 10 of 10."""

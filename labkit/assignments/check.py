@@ -503,20 +503,27 @@ def describe_mismatch(worst, rank, rows, world, method=None) -> str:
 
 
 def ring_phase(rows, world) -> str:
-    """Which phase of a ring's step 1 is off, from which chunks of the gradient (tensor_split in n)
-    each rank held right after sync_gradients. A working reduce-scatter leaves each rank one
-    chunk's full sum, all n chunks between them (whichever chunk each finishes); the all-gather
-    then copies them everywhere."""
+    """Which phase of a ring's step 1 is off, from what each rank's gradient chunks held right
+    after sync_gradients (right[i][j]: its chunk i equals DDP's chunk j). A working reduce-scatter
+    leaves every chunk's full sum on some rank, whichever chunk each finishes; the all-gather
+    then copies them, each into its own place, on every rank."""
     right = {rank: step.get("chunks_right") for rank, step in rows}
-    if any(v is None for v in right.values()) or all(all(v) for v in right.values()):
+    if any(v is None for v in right.values()):
         return ""
-    wrong_everywhere = [r for r in range(world) if not any(right[r])]
-    if wrong_everywhere:
-        return (f". After sync_gradients no chunk of rank{'s' if len(wrong_everywhere) > 1 else ''} "
-                f"{', '.join(map(str, wrong_everywhere))}'s gradient held the average over the ranks: the "
-                f"reduce-scatter's sums are off (which chunk each rank adds into, or what it adds)")
-    if all(any(right[r][c] for r in range(world)) for c in range(world)):
+    chunks = range(world)
+    in_place = {r: [right[r][c][c] for c in chunks] for r in right}
+    if all(all(v) for v in in_place.values()):
+        return ""
+    misplaced = sorted({(r, i, j) for r in right for i in chunks for j in chunks
+                        if i != j and right[r][i][j] and not right[r][i][i]})
+    if misplaced:
+        r, i, j = misplaced[0]
+        return (f". After sync_gradients rank {r}'s chunk {i} held the right sums of chunk {j}: the sums were "
+                f"right but a copy landed in the wrong chunk, so the reduce-scatter worked and the all-gather is "
+                f"off (which chunk each rank receives into, and which it sends)")
+    if all(any(in_place[r][c] for r in right) for c in chunks):
         return (". After sync_gradients every chunk's right sum was on some rank but not every rank held every "
                 "chunk: the reduce-scatter worked, the all-gather's copies are off (which chunk each rank sends, "
                 "and which it receives into)")
-    return ""
+    return (". After sync_gradients some chunk's right sum was on no rank at all: the reduce-scatter's sums are "
+            "off (which chunk each rank adds into, or what it adds)")

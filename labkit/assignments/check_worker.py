@@ -133,10 +133,11 @@ def watch_layers(model, running):
     return record
 
 
-def ring_chunks_right(model, reference_grads, world) -> list[bool] | None:
-    """After sync_gradients: which of the flat gradient's n chunks (tensor_split, as the ring
-    cuts it) hold DDP's averaged values on this rank. None when the model's gradients are not
-    all there (a sharded method keeps them elsewhere)."""
+def ring_chunks_right(model, reference_grads, world) -> list[list[bool]] | None:
+    """After sync_gradients: for each of this rank's n gradient chunks (tensor_split, as the ring
+    cuts it) i, which of DDP's averaged chunks j it equals (right[i][j]; i == j: right and in
+    place; i != j: a right sum in the wrong chunk). None when the model's gradients are not all
+    there (a sharded method keeps them elsewhere)."""
     grads = [p.grad for p in model.parameters()]
     if any(g is None for g in grads) or len(grads) != len(reference_grads):
         return None
@@ -144,8 +145,8 @@ def ring_chunks_right(model, reference_grads, world) -> list[bool] | None:
     ref = torch.cat([g.reshape(-1) for g in reference_grads])
     if mine.shape != ref.shape:
         return None
-    return [bool((a - b).abs().max() <= 1e-9) if a.numel() else True
-            for a, b in zip(mine.tensor_split(world), ref.tensor_split(world))]
+    return [[bool(a.shape == b.shape and (a.numel() == 0 or (a - b).abs().max() <= 1e-9)) for b in ref.tensor_split(world)]
+            for a in mine.tensor_split(world)]
 
 
 def local_gradients(model, x, y, group):
