@@ -116,10 +116,10 @@ def precheck(profile: str, overrides: dict) -> None:
         raise ConfigError(f"unknown profile '{name}'; choose one of auto, {', '.join(PROFILES)}")
     fields = {k: v for k, v in overrides.items() if k in field_types() and k != "options"}
     draft = RunConfig(**{**PROFILES[name], "profile": name, **fields})
+    check_nodes(draft)  # (before a name is made up: real nodes must be given one)
     if not draft.name:  # the name resolve() would give, fixed now so both agree (a clock's second may pass)
         draft.name = overrides["name"] = f"{draft.strategy_name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_values(draft, nproc_known="nproc" in overrides)  # a method may choose its own (single: 1)
-    check_nodes(draft)
     folder.check_new(Path(draft.out_dir or results_root() / "runs" / draft.name).expanduser(), **folder.run_of(draft))
 
 
