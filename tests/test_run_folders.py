@@ -2,6 +2,7 @@
 way a run ends leaves a status, nothing left behind. Real torchrun wherever a run is involved
 (2 gloo ranks, simple_cnn: a few seconds a run)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -206,18 +207,25 @@ def test_wait_with_a_timeout_leaves_the_run_running(tmp_path):
     assert job.status == "interrupted"
 
 
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A small tmpfs mounted at `folder` for the test's length (mounting needs root: CI runs as root)."""
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
 def test_a_full_disk_is_said_in_one_line_and_the_last_good_file_kept(tmp_path):
     """A small tmpfs fills up while a result and a checkpoint are written (root: mount)."""
     import torch
 
     from labkit.files import save_checkpoint, write_json
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    try:
+    with tmpfs(tmp_path / "disk", "size=512k") as disk:
         write_json(disk / "result.json", {"status": "ok"})
         save_checkpoint(disk / "checkpoint.pt", {"w": torch.zeros(1000)})
         with pytest.raises(OSError, match=f"no space left on {disk} \\(writing checkpoint.pt\\)"):
@@ -227,8 +235,6 @@ def test_a_full_disk_is_said_in_one_line_and_the_last_good_file_kept(tmp_path):
         assert json.loads((disk / "result.json").read_text()) == {"status": "ok"}
         assert torch.load(disk / "checkpoint.pt", weights_only=True)["w"].numel() == 1000
         assert sorted(os.listdir(disk)) == ["checkpoint.pt", "result.json"]  # no half-written temp file
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # -- 6. a rank that stops is named; a method file that hangs or exits on import ---------------
@@ -293,15 +299,8 @@ def test_bad_folders_and_files_get_one_line(tmp_path, capsys):
 
 
 def test_a_read_only_folder_is_refused(tmp_path, capsys):
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a read-only tmpfs needs root (CI runs as root)")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as disk:
         assert "cannot write in" in refused(capsys, "run", *QUICK, "--out", disk / "run")
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_random_bytes_checkpoint_says_corrupt_not_weights_only(tmp_path):
