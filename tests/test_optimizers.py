@@ -80,7 +80,8 @@ def slow(*values):
 # The other methods: exact ones equal DDP with AdamW too; the rest (local steps, stale gradients) run and learn.
 OTHERS = [slow("ssp", (), False),  # copies and restores the optimizer's state_dict
           slow("diloco", ("inner=sgd", "sync_every=1"), False), slow("localsgd", ("sync_every=1",), False),
-          slow("allreduce", (), True), slow("bucketed", ("bucket_mb=0.02",), True), slow("overlap", ("bucket_mb=0.02",), True),
+          slow("allreduce", (), True), slow("bucketed", ("bucket_mb=0.02",), True),
+          slow("overlap", ("bucket_mb=0.02",), True),
           slow("ring", (), True), slow("ps", (), True), slow("hierarchical", (), True), slow("powersgd", (), True)]
 
 
@@ -108,7 +109,8 @@ def test_every_method_is_run_with_adamw():
 
 def test_an_unknown_optimizer_is_refused_in_one_line_before_launch(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--profile", "cpu", "--strategy", "ps_sharded", "--set", "optimizer=adam", "--out", str(out)]) == 2
+    args = ["run", "--profile", "cpu", "--strategy", "ps_sharded", "--set", "optimizer=adam", "--out", str(out)]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "optimizer='adam' is not one of sgd, adamw" in err[0], err
     assert not out.exists()
