@@ -155,3 +155,28 @@ def test_make_sources_writes_no_hint_text(tmp_path):
         cells = "\n".join(c.source for c in make_sources.notebook(ex).cells)
         assert all(hint[:60] not in cells for hint in HINTS[ex["name"]]), ex["name"]
     assert nbformat  # the notebooks are nbformat's
+
+
+DIES = '''import torch.distributed as dist
+from labkit.strategies.base import Strategy, grads_of
+
+
+class Dies(Strategy):
+    def sync_gradients(self, model):
+        if self.rank == 1:
+            raise ValueError("rank 1 gave up")
+        for grad in grads_of(model):
+            dist.all_reduce(grad)  # rank 0 waits here for a peer that is gone
+'''
+
+
+def test_the_rank_that_failed_first_is_reported_not_the_reset_it_caused(tmp_path):
+    import labkit
+
+    mine = tmp_path / "dies.py"
+    mine.write_text(DIES)
+    report = labkit.check(f"{mine}:Dies", worlds=(2,), verbose=False)
+    assert not report.ok
+    first = str(report).splitlines()[1]
+    assert first.startswith("✗ 2 ranks: exception on rank 1 in step 1, sync_gradients: ValueError: rank 1 gave up"), report
+    assert "dies.py line 8 in sync_gradients: raise ValueError" in str(report), report
