@@ -17,7 +17,17 @@ from pathlib import Path
 
 from labkit.errors import ConfigError  # raised here, and still importable from here
 
-LAB_ROOT = Path(__file__).resolve().parent.parent  # the checkout: data/, results/, notebooks/
+def lab_root() -> Path:
+    """Where the lab's data/, results/ and notebooks/ live: the checkout that holds labkit/ — or,
+    for a package installed from its wheel (labkit/ in site-packages, no checkout around it),
+    $LABKIT_HOME or the folder labkit was started in, never the site-packages folder."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() or (here / "notebooks").is_dir():
+        return here
+    return Path(os.environ.get("LABKIT_HOME") or Path.cwd()).resolve()
+
+
+LAB_ROOT = lab_root()
 
 
 def results_root() -> Path:

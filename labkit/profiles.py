@@ -17,7 +17,7 @@ from labkit.config import (AMP_MODES, DATASETS, DTYPES, MODELS, ConfigError, Run
                            parse_rate, parse_straggler, results_root)
 from labkit.datasets import tiny
 from labkit.datasets.folders import check_image_folder, data_root, is_image_file
-from labkit.jobs import folder
+from labkit import run_folder as folder
 from labkit.strategies import BASELINE, REGISTRY, check_import, load_strategy  # light: a method's file is read when chosen
 
 IMAGENET = dict(model="resnet50", dataset="imagenet", image_size=224, num_classes=1000, nproc=4,
@@ -102,8 +102,9 @@ def cheap_profile(profile: str) -> str | None:
 
 def precheck(profile: str, overrides: dict) -> None:
     """Everything about a run that can be decided without torch (the method's file imports it):
-    the method's name, the profile, every value given, nodes, the run folder. make_config
-    checks them all again on the whole config; this only makes a refusal fast."""
+    the method's name, the profile, every value given, nodes, the run folder. make_config checks
+    them all again on the whole config, and the job once more as it claims the folder; this only
+    makes a refusal fast."""
     strategy = overrides["strategy"]
     if not is_file_spec(strategy) and strategy not in REGISTRY:
         load_strategy(strategy)  # its one-line refusal, without importing anything
@@ -204,7 +205,8 @@ def check_accumulate(cfg: RunConfig, method) -> None:
 
 def check_nodes(cfg: RunConfig) -> None:
     """Several nodes: each runs nproc / nodes ranks; real ones name the rendezvous, emulated
-    ones a link rate and a machine that can emulate them (labkit/jobs/cluster.py)."""
+    ones a link rate (labkit/jobs/cluster.py checks, before the job writes anything, that this
+    machine can emulate them)."""
     require(cfg.nodes >= 1, f"nodes must be at least 1 (got {cfg.nodes})")
     require(not (cfg.nodes > 1 and cfg.rdzv_endpoint and not cfg.name) or cfg.resume,  # a clock's name could differ
             "real nodes need the same --name on every node: it names the run and its rendezvous")
@@ -224,11 +226,7 @@ def check_nodes(cfg: RunConfig) -> None:
     if cfg.emulated:
         require(cfg.backend == "gloo", "emulated nodes run gloo on the CPU: NCCL's traffic may not pass "
                 "through the shaped links (use --profile cpu)")
-        from labkit.jobs.cluster import MAX_NODES, missing_capability
 
-        require(cfg.nodes <= MAX_NODES, f"at most {MAX_NODES} emulated nodes (got {cfg.nodes})")
-        why = missing_capability()
-        require(why is None, str(why))
 
 
 def check_devices(cfg: RunConfig) -> None:

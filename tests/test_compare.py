@@ -335,3 +335,21 @@ def test_a_comparison_lesson_is_shown_only_beyond_the_spreads_and_says_why_not()
     missing = sentences.comparison_lesson(frames.comparison_table(frames.runs_frame(runs[:6])), runs[:6], "ddp",
                                           "allreduce")
     assert missing["figure"] is None and "no finished run of allreduce" in missing["why"]
+
+
+def test_the_slow_links_order_agreement_with_the_bytes():
+    """07's lesson figure: Spearman's ρ between step and busiest-link bytes, with a seeded interval."""
+    import pandas as pd
+
+    from labkit.report.topology import bytes_order_agreement
+
+    link_bytes = [0.01, 0.07, 0.09, 0.13, 0.14, 0.17, 0.21]
+    same = pd.DataFrame({"link": "5mbit", "step_ms": [10 + 2000 * b for b in link_bytes], "busiest_link_MB": link_bytes})
+    rho, low, high = bytes_order_agreement(same, "5mbit")
+    assert rho == pytest.approx(1.0) and low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    reversed_ = same.assign(step_ms=list(reversed(same.step_ms)))
+    assert bytes_order_agreement(reversed_, "5mbit")[0] == pytest.approx(-1.0)
+    mixed = same.assign(step_ms=[300, 100, 700, 200, 600, 400, 500])
+    rho, low, high = bytes_order_agreement(mixed, "5mbit")
+    assert low <= rho <= high and low < 0.5 and bytes_order_agreement(mixed, "5mbit") == (rho, low, high)
+    assert all(v != v for v in bytes_order_agreement(same.head(2), "5mbit"))  # nan: no order in two methods

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "labkit"
 # later one. The most specific prefix places a module ("labkit" itself: only the package's
 # __init__); a new module must be given a place here.
 STAGES = [
-    ("base", ["labkit.errors", "labkit.config", "labkit.files", "labkit.system", "labkit.hardware", "labkit.lockfile"]),
+    ("base", ["labkit.errors", "labkit.config", "labkit.files", "labkit.system", "labkit.run_folder", "labkit.hardware", "labkit.lockfile"]),
     ("strategies", ["labkit.strategies"]),  # the contract and the methods
     ("run config", ["labkit.profiles", "labkit.datasets"]),  # a config checked against method and data
     ("training", ["labkit.training"]),  # what a rank runs under torchrun

@@ -326,7 +326,7 @@ def test_refusals_need_no_torch(finished, tmp_path):
         refusals.append(max(seconds("run", *QUICK, "--out", finished), seconds("run", "--strategy", "nope"),
                             seconds("run", *QUICK, "--set", "lr=-1", "--out", tmp_path / "x")))
     ratio = sorted(refusals)[1] / sorted(helps)[1]
-    code = "import sys, labkit.cli, labkit.profiles, labkit.jobs.folder; print('torch' in sys.modules)"
+    code = "import sys, labkit.cli, labkit.profiles, labkit.run_folder; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
     assert ratio < 6, ratio  # importing torch alone is ~15 × labkit --help here
 

@@ -85,6 +85,9 @@ def test_every_module_imports_from_the_wheel_in_a_fresh_environment(wheel, tmp_p
     outside = {name: path for name, path in files.items() if not path.startswith(fresh_site + os.sep)}
     assert not outside, f"imported from elsewhere than the wheel: {outside}"
     assert set(files) == set(modules)
+    root = subprocess.run([python, "-c", "from labkit.config import LAB_ROOT; print(LAB_ROOT)"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=clean).stdout.strip()
+    assert root == str(tmp_path.resolve())  # data/ and results/ where the user works, not in site-packages
     cli = subprocess.run([env_dir / "bin" / "labkit", "--help"], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path, env=clean)
     assert cli.returncode == 0 and "usage: labkit" in cli.stdout, cli.stderr[-2000:]

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import psutil
 
-from labkit.config import LAB_ROOT, RunConfig, results_root
+from labkit.config import LAB_ROOT, ConfigError, RunConfig, results_root
 from labkit.files import write_json
 from labkit.jobs.failures import describe_failure
-from labkit.jobs import folder
+from labkit import run_folder as folder
 from labkit.jobs.launcher import Launch, Torchrun, start
 
 
@@ -124,6 +124,13 @@ class Job:
                 folder.check_resumable(self.out, locked=True)
             else:
                 folder.check_new(self.out, **folder.run_of(self.cfg), locked=True)
+            if self.cfg.emulated:  # whether this machine can make the nodes: said before anything is written
+                from labkit.jobs.cluster import MAX_NODES, missing_capability
+
+                why = missing_capability() or (f"at most {MAX_NODES} emulated nodes (got {self.cfg.nodes})"
+                                               if self.cfg.nodes > MAX_NODES else None)
+                if why:
+                    raise ConfigError(why)
             make_for(self.cfg)  # the tiny set is generated on first need, here, before the ranks read it
             (self.out / "logs").mkdir(parents=True, exist_ok=True)
             for stale in [self.out / "started", *(self.out / "logs").glob("heartbeat-*"),

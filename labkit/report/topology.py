@@ -93,3 +93,26 @@ def ranking_sentence(frame: pd.DataFrame, links: list[str]) -> str:
     moved = [m for m in first if m in last and first.index(m) != last.index(m)]
     verdict = (f"{len(moved)} of {len(first)} methods changed place" if moved else "the order did not change")
     return "Fastest to slowest step, " + "; ".join(parts) + f" — {verdict}."
+
+
+def bytes_order_agreement(frame: pd.DataFrame, link: str, resamples: int = 2000, seed: int = 0) -> tuple:
+    """How closely the methods' order by step time at `link` follows their order by the bytes over
+    the busiest link: Spearman's rank correlation ρ (1: the same order; 0: unrelated), and its 90 %
+    interval from a bootstrap over the methods (seeded, so the same runs give the same interval;
+    a resample that repeats one method throughout has no order and is skipped). (nan, nan, nan)
+    with fewer than 3 methods."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    rows = frame[frame["link"] == link]
+    steps, link_bytes = rows["step_ms"].to_numpy(), rows["busiest_link_MB"].to_numpy()
+    if len(rows) < 3:
+        return float("nan"), float("nan"), float("nan")
+    rho = float(spearmanr(steps, link_bytes).statistic)
+    rng, found = np.random.default_rng(seed), []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(rows), len(rows))
+        if len(set(steps[pick])) > 1 and len(set(link_bytes[pick])) > 1:
+            found.append(spearmanr(steps[pick], link_bytes[pick]).statistic)
+    low, high = np.nanpercentile(found, [5, 95])
+    return rho, float(min(low, rho)), float(max(high, rho))
