@@ -146,24 +146,27 @@ finished sums, copying what arrives, until after n−1 more steps every rank hol
 
 The check's buffer has 517 values: on 2, 3 and 4 ranks the chunks differ in length
 (`flat.tensor_split(n)`), and a buffer shorter than n would have empty ones.""",
-        predict="""With S = 4,136 bytes, about how many bytes does each rank send per step on 2 ranks? On 4?
-How many point-to-point exchanges (messages) per sync on 4 ranks?""",
+        predict="""With S = 4,136 bytes, about how many bytes does each rank send per training step (one sync
+of the gradients; the primer's ring *steps* are the n−1 exchanges inside each phase) on 2 ranks?
+On 4? How many point-to-point exchanges (messages) per sync on 4 ranks?""",
         prediction=("bytes_2_ranks", "bytes_4_ranks", "messages_4_ranks"),
         measured=dict(bytes_2_ranks=("bytes_sent", 2, 0), bytes_4_ranks=("bytes_sent", 4, 0),
                       messages_4_ranks=("collectives", 4, 0)),
         hidden=dict(worlds=(5,), model="odd"),
         questions=["From the table: how do the bytes sent per rank grow from 2 to 3 to 4 ranks? What is the limit as n "
                    "grows? Why do ranks of the same world size differ by a few bytes?",
-                   "From the table, the ring's messages per sync on 2, 3 and 4 ranks against exercise 1's collectives "
-                   "per step (6 whatever n): at which world size of the table are they equal, and what does the ring's "
-                   "count become beyond it? Which would you pick on a network where each message pays a long latency?",
+                   "From the table, the ring's messages per sync on 2, 3 and 4 ranks. Exercise 1 runs 6 all-reduces per "
+                   "step, and in the primer's α–β model each all-reduce is itself a ring of 2(n−1) messages: how many "
+                   "latencies α does each method pay per step? Which would you pick on a network where each message "
+                   "pays a long latency, and why does exercise 2 help exercise 1 the same way?",
                    "Replace the exchange by a blocking `dist.send` then `dist.recv`. What does the check report?"],
         answers="""1. 4,136 → 5,520 → 6,208 B on rank 0: 2(n−1)/n·S, which tends to 2·S. Chunks differ by one value
    (517 = 173 + 172 + 172 on 3 ranks), so a rank that sends the longer chunk more often counts 8 B more
    (rank 1 on 3 ranks: 5,512).
-2. 2(n−1) messages: 2, 4, 6 against 6: equal at n = 4, more beyond (8 at 5 ranks). With a long latency per
-   message the ring wins below 4 ranks and loses above, where exercise 1's count stays at one per tensor;
-   the ring always moves the fewest bytes per link.
+2. The ring: 2(n−1) messages, 2, 4, 6 on 2, 3, 4 ranks, so 2(n−1)·α a step; exercise 1: 6 × 2(n−1) = 12, 24,
+   36 messages, six times as many latencies for the same bytes. With a long latency per message the
+   ring over one flat buffer wins at every n; bucketing (exercise 2) wins the same way, by fewer, larger
+   all-reduces.
 3. gloo buffers small messages, so it may pass; with larger chunks (or NCCL) every rank blocks in send:
    "deadlock: no rank made progress", each rank stuck at its dist.send line.""",
     ),
@@ -252,21 +255,21 @@ only its 1/n *shard* of each layer. A layer is whole only while it computes:
 4. **update**: an optimizer that knows only the shards (given), so the momentum is sharded too.
 
 The given code lays each layer's parameters out as views of one flat buffer `self.full[i]`,
-padded so that n divides it (the check's layers hold 160, 272 and 85 values: 85 pads to 86,
-87 or 88), and gives two helpers: `free(t)` gives a tensor's memory back (its storage resized
+padded so that n divides it (the check's layers hold 160, 272 and 85 values: on 2 ranks 85 pads
+to 86; on 3 all three pad, to 162, 273 and 87; on 4 85 pads to 88), and gives two helpers: `free(t)` gives a tensor's memory back (its storage resized
 to 0 bytes, as FSDP2 does) while its shape, its views and what autograd saved of them stay;
 `allocate(t)` takes the memory again before a gather writes into it.
 
 On this torch the collectives are `dist.all_gather_single` and `dist.reduce_scatter_single`
 (the older names `all_gather_into_tensor` and `reduce_scatter_tensor` still run but warn that
 they are deprecated); gloo runs both on the CPU, so no all-reduce-then-slice is needed. The
-check compares your parameters with DDP's (gathered whole by the given `full_parameters`) and
-also weighs the model between steps: it may hold no more than one shard's bytes.""",
+check compares your parameters with DDP's (gathered whole by the given `full_parameters`), and
+weighs what a rank holds: when each layer's forward starts, no layer whose forward is done may
+still be whole; between steps, the model may hold no more than one shard's bytes.""",
         predict="""The check's MLP has three layers of 160, 272 and 85 float64 values (S = 4,136 bytes). How many
 collectives per step? How many bytes does rank 0 send per step on 2 ranks, and on 4 — against
-exercise 6's 4,144 and 6,240? How many bytes of parameters does a rank keep between steps on
-4 ranks (DDP keeps S)?""",
-        prediction=("collectives", "bytes_2_ranks", "bytes_4_ranks", "shard_bytes_4_ranks"),
+exercise 6's 4,144 and 6,240?""",
+        prediction=("collectives", "bytes_2_ranks", "bytes_4_ranks"),
         measured=dict(collectives=("collectives", 2, 0), bytes_2_ranks=("bytes_sent", 2, 0),
                       bytes_4_ranks=("bytes_sent", 4, 0)),
         hidden=dict(worlds=(3,), model="deep"),  # 5 layers (80, 72, 72, 72, 45 values), each padded on 3 ranks
@@ -350,7 +353,10 @@ def notebook(ex: dict) -> nbformat.NotebookNode:
         new_code_cell(f"%%writefile {ex['file']}\n" + solution(ex), metadata=grader("solution", f"{n}_code")),
         new_markdown_cell("## The instant check\n\nReal torchrun, 2, 3 and 4 gloo ranks on the CPU, a small float64 "
                           "model of 517 parameters (no world size divides it), every rank seeded differently, a few "
-                          "steps, against PyTorch's DDP fed the same batches. It says what matched and, if not, where: "
+                          "steps, against PyTorch's DDP fed the same batches"
+                          + ("; then a model of 2 values on 4 ranks, a buffer shorter than the world size, so some "
+                             "chunks are empty" if ex["method"] in ("ring", "ps_sharded", "fsdp") else "")
+                          + ". It says what matched and, if not, where: "
                           "a layer and step, your own line, or the call a rank is stuck in.",
                           metadata=grader("readonly", f"{n}_check_intro")),
         new_code_cell(f'report = labkit.check("{spec}", method="{ex["method"]}", worlds=worlds, timeout_s=timeout_s)\n'

@@ -63,8 +63,11 @@ class CheckReport:
         """One row per world size and rank: what the strategy counted in its last step."""
         import pandas as pd
 
-        return pd.DataFrame([dict(world=o.world, rank=rank, **counts, seconds=round(o.seconds, 1))
-                             for o in self.outcomes for rank, counts in o.counts.items()])
+        # check_s: the whole check at this world size (torchrun's start, every step, the comparisons),
+        # not a step's time; object columns keep counts printed as integers (9, not 9.0)
+        return pd.DataFrame([dict(world=o.world, rank=rank, **{k: whole(v) for k, v in counts.items()},
+                                  check_s=round(o.seconds, 1))
+                             for o in self.outcomes for rank, counts in o.counts.items()], dtype=object)
 
     def figure(self, key: str, world: int, rank: int = 0):
         """What `rank` counted (`key`: bytes_sent, bytes_received or collectives) in its last step
@@ -148,7 +151,14 @@ def side_by_side(report: CheckReport, predicted: dict, measured: dict):
     for name in sorted(set(predicted) - set(measured)):  # a prediction the check cannot measure: answer it in words
         rows.append(dict(prediction=name, predicted=predicted[name], measured=None, what="not counted by the check",
                          verdict="say in your answers whether it held"))
-    return pd.DataFrame(rows).set_index("prediction")
+    for row in rows:
+        row["predicted"], row["measured"] = whole(row["predicted"]), whole(row["measured"])
+    return pd.DataFrame(rows, dtype=object).set_index("prediction")  # object: 6216, not 6216.0
+
+
+def whole(value):
+    """A count as an integer where it is one (6216, not 6216.0)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def resolve(spec: str) -> str:
