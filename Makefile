@@ -52,4 +52,4 @@ browser-check: browser-deps
 	$(BIN)/python tests/browser/check_notebook.py
 
 clean-results:
-	rm -rf results/runs results/plots results/notebooks results/performance_report.txt
+	rm -rf results/runs results/plots results/notebooks results/performance_report.txt results/lessons.json
