@@ -360,7 +360,7 @@ def exchange_mismatch(events) -> str | None:
             if a == b:
                 continue
             phase = where.get(("recv", (src, dst), k + 1)) or where.get(("send", (src, dst), k + 1))
-            text = (f"rank {dst} received {b} values where rank {src} sent {a} ({phase}, message {k + 1} from "
+            text = (f"rank {dst} received {b} value{'s' * (b != 1)} where rank {src} sent {a} ({phase}, message {k + 1} from "
                     f"rank {src} to rank {dst}): the two sides of this exchange disagree on the chunk")
             if 0 in (a, b):
                 empty = src if a == 0 else dst
