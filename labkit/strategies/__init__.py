@@ -84,6 +84,7 @@ def check_import(spec: str, timeout_s: float = IMPORT_TIMEOUT_S) -> None:
     """Import a method's file in a child process first, under a watchdog: a file that waits
     forever at module level (a loop, input(), a collective before any process group) is
     reported in one line instead of hanging the launcher with it."""
+    import os
     import subprocess
 
     if not is_file_spec(spec):
@@ -93,7 +94,7 @@ def check_import(spec: str, timeout_s: float = IMPORT_TIMEOUT_S) -> None:
     try:
         done = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, timeout=timeout_s,
                               stdin=subprocess.DEVNULL, cwd=Path(spec.rsplit(":", 1)[0]).parent,
-                              env={**__import__("os").environ, "PYTHONPATH": root})
+                              env={**os.environ, "PYTHONPATH": root})
     except subprocess.TimeoutExpired:
         raise ConfigError(f"{spec.rsplit(':', 1)[0]}: importing it did not finish in {timeout_s:.0f} s — something at "
                           f"module level waits forever (a loop, input(), a collective); move it into a method") from None
