@@ -118,6 +118,17 @@ class RunConfig:
     # gradient accumulation: each optimizer step takes this many micro-batches of batch_size per
     # rank, synchronizing only after the last (the global batch grows by this factor)
     accumulate: int = 1
+    # -- seeing and debugging (issue 30) --
+    # a torch.profiler Chrome trace of a few steps after warm-up, one file per rank in the run
+    # folder (open it in Perfetto or chrome://tracing); off by default: it slows those steps
+    trace: bool = False
+    # BatchNorm over the global batch: torch's SyncBatchNorm.convert_sync_batchnorm (each rank
+    # otherwise normalizes over its own batch only); for methods where every rank trains the model
+    sync_bn: bool = False
+    # fsdp's mixed precision (FSDP2's MixedPrecisionPolicy): the dtype of the gathered parameters
+    # (compute and all-gather) and of the reduce-scatter; fp32 master weights and optimizer state
+    param_dtype: str = "fp32"  # fp32 / bf16 / fp16
+    reduce_dtype: str = ""  # "" = the param_dtype
 
     # -- JSON round trip -------------------------------------------------------
     def to_dict(self) -> dict:

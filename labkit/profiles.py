@@ -134,6 +134,9 @@ def check_values(cfg: RunConfig, nproc_known: bool = True) -> None:
             require(math.isfinite(value), f"{key}={value}: give a finite number")
     require(cfg.lr >= 0, f"lr={cfg.lr}: give a learning rate > 0 (or 0 for the linear scaling rule, 0.1 × global batch / 256)")
     require(cfg.optimizer in ("sgd", "adamw"), f"optimizer='{cfg.optimizer}' is not one of sgd, adamw")
+    require(cfg.param_dtype in ("fp32", "bf16", "fp16"), f"param_dtype='{cfg.param_dtype}' is not one of fp32, bf16, fp16")
+    require(cfg.reduce_dtype in ("", "fp32", "bf16", "fp16"),
+            f"reduce_dtype='{cfg.reduce_dtype}' is not one of fp32, bf16, fp16 (or empty: the param_dtype)")
     require(cfg.momentum >= 0 and cfg.weight_decay >= 0,
             f"momentum={cfg.momentum}, weight_decay={cfg.weight_decay}: neither can be negative")
     require(cfg.pg_timeout_s > 0, f"pg_timeout_s={cfg.pg_timeout_s}: a collective's timeout must be > 0 seconds")
