@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 
-from labkit.training.timing import median_interval
+from labkit.training.timing import median_interval, per_period
 
 
 def measured_steps(result: dict) -> list[dict]:
@@ -27,10 +27,14 @@ def measured_steps(result: dict) -> list[dict]:
     return steps[warmup:] if len(steps) > warmup else steps
 
 
-def step_interval(result: dict, phase: str = "step_s") -> tuple[float, float, float]:
+def step_interval(result: dict, phase: str = "step_s", period: int = 1) -> tuple[float, float, float]:
     """(median, low, high) of one phase over the measured steps, in seconds; `phase` may also be
-    "step_no_data_s" (the step less its wait for data) or any per-step number (bytes_sent)."""
-    steps = measured_steps(result)
+    "step_no_data_s" (the step less its wait for data) or any per-step number (bytes_sent).
+    `period` > 1 takes the median over whole periods of that many steps, each its mean step
+    (timing.per_period): for a method whose steps alternate cheap and dear — an asynchronous
+    server runs ahead, then waits at its staleness bound — a median over single steps lands on
+    one kind or the other by chance, the mean over a period is its throughput."""
+    steps = per_period(measured_steps(result), period)
     if phase == "step_no_data_s":
         values = [s["step_s"] - s.get("data_s", 0.0) for s in steps]
     else:
@@ -41,11 +45,11 @@ def step_interval(result: dict, phase: str = "step_s") -> tuple[float, float, fl
     return statistics.median(values), low, high
 
 
-def ratio_interval(a: dict, b: dict, phase: str = "step_s") -> tuple[float, float, float]:
+def ratio_interval(a: dict, b: dict, phase: str = "step_s", period: int = 1) -> tuple[float, float, float]:
     """a's median ÷ b's, with the lowest (a low ÷ b high) and highest (a high ÷ b low) ratio
-    the two medians' intervals allow."""
-    ma, la, ha = step_interval(a, phase)
-    mb, lb, hb = step_interval(b, phase)
+    the two medians' intervals allow (over periods of `period` steps: step_interval)."""
+    ma, la, ha = step_interval(a, phase, period)
+    mb, lb, hb = step_interval(b, phase, period)
     return ma / mb, la / hb, ha / lb
 
 
