@@ -53,6 +53,10 @@ def write_json(path, data) -> None:
     _atomic(path, lambda handle: handle.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
+def write_bytes(path, data: bytes) -> None:
+    _atomic(path, lambda handle: handle.write(data))
+
+
 def save_checkpoint(path, state: dict) -> None:
     import torch
 

@@ -28,6 +28,7 @@ from labkit.training.links import LinkMeter
 from labkit.training.memory import MemoryMeter
 from labkit.training.process_group import all_reduce_sum
 from labkit.training.timing import StepTimer
+from labkit.training.trace import Tracer
 
 
 class StepRecorder:
@@ -47,6 +48,7 @@ class StepRecorder:
         # What this rank holds, counted in the first measured step (train_step calls it before
         # zero_grad, while gradients exist); its peak counts from here, the start of training.
         self.memory = MemoryMeter(rank, device, count_at=min(cfg.warmup_steps + 1, total_steps))
+        self.tracer = Tracer(cfg, rank, strategy.world, device)  # --set trace=true: a profiler trace (trace.py)
 
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
@@ -84,6 +86,7 @@ class StepRecorder:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             self.save_checkpoint()
             self.timer.start()  # the checkpoint's I/O is not the next step's data wait
+        self.tracer.step()
 
     def end_epoch(self) -> dict:
         """The epoch's figures: its train loss averaged over every data rank, its time and throughput."""
@@ -104,6 +107,7 @@ class StepRecorder:
                             self.cfg.to_dict(), states, full_state=full)
 
     def close(self):
+        self.tracer.close()  # again: a run that failed before the result still writes its trace
         if self.progress:
             self.progress.close()
 

@@ -100,6 +100,7 @@ def main(config_path: str):
 
     # -- result --------------------------------------------------------------------
     total_time = time.perf_counter() - started
+    recorder.tracer.close()  # before the next collective: every rank's trace is written when rank 0 names them
     rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
     timeline = gather_timeline(timer.intervals, rank)
     memory = gather_memory(recorder.memory)  # every rank's bytes held and peak (memory.py)
@@ -107,7 +108,8 @@ def main(config_path: str):
     if rank == 0:
         result = build_result(cfg, method.label(cfg), world, device, state.steps, state.epochs, total_time,
                               rank_medians, compute_only_s, timeline)
-        write_json(out / "result.json", {**result, "topology": topology, "memory": memory})
+        write_json(out / "result.json", {**result, "topology": topology, "memory": memory,
+                                          "trace": recorder.tracer.entry(total_steps)})
     recorder.close()
     finish()
 
