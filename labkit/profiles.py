@@ -148,8 +148,8 @@ def check_values(cfg: RunConfig, nproc_known: bool = True) -> None:
     for key in ("max_steps", "workers", "warmup_steps", "calibration_steps", "timeline_steps", "checkpoint_every",
                 "max_restarts", "lr_warmup_steps", "global_batch_size", "synthetic_steps"):
         require(getattr(cfg, key) >= 0, f"{key}={getattr(cfg, key)} cannot be negative")
-    require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang)", cfg.fault) is not None,
-            f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill or hang (e.g. 2:5:raise)")
+    require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang|skip)", cfg.fault) is not None,
+            f"fault='{cfg.fault}': expected RANK:STEP:KIND with KIND raise, exit, kill, hang or skip (e.g. 2:5:raise)")
     if cfg.fault:
         rank, step, _ = cfg.fault.split(":")
         require(int(step) >= 1, f"fault='{cfg.fault}': steps count from 1")

@@ -1,6 +1,7 @@
 """Reading how a job ended: the failures torch's launcher reported (failures.json, written by
 labkit.jobs.torchrun from `ChildFailedError.failures`), each rank's error file (written by
-torch elastic's `record`), and a dead rank's last stderr words.
+torch elastic's `record`), a dead rank's last stderr words, and each rank's last collectives
+(which one it was in, and the rank whose sequence differs: collective_story).
 
 Pure reading: nothing here starts, stops or writes anything.
 """
@@ -98,5 +99,97 @@ def describe_failure(result: dict) -> str:
     head = f"run {result.get('name')} {result.get('status')}"
     if not failure:
         return f"{head} (exit code {result.get('exit_code')}; see its logs/)"
+    story = failure.get("collectives") or {}
     return (f"{head}: rank {failure['rank']}: {failure['exception']}\n"
-            f"{failure.get('traceback', '').rstrip()}")
+            + (f"collectives: {story['summary']}\n" if story else "")
+            + f"{failure.get('traceback', '').rstrip()}")
+
+
+def collective_story(log_dir: Path) -> dict | None:
+    """Which collective each rank had finished last and which one it was in, from each rank's
+    logs/collectives-RANK.jsonl (labkit.training.collective_log), and the rank whose sequence
+    differs from the others': {by_rank, odd_rank, summary}, or None without records.
+
+    Two ways a sequence breaks. A mismatch: the ranks' collectives of one number differ
+    (operation or size) — the odd one is the one most ranks disagree with, or, two against
+    one being impossible with two ranks, the one whose step differs from its own previous
+    step. A rank behind: it never entered the collective the others wait in (it hangs, or
+    died, before it)."""
+    from labkit.training.collective_log import read_collectives
+
+    records = {}
+    for path in Path(log_dir).glob("collectives-*.jsonl"):
+        try:
+            records[int(path.stem.split("-")[1])] = read_collectives(path)
+        except (OSError, ValueError, IndexError):
+            continue
+    if len(records) < 2:
+        return None
+    records = dict(sorted(records.items()))
+    by_rank = {}
+    for rank, record in records.items():
+        done = record.get("finished_through", 0)
+        seqs = {e["seq"]: e for e in record["collectives"]}
+        newest = max(seqs, default=0)
+        by_rank[rank] = {"step": record.get("step", 0), "last_finished": seqs.get(done),
+                         "in": seqs[newest] if newest > done else None, "finished_through": done}
+    odd, why = _mismatch(records) or _behind(by_rank) or (None, "every rank's collectives agree")
+    lines = [f"rank {rank} " + _where(state) for rank, state in by_rank.items()]
+    return {"by_rank": by_rank, "odd_rank": odd, "summary": "; ".join(lines) + f" — {why}"}
+
+
+def _where(state: dict) -> str:
+    finished = state["last_finished"]
+    done = f"#{finished['seq']} {_name(finished)}" if finished else f"#{state['finished_through']}"
+    if state["in"]:
+        return f"in {_name(state['in'])} #{state['in']['seq']} (step {state['in']['step']}), last finished {done}"
+    return f"in no collective at step {state['step']}, last finished {done}"
+
+
+def _name(entry: dict) -> str:
+    return f"{entry['op']} of {entry['bytes']} B"
+
+
+def _mismatch(records: dict) -> tuple[int, str] | None:
+    """The first collective number the ranks disagree on, and the rank that broke it."""
+    entries = {rank: {e["seq"]: e for e in record["collectives"]} for rank, record in records.items()}
+    common = set.intersection(*(set(seqs) for seqs in entries.values()))
+    for seq in sorted(common):
+        kinds = {rank: (seqs[seq]["op"], seqs[seq]["bytes"]) for rank, seqs in entries.items()}
+        if len(set(kinds.values())) == 1:
+            continue
+        counts = {kind: list(kinds.values()).count(kind) for kind in kinds.values()}
+        majority = max(counts.values())
+        odd = [rank for rank, kind in kinds.items() if counts[kind] < majority]
+        if len(odd) != 1:  # no majority (two ranks): the rank whose step broke its own pattern
+            odd = [rank for rank, seqs in entries.items() if _breaks_own_pattern(seqs, seq)] or odd
+        step = entries[odd[0]][seq]["step"]
+        others = ", ".join(f"rank {r}: {_name(entries[r][seq])}" for r in entries if r != odd[0])
+        return odd[0], (f"rank {odd[0]}'s sequence differs from step {step}: its collective #{seq} is "
+                        f"{_name(entries[odd[0]][seq])} ({others}); it skipped or added one")
+    return None
+
+
+def _breaks_own_pattern(seqs: dict, seq: int) -> bool:
+    """Is collective `seq` unlike the one at the same place in this rank's previous step?"""
+    entry = seqs[seq]
+    this_step = [s for s in sorted(seqs) if seqs[s]["step"] == entry["step"]]
+    before = [s for s in sorted(seqs) if seqs[s]["step"] == entry["step"] - 1]
+    index = this_step.index(seq)
+    if not before or index >= len(before):
+        return False
+    previous = seqs[before[index]]
+    return (previous["op"], previous["bytes"]) != (entry["op"], entry["bytes"])
+
+
+def _behind(by_rank: dict) -> tuple[int, str] | None:
+    """A rank that never entered the collective the others are in."""
+    waiting = {rank: state["in"] for rank, state in by_rank.items() if state["in"]}
+    idle = [rank for rank, state in by_rank.items() if not state["in"]]
+    if not waiting or not idle:
+        return None
+    seq = min(entry["seq"] for entry in waiting.values())
+    rank = min(idle, key=lambda r: by_rank[r]["finished_through"])
+    entry = next(e for e in waiting.values() if e["seq"] == seq)
+    return rank, (f"rank {rank}'s sequence is behind: it never entered {_name(entry)} #{seq} "
+                  f"(step {entry['step']}), where the other rank(s) wait for it")

@@ -25,7 +25,7 @@ import psutil
 
 from labkit.config import LAB_ROOT, ConfigError, RunConfig, results_root
 from labkit.files import write_json
-from labkit.jobs.failures import describe_failure
+from labkit.jobs.failures import collective_story, describe_failure
 from labkit import run_folder as folder
 from labkit.jobs.launcher import Launch, Torchrun, start
 
@@ -319,9 +319,12 @@ class Job:
             self._status = "ok"  # this node's ranks finished; rank 0 wrote the run's result (on node 0)
             return
         self._status = status or "failed"
+        failure = failure or self.handle.failure()
+        story = collective_story(self.out / "logs")  # which collective each rank was in (failures.py)
+        if failure is not None and story:
+            failure["collectives"] = story
         self.ended = {"schema": 1, "name": self.cfg.name, "strategy": self.cfg.strategy_name, "status": self._status,
-                      "config": self.cfg.to_dict(), "exit_code": self.handle.returncode,
-                      "failure": failure or self.handle.failure()}
+                      "config": self.cfg.to_dict(), "exit_code": self.handle.returncode, "failure": failure}
         try:
             write_json(self.out / "result.json", self.ended)
         except OSError as error:  # a full disk: the last good result.json stays; the status is said here

@@ -1,6 +1,12 @@
 """Fault injection: `--set fault=RANK:STEP:KIND` makes one rank fail on purpose, on a
 run's first attempt only (tests, and the fault-tolerance lessons).
 
+KIND: raise (an exception), exit, kill (SIGKILL), hang (the rank stops before the step's
+collectives: the watchdog stops the run), skip (the rank skips the step's first
+`dist.all_reduce`: its collective sequence is one off the others' — a desync; gloo aborts
+on the size mismatch, NCCL may hang). A skip needs a method that calls dist.all_reduce from
+Python: DDP's all-reduces run in C++, out of reach, and the run says so at that step's end.
+
 A straggler: `--set straggler=RANK:FACTOR` makes one rank slow, for every method, on every
 attempt: after each forward + backward it sleeps (FACTOR − 1) × the time that forward +
 backward took, so its compute phase takes FACTOR × as long — a slower GPU, a busier node.
@@ -19,7 +25,10 @@ import itertools
 import os
 import random
 import signal
+import sys
 import time
+
+import torch.distributed as dist
 
 from labkit.config import parse_straggler
 
@@ -39,6 +48,37 @@ def inject_fault(fault: str, rank: int, step: int) -> None:
     if kind == "hang":
         while True:
             time.sleep(1)
+    if kind == "skip":
+        _skip_next_all_reduce(rank, step)
+
+
+def _skip_next_all_reduce(rank: int, step: int) -> None:
+    """The next dist.all_reduce on this rank does nothing (once), as a rank that forgot one would."""
+    real = dist.all_reduce
+
+    def skipped(tensor, *args, async_op=False, **kwargs):
+        dist.all_reduce = real
+        print(f"labkit fault: rank {rank} skips an all-reduce of {tensor.numel() * tensor.element_size()} B "
+              f"at step {step}", file=sys.stderr, flush=True)
+        return _Done() if async_op else None
+
+    dist.all_reduce = skipped
+
+
+class _Done:  # what an async all-reduce that was never sent hands back
+    def wait(self, *args, **kwargs):
+        return True
+
+    def is_completed(self):
+        return True
+
+
+def check_fault_fired(fault: str, rank: int, step: int) -> None:
+    """At the end of a skip's step: had the rank an all-reduce to skip?"""
+    if fault.endswith(":skip") and dist.all_reduce.__name__ == "skipped":
+        raise RuntimeError(f"fault='{fault}': rank {rank} made no dist.all_reduce call at step {step}, so none "
+                           f"was skipped (DDP's all-reduces run in C++); plant it in a method that calls "
+                           f"dist.all_reduce, e.g. --strategy allreduce")
 
 
 @functools.cache  # parsed once per run (make_config has already checked it)

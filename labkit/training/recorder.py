@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from labkit.strategies.base import Strategy
 from labkit.training import checkpoint
-from labkit.training.faults import inject_fault
+from labkit.training.collective_log import CollectiveLog
+from labkit.training.faults import check_fault_fired, inject_fault
 from labkit.training.heartbeat import Heartbeat
 from labkit.training.links import LinkMeter
 from labkit.training.memory import MemoryMeter
@@ -42,6 +43,7 @@ class StepRecorder:
         self.has_data = strategy.data_shard() is not None  # a dedicated server's loss is no loss
         out = self.out = Path(cfg.out_dir)
         self.heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
+        self.collectives = CollectiveLog(out / "logs" / f"collectives-{rank}.jsonl", rank)  # read on a hang
         self.timer = StepTimer(device)  # train_step marks each phase on it
         self.progress = open(out / "progress.jsonl", "a", buffering=1) if rank == 0 else None
         self.links = LinkMeter(cfg)  # several nodes: what crossed this node's link, per step
@@ -55,6 +57,7 @@ class StepRecorder:
 
     def before(self, step: int):
         cfg = self.cfg
+        self.collectives.step_started(step)
         if self.first_attempt:  # a restarted run must get past the fault it was started to survive
             inject_fault(cfg.fault, self.rank, step)
         self.heartbeat.beat(step)
@@ -68,6 +71,9 @@ class StepRecorder:
     def after(self, step: int, loss: float):
         cfg, state = self.cfg, self.state
         times = self.timer.stop()
+        self.collectives.step_ended(step)
+        if self.first_attempt:
+            check_fault_fired(self.cfg.fault, self.rank, step)
         self.links.after()
         self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
         state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
