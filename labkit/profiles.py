@@ -76,6 +76,8 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     resolve(cfg)
     validate(cfg)
     method.check(cfg)
+    if cfg.sync_bn and (why := method.refuses_sync_bn(cfg)):
+        raise ConfigError(f"sync_bn=true does not apply to {cfg.strategy_name}: {why}; leave sync_bn off")
     check_accumulate(cfg, method)
     return cfg
 

@@ -294,6 +294,20 @@ class Strategy:
         """Refuse a configuration this method cannot run (raise ConfigError, one line)."""
 
     @classmethod
+    def refuses_sync_bn(cls, cfg) -> str:
+        """Why `sync_bn=true` cannot run with this method ("" when it can). SyncBatchNorm
+        makes a collective in every BatchNorm's forward and backward, so it needs every rank
+        running the same model's forward in the same step, synchronizing every step."""
+        if not cls.needs_process_group:
+            return "it runs one process, with no other rank to normalize with"
+        if cls.data_ranks(cfg) < cfg.nproc:
+            return "its server ranks run no forward, so the workers' BatchNorm collectives would wait for them forever"
+        if cls.sync_period(cfg) > 1:
+            return (f"its ranks train apart for {cls.sync_period(cfg)} steps between synchronizations, and "
+                    f"SyncBatchNorm would make them communicate in every BatchNorm of every step")
+        return ""
+
+    @classmethod
     def sync_period(cls, cfg) -> int:
         """Steps from one synchronization to the next (local SGD: H). The summary takes its
         figures over whole periods (timing.per_period), so the dear step is not outvoted."""

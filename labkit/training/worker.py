@@ -24,7 +24,7 @@ from labkit.training.checkpoint import TrainState
 from labkit.training.data import build_loaders, epoch_steps, steps_per_epoch
 from labkit.training.evaluate import validate
 from labkit.training.memory import gather_memory
-from labkit.training.models import build_model
+from labkit.training.models import build_model, with_sync_batch_norm
 from labkit.training.optim import build_optimizer
 from labkit.training.process_group import finish, setup, sync_buffers
 from labkit.training.recorder import StepRecorder
@@ -56,6 +56,8 @@ def main(config_path: str):
         state = checkpoint.restore(out / "checkpoint.pt", model, optimizer, scaler, strategy, rank)
     shard = strategy.data_shard()  # None: this rank computes no gradients (a dedicated server)
     compute_only_s = calibrate(model, cfg, device) if shard else None
+    if cfg.sync_bn:  # after the compute-only calibration: its collectives are communication
+        model = with_sync_batch_norm(model, device)  # BatchNorm over the global batch
     model = strategy.prepare(model, optimizer)
     net = getattr(model, "module", model)  # the bare model, for validation and checkpoints
 
