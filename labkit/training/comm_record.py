@@ -1,0 +1,169 @@
+"""What a step sent, counted from what torch ran: every torch.distributed call made inside a
+block, and the bytes each one puts on the wire by the algorithm the backend really runs.
+
+Every torch.distributed call reaches a ProcessGroup through torch's dispatcher as a c10d op
+(`dist.all_reduce` → c10d.allreduce_, `dist.send` → c10d.send, …). A `TorchDispatchMode` sees
+each one with its tensors and its group, whoever made the call:
+
+- a method's own `dist.*` calls, subgroups included, and batch_isend_irecv's sends and receives
+  (on gloo they run as plain c10d.send / c10d.recv_);
+- DDP's C++ reducer: its bucket all-reduces go through `ProcessGroup::allreduce`, which calls
+  the dispatcher too. Modes are thread-local, but the autograd engine carries the caller's
+  thread-local state (ATen's ThreadLocalState holds the dispatch-mode stack) into whatever
+  thread runs backward, so a mode entered around forward + backward sees them;
+- FSDP2's all-gathers and reduce-scatters (dist.all_gather_into_tensor / reduce_scatter_tensor).
+
+It does not see traffic that is no collective: the TCP store (rendezvous, barriers of the
+launcher) and gloo's own connection set-up. Those are small and not per step.
+
+`bytes_sent(op, backend)` turns one recorded op into the bytes this rank sends, in one place
+(docs/EXPERIMENT_GUIDE.md, "Counted from what torch ran", gives both backends' models and
+their sources). S is the collective's buffer: an all-reduce's tensor, a reduce-scatter's
+input, an all-gather's output; n the group's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.distributed import ProcessGroup
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# c10d op → (the collective it is, the argument holding S, whether S is all of it or one list entry)
+C10D_OPS = {
+    "allreduce_": ("all_reduce", "tensors"),
+    "allreduce_coalesced_": ("all_reduce", "tensors"),
+    "_reduce_scatter_base_": ("reduce_scatter", "input_tensor"),
+    "reduce_scatter_tensor_coalesced_": ("reduce_scatter", "inputs"),
+    "reduce_scatter_": ("reduce_scatter", "input_tensors"),
+    "_allgather_base_": ("all_gather", "output_tensor"),
+    "allgather_into_tensor_coalesced_": ("all_gather", "outputs"),
+    "allgather_": ("all_gather", "output_tensors"),
+    "allgather_coalesced_": ("all_gather", "output_lists"),
+    "broadcast_": ("broadcast", "tensors"),
+    "reduce_": ("reduce", "tensors"),
+    "send": ("send", "tensors"),
+    "recv_": ("recv", "tensors"),
+    "recv_any_source_": ("recv", "tensors"),
+    "gather_": ("gather", "input_tensors"),
+    "scatter_": ("scatter", "output_tensors"),
+    "alltoall_base_": ("all_to_all", "input"),
+    "alltoall_": ("all_to_all", "input_tensors"),
+    "barrier": ("barrier", None),
+}
+
+
+@dataclass
+class Op:
+    """One collective or point-to-point call as torch ran it."""
+
+    op: str  # all_reduce, reduce_scatter, all_gather, broadcast, reduce, send, recv, ...
+    c10d: str  # the c10d op torch dispatched, e.g. "_reduce_scatter_base_"
+    nbytes: int  # S: the buffer the collective is about (numel × element_size)
+    dtype: str
+    shapes: list  # the shapes of the tensors that make S
+    group_size: int  # n
+    group_rank: int  # this rank's place in the group
+    root: int | None = None  # broadcast/reduce/gather/scatter: the root; send/recv: the peer (group ranks)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors in an argument: a tensor, a list of them, or a list of lists."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def record_of(func, args, kwargs) -> Op | None:
+    """The Op for one dispatched call, or None if it is no c10d op."""
+    if func.namespace != "c10d" or func._schema.name.split("::")[-1] not in C10D_OPS:
+        return None
+    name = func._schema.name.split("::")[-1]
+    bound = {a.name: v for a, v in zip(func._schema.arguments, args)} | dict(kwargs or {})
+    op, holder = C10D_OPS[name]
+    group = ProcessGroup.unbox(bound["process_group"])  # the dispatcher hands it over boxed (a ScriptObject)
+    tensors = _tensors(bound[holder]) if holder else []
+    if op in ("all_reduce", "broadcast", "reduce", "gather") and name != "allreduce_coalesced_":
+        tensors = tensors[:1]  # one tensor per call; a longer list holds copies of it (one per device)
+    root = bound.get("root_rank", bound.get("dst", bound.get("src")))
+    return Op(op=op, c10d=name, nbytes=sum(t.numel() * t.element_size() for t in tensors),
+              dtype=str(tensors[0].dtype).removeprefix("torch.") if tensors else "",
+              shapes=[list(t.shape) for t in tensors], group_size=group.size(), group_rank=group.rank(),
+              root=root)
+
+
+class CommRecord(TorchDispatchMode):
+    """`with CommRecord() as record:` … `record.ops`: every c10d op torch ran inside the block,
+    on this thread and in the backward it starts (DDP's reducer included). `take()` returns the
+    ops so far and starts a new list (one list per step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[Op] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        op = record_of(func, args, kwargs)
+        if op is not None:
+            self.ops.append(op)
+        return func(*args, **(kwargs or {}))
+
+    def take(self) -> list[Op]:
+        ops, self.ops = self.ops, []
+        return ops
+
+
+# -- the bytes each op sends, by the algorithm the backend runs ---------------------------
+
+def _tree_children(n: int, vrank: int) -> int:
+    """How many peers `vrank` (the root is 0) sends to in gloo's binomial-tree broadcast
+    (gloo/broadcast.cc): in step i the ranks whose bits above i are clear pair up across bit i."""
+    children, dim = 0, max(n - 1, 0).bit_length()
+    mask = (1 << dim) - 1
+    for i in range(dim):
+        mask ^= 1 << i
+        if vrank & mask == 0 and vrank & (1 << i) == 0 and (vrank ^ (1 << i)) < n:
+            children += 1
+    return children
+
+
+def bytes_sent(op: Op, backend: str = "gloo") -> float:
+    """The bytes this rank sends for one recorded op, on `backend` ("gloo", or "nccl": its ring,
+    what it runs for large messages). A group of one sends nothing."""
+    n, r, s = op.group_size, op.group_rank, op.nbytes
+    if op.op == "send":
+        return s
+    if n <= 1 or op.op in ("recv", "barrier"):
+        return 0
+    half = (n - 1) / n * s  # one ring pass: each rank sends n−1 of the n chunks
+    nccl = backend == "nccl"
+    if op.op == "all_reduce":
+        return 2 * half  # ring reduce-scatter then ring all-gather (gloo: allreduce.cc, ring)
+    if op.op == "reduce_scatter":
+        # NCCL: one ring pass. gloo: ProcessGroupGloo all-reduces the whole input, then keeps its chunk
+        return half if nccl else 2 * half
+    if op.op == "all_gather":
+        return half  # a ring on both (gloo: allgather.cc)
+    if op.op == "broadcast":
+        if nccl:  # a chain from the root: every rank but the chain's last forwards S
+            return 0 if (r - op.root) % n == n - 1 else s
+        return _tree_children(n, (r - op.root) % n) * s  # gloo: binomial tree
+    if op.op == "reduce":
+        if nccl:  # a chain ending at the root: every rank but the root sends S
+            return 0 if r == op.root else s
+        # gloo (reduce.cc): a ring reduce-scatter, then each non-root sends its reduced chunk to the root
+        return half + (0 if r == op.root else s / n)
+    if op.op == "gather":
+        return 0 if r == op.root else s  # gloo: every rank straight to the root
+    if op.op == "scatter":
+        return (n - 1) * s if r == op.root else 0
+    if op.op == "all_to_all":
+        return half
+    raise ValueError(f"bytes_sent: no byte model for '{op.op}' ({op.c10d}); add one to labkit/training/comm_record.py")
+
+
+def step_summary(ops: list[Op], backend: str = "gloo") -> dict:
+    """One step's record: bytes sent by the backend's model, and each op as torch ran it."""
+    return {"bytes_sent": sum(bytes_sent(op, backend) for op in ops), "ops": [asdict(op) for op in ops]}
