@@ -79,6 +79,7 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     if cfg.sync_bn and (why := method.refuses_sync_bn(cfg)):
         raise ConfigError(f"sync_bn=true does not apply to {cfg.strategy_name}: {why}; leave sync_bn off")
     check_accumulate(cfg, method)
+    check_precision(cfg, method)
     return cfg
 
 
@@ -206,6 +207,17 @@ def check_accumulate(cfg: RunConfig, method) -> None:
     if cfg.accumulate > 1 and method.overlaps_backward and method.no_sync is Strategy.no_sync:
         raise ConfigError(f"accumulate={cfg.accumulate}: {cfg.strategy_name} communicates inside backward and "
                           f"has no no_sync(model) to hold that back on all but the last micro-batch; use accumulate=1")
+
+
+def check_precision(cfg: RunConfig, method) -> None:
+    """param_dtype / reduce_dtype: only a method that declares mixed_precision reads them (fsdp);
+    any other would silently train in fp32 and count fp32 bytes."""
+    lowered = [f"{key}={value}" for key, value in (("param_dtype", cfg.param_dtype), ("reduce_dtype", cfg.reduce_dtype))
+               if value not in ("", "fp32")]
+    if lowered and not method.mixed_precision:
+        raise ConfigError(f"{', '.join(lowered)}: {cfg.strategy_name} does not take param_dtype or reduce_dtype (a "
+                          f"method that gathers its parameters in a lower precision does: fsdp); use --strategy fsdp, "
+                          f"or --set amp=bf16 for bf16 compute")
 
 
 def check_nodes(cfg: RunConfig) -> None:

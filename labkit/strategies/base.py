@@ -287,6 +287,9 @@ class Strategy:
     # True: its communication runs inside backward (hooks), so the loop's blocking sync time
     # does not hold it, and no bandwidth can be computed from that time
     overlaps_backward = False
+    # True: takes --set param_dtype / reduce_dtype (gathers, computes or reduces in a lower
+    # precision than the fp32 weights it keeps); else those must stay fp32 (profiles refuses)
+    mixed_precision = False
     cost_model_note = ""  # a short phrase: what the cost model's bare collectives leave out
 
     @classmethod

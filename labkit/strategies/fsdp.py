@@ -15,6 +15,13 @@ Communication per step, S = a unit's parameters (padded), per rank: an all-gathe
 (n−1)/n·S in forward, another in backward when resharded, a reduce-scatter (n−1)/n·S of
 its gradients — 2 or 3 halves of an all-reduce, where DDP moves 2. Source: PyTorch's
 `torch.distributed.fsdp.fully_shard` (FSDP2) and its docs; torchtitan shards the same way.
+
+Mixed precision (`--set param_dtype=bf16`, FSDP2's `MixedPrecisionPolicy`): the shards, the
+optimizer and its state stay in the model's dtype (fp32: the master weights); each gather casts
+the shard to bf16 first, so the all-gathers carry half the bytes and forward and backward compute
+in bf16. The gradients are reduce-scattered in `reduce_dtype` (default: the param_dtype; fp32
+keeps the sum exact to fp32) and land on the fp32 shards. The cost: the weights a step computes
+with are rounded to bf16's 8 bits of mantissa (docs/EXPERIMENT_GUIDE.md gives the measured gap).
 """
 
 import contextlib
@@ -23,16 +30,19 @@ import math
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from labkit.errors import ConfigError
 
 from .base import Option, Strategy
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class FullyShardedDP(Strategy):
     overlaps_backward = True  # FSDP2's collectives run in forward and backward hooks
+    mixed_precision = True  # takes --set param_dtype / reduce_dtype (FSDP2's MixedPrecisionPolicy)
     cost_model_note = "the all-gathers inside forward and backward, and the copies in and out of them"
     options = (Option("reshard_after_forward", True, "free each unit's gathered parameters after forward "
                       "(all-gathered again in backward: less memory, more bytes)"),)
@@ -43,6 +53,12 @@ class FullyShardedDP(Strategy):
         if cfg.amp == "fp16":
             raise ConfigError("fsdp does not support amp=fp16 (each rank's loss scaler sees only its shard "
                               "of the gradients, so ranks could skip different steps); use --set amp=bf16")
+        # fp16 has 5 exponent bits: gradients below 6e-5 lose precision and below 6e-8 become 0, so
+        # fp16 training needs a loss scaler that every rank agrees on (torch's ShardedGradScaler),
+        # which the lab's loop does not run. bf16 has fp32's exponent range and needs none.
+        if "fp16" in (cfg.param_dtype, cfg.reduce_dtype):
+            raise ConfigError("fsdp does not support param_dtype/reduce_dtype=fp16 (without a loss scaler agreed by "
+                              "every rank, small fp16 gradients underflow to zero); use --set param_dtype=bf16")
 
     @classmethod
     def label(cls, cfg):
@@ -55,23 +71,39 @@ class FullyShardedDP(Strategy):
         old = dict(model.named_parameters())
         self.units = [child for child in model.children() if any(True for _ in child.parameters())]
         self.count_units(model)
+        policy = self.precision(model)
         for unit in self.units:  # bottom-up: a unit's parameters are taken before the root's
-            fully_shard(unit, mesh=mesh, reshard_after_forward=self.options.reshard_after_forward)
-        # The root is needed first in backward: torch's own default keeps it gathered.
-        fully_shard(model, mesh=mesh, reshard_after_forward=False)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.options.reshard_after_forward, mp_policy=policy)
+        # The root is needed first in backward: torch's own default keeps it gathered. Its output
+        # is cast back to the model's dtype, so the loss is computed as without mixed precision.
+        root_policy = MixedPrecisionPolicy(policy.param_dtype, policy.reduce_dtype, output_dtype=self.model_dtype)
+        fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=root_policy)
         self.root = model
         self.repoint(optimizer, old, dict(model.named_parameters()))
         return model
 
+    def precision(self, model):
+        """FSDP2's policy from param_dtype and reduce_dtype; fp32 = no cast (the model's own
+        dtype, which is float64 in the exactness tests). Also the element size on the wire of
+        the all-gathers (self.gather_size) and of the reduce-scatters (self.reduce_size)."""
+        self.model_dtype = next(model.parameters()).dtype
+        param = None if self.cfg.param_dtype == "fp32" else DTYPES[self.cfg.param_dtype]
+        reduce = DTYPES[self.cfg.reduce_dtype] if self.cfg.reduce_dtype else None
+        if reduce == torch.float32 and param is None:
+            reduce = None  # "fp32" means full precision: a float64 model's gradients stay float64
+        self.gather_size = (param or self.model_dtype).itemsize
+        self.reduce_size = (reduce or param or self.model_dtype).itemsize
+        return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce)
+
     def count_units(self, model):
-        """Bytes each unit's all-gather fills (= its reduce-scatter's input), before sharding:
-        every parameter padded to n equal dim-0 chunks, as fully_shard pads it."""
-        def padded_bytes(params):
-            return sum(math.ceil(p.shape[0] / self.world) * self.world * (p.numel() // p.shape[0])
-                       * p.element_size() for p in params)
+        """Elements each unit's all-gather fills (= its reduce-scatter's input), before sharding:
+        every parameter padded to n equal dim-0 chunks, as fully_shard pads it. after_step
+        weighs them at the dtype each collective runs in."""
+        def padded_numel(params):
+            return sum(math.ceil(p.shape[0] / self.world) * self.world * (p.numel() // p.shape[0]) for p in params)
         in_units = {id(p) for unit in self.units for p in unit.parameters()}
-        self.unit_bytes = [padded_bytes(unit.parameters()) for unit in self.units]
-        self.root_bytes = padded_bytes(p for p in model.parameters() if id(p) not in in_units)
+        self.unit_numels = [padded_numel(unit.parameters()) for unit in self.units]
+        self.root_numel = padded_numel(p for p in model.parameters() if id(p) not in in_units)
 
     def repoint(self, optimizer, old, new):
         """The loop's optimizer, whichever it is (SGD, AdamW), was built over the full parameters:
@@ -102,14 +134,14 @@ class FullyShardedDP(Strategy):
         """What FSDP2 put on the wire (it keeps no count of its own), from the unit sizes:
         every micro-batch gathers each unit again (backward freed it), the last reduce-scatters."""
         gathers = self.cfg.accumulate * (2 if self.options.reshard_after_forward else 1)
-        for nbytes in self.unit_bytes:
+        for numel in self.unit_numels:
             for _ in range(gathers):  # forward, and backward when the unit was freed after forward
-                self.wire.all_gather(nbytes)
-            self.wire.reduce_scatter(nbytes)
-        if self.root_bytes:  # the root's own parameters: gathered once a micro-batch, kept for backward
+                self.wire.all_gather(numel * self.gather_size)
+            self.wire.reduce_scatter(numel * self.reduce_size)
+        if self.root_numel:  # the root's own parameters: gathered once a micro-batch, kept for backward
             for _ in range(self.cfg.accumulate):
-                self.wire.all_gather(self.root_bytes)
-            self.wire.reduce_scatter(self.root_bytes)
+                self.wire.all_gather(self.root_numel * self.gather_size)
+            self.wire.reduce_scatter(self.root_numel * self.reduce_size)
 
     def full_state(self, model, optimizer):
         """Full tensors for checkpoint.pt, gathered collectively on every rank."""
