@@ -265,7 +265,15 @@ On this torch the collectives are `dist.all_gather_single` and `dist.reduce_scat
 they are deprecated); gloo runs both on the CPU, so no all-reduce-then-slice is needed. The
 check compares your parameters with DDP's (gathered whole by the given `full_parameters`), and
 weighs what a rank holds: when each layer's forward starts, no layer whose forward is done may
-still be whole; between steps, the model may hold no more than one shard's bytes.""",
+still be whole; between steps, the model may hold no more than one shard's bytes.
+
+**Optional, once the check passes: a gather dtype.** FSDP2's `MixedPrecisionPolicy(param_dtype=
+torch.bfloat16)` gathers every layer in bf16 while the shards and the optimizer stay fp32 (the
+master weights). Make `gather` do the same when `self.gather_dtype(full)` (given) is not `full`'s
+dtype: gather `shard.to(dtype)` into a buffer of that dtype, copy it into `full`, and count the
+bytes of what was on the wire. The check runs without it (its float64 run must match DDP exactly);
+run your file in the lab with `--set param_dtype=bf16` beside `fsdp` with the same setting: the
+all-gathers' bytes halve, the loss moves by about a thousandth (docs/EXPERIMENT_GUIDE.md, fsdp).""",
         predict="""The check's MLP has three layers of 160, 272 and 85 float64 values (S = 4,136 bytes). How many
 collectives per step? How many bytes does rank 0 send per step on 2 ranks, and on 4 — against
 exercise 6's 4,144 and 6,240?""",

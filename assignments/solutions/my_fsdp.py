@@ -3,6 +3,11 @@
 As PyTorch's FSDP2 (`fully_shard`, one unit per layer): all-gather before forward and backward,
 reduce-scatter after backward, an optimizer that only knows the shards. Source: ZeRO stage 3
 (Rajbhandari et al., SC 2020) and FSDP2's storage resizing (`torch.distributed.fsdp`).
+
+Optional part, a gather dtype (`--set param_dtype=bf16`, as FSDP2's MixedPrecisionPolicy): the
+shards and the optimizer keep the model's dtype (the master weights); each gather sends the
+shards in bf16, half the bytes, so a layer computes with its weights rounded to bf16. The
+reduce-scatter stays in the model's dtype here (reduce_dtype=fp32).
 """
 import contextlib
 import functools
@@ -28,6 +33,11 @@ def allocate(full):
 
 class MyFSDP(Strategy):
     overlaps_backward = True  # gathers and reduce-scatters run inside forward and backward
+    mixed_precision = True  # the optional part: the lab lets --set param_dtype=bf16 through to gather
+
+    def gather_dtype(self, full):
+        """The dtype the shards travel in: bf16 with --set param_dtype=bf16, else the layer's own."""
+        return torch.bfloat16 if self.cfg.param_dtype == "bf16" else full.dtype
 
     def prepare(self, model, optimizer):
         # A layer: a module with parameters of its own (the MLP's Linear layers).
@@ -64,12 +74,18 @@ class MyFSDP(Strategy):
         return model
 
     def gather(self, index):
-        """Layer `index` whole again: every rank's shard of it, in rank order, in self.full[index]."""
+        """Layer `index` whole again: every rank's shard of it, in rank order, in self.full[index].
+        Optional part: when self.gather_dtype(full) is not full's dtype (param_dtype=bf16), the
+        shards travel in that dtype (gathered into a buffer of their own, then copied into full)."""
         ### BEGIN SOLUTION
         full = self.full[index]
         allocate(full)
-        dist.all_gather_single(full, self.shards[index].detach())
-        self.wire.all_gather(nbytes(full))
+        dtype = self.gather_dtype(full)
+        gathered = full if dtype == full.dtype else torch.empty(full.numel(), dtype=dtype)
+        dist.all_gather_single(gathered, self.shards[index].detach().to(dtype))  # .to: no copy when equal
+        if gathered is not full:
+            full.copy_(gathered)
+        self.wire.all_gather(nbytes(gathered))  # the bytes at the dtype on the wire
         ### END SOLUTION
 
     def after_forward(self, index, output):
@@ -114,6 +130,9 @@ class MyFSDP(Strategy):
     def check(cls, cfg):
         if cfg.accumulate > 1 or cfg.amp == "fp16":  # each backward reduce-scatters; a scaler would see a shard
             raise ConfigError("my_fsdp.py runs without --set accumulate and without amp=fp16")
+        if cfg.param_dtype == "fp16" or cfg.reduce_dtype not in ("", "fp32"):  # fp16 needs a loss scaler
+            raise ConfigError("my_fsdp.py gathers in fp32 or bf16 (--set param_dtype=bf16) and reduce-scatters in "
+                              "the model's dtype; leave reduce_dtype unset")
 
     def full_parameters(self, model):
         """Every layer's whole parameters by name (copies): what the check compares with DDP.
