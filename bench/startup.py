@@ -11,7 +11,8 @@ alternated on the same machine state without touching anyone's working tree. Res
 temporary folder ($LABKIT_RESULTS), never to the checkout's results/.
 
 Prints one JSON line per run: the wall time and when each of these was first seen, in seconds
-from the command's start: the agent (the CLI has made the config and started the job), the
+from the command's start: the agent (the CLI has made the config and started the job; or, since
+the CLI starts torchrun while it checks the config, torchrun, labkit.jobs.launch.prestart), the
 forkserver, the first and last rank forked, heartbeat-0 (rank 0 is about to take its first step:
 process group, model, calibration and loaders done), each progress line (a step done), steps.jsonl
 and checkpoint.pt (the epoch's end: validation, then the checkpoint), result.json, the last rank
@@ -71,8 +72,8 @@ def watch(tree: Path, args: list[str], name: str, results: Path) -> dict:
             family = cli.children(recursive=True)
         except psutil.NoSuchProcess:
             family = []
-        if any("agent.py" in command_of(child) for child in family):
-            note("agent")  # the CLI has made the config and started the job
+        if any("agent.py" in command_of(child) or "labkit.jobs.torchrun" in command_of(child) for child in family):
+            note("agent")  # the job's first process: the agent (config made), or torchrun prestarted
         forkservers = [child for child in family if "multiprocessing.forkserver" in command_of(child)]
         if forkservers:
             note("forkserver")
@@ -126,8 +127,8 @@ def watch(tree: Path, args: list[str], name: str, results: Path) -> dict:
 
 
 SEGMENTS = [  # (name, from event, to event): consecutive, so they add up to the wall time
-    ("CLI: interpreter, imports, config", None, "agent"),
-    ("agent and torchrun start", "agent", "forkserver"),
+    ("CLI: interpreter, imports, config (since prestart: the values given)", None, "agent"),
+    ("agent and torchrun start (since prestart: torchrun start)", "agent", "forkserver"),
     ("forkserver imports, rendezvous, fork", "forkserver", "first_rank"),
     ("rank: process group, model, calibration, loaders", "first_rank", "heartbeat0"),
     ("first step", "heartbeat0", "first_step"),

@@ -67,8 +67,10 @@ def stop_like_ctrl_c():
 
 
 def cmd_run(args) -> int:
+    from labkit.jobs.launch import Job, describe_failure, prestart
     from labkit.profiles import make_config, resume_config
 
+    prestarted = None
     if args.resume:
         given = [f"--{key.replace('_', '-')}" for key in NOT_WITH_RESUME if getattr(args, key, None)]
         if args.profile != "auto":
@@ -87,8 +89,13 @@ def cmd_run(args) -> int:
                 overrides[key] = getattr(args, key)
         if args.out:
             overrides["out_dir"] = args.out
-        cfg = make_config(args.profile, **overrides)
-    from labkit.jobs.launch import Job, describe_failure
+        prestarted = prestart(args.profile, overrides)  # torchrun imports torch while make_config does
+        try:
+            cfg = make_config(args.profile, **overrides)
+        except BaseException:
+            if prestarted is not None:
+                prestarted.cancel()
+            raise
 
     nodes = f" on {cfg.nodes} {'emulated ' if cfg.emulated else ''}node(s)" if cfg.nodes > 1 else ""
     print(f"labkit: {'resuming ' if cfg.resume else ''}{cfg.strategy} on {cfg.nproc} rank(s){nodes}, "
@@ -96,7 +103,7 @@ def cmd_run(args) -> int:
           flush=True)
     try:
         with stop_like_ctrl_c():
-            job = Job(cfg).start()
+            job = Job(cfg).start(prestarted)
             status = job.wait(progress=True)
     except Terminated as stop:
         import signal

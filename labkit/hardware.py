@@ -20,9 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
+# torch is imported inside the functions that ask it (seconds): the launcher reads the cores
+# from here before any of its processes has imported torch (labkit.jobs.launch).
 from labkit import system as this_system  # "system" is the NVIDIA GPUs below
 from labkit.config import LAB_ROOT, ConfigError
 
@@ -36,10 +35,14 @@ WHEELS = [("580.65.06", "cu130"), ("525.60.13", "cu126"), ("450.80.02", "cu118")
 
 
 def gpu_count() -> int:
+    import torch
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def gpu_names() -> list[str]:
+    import torch
+
     return [torch.cuda.get_device_name(i) for i in range(gpu_count())]
 
 
@@ -75,6 +78,8 @@ def system_gpus() -> list[tuple[str, str]]:
 def unusable_gpus() -> str | None:
     """One line when the system has NVIDIA GPUs that torch cannot use, naming the driver,
     the CUDA version the torch build needs and the build to install; None otherwise."""
+    import torch
+
     if gpu_count():  # torch can use one: the same question as everywhere else
         return None
     gpus = system_gpus()
@@ -126,6 +131,8 @@ def nccl_loaded() -> tuple[str, str] | None:
 
 
 def nccl_compiled() -> str | None:
+    import torch
+
     try:
         return ".".join(str(part) for part in torch.cuda.nccl.version())
     except Exception:  # a CPU-only build, or the library cannot be loaded
@@ -134,6 +141,8 @@ def nccl_compiled() -> str | None:
 
 def nccl_version() -> str | None:
     """The NCCL a GPU run really uses (the loaded library; else what torch was built with)."""
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_nccl_available() and gpu_count()):
         return None
     loaded = nccl_loaded()
@@ -187,6 +196,7 @@ def lab_commit() -> str | None:
 
 def environment() -> dict:
     """Provenance stored in every result.json."""
+    import torch
     import torchvision
 
     return {
@@ -204,6 +214,8 @@ def environment() -> dict:
 
 def check_lines() -> list[tuple[str, str]]:
     """The rows `labkit check` prints."""
+    import torch
+    import torch.distributed as dist
     import torchvision
 
     gpus = gpu_count()

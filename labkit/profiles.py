@@ -103,11 +103,11 @@ def cheap_profile(profile: str) -> str | None:
     return None
 
 
-def precheck(profile: str, overrides: dict) -> None:
+def precheck(profile: str, overrides: dict) -> RunConfig | None:
     """Everything about a run that can be decided without torch (the method's file imports it):
     the method's name, the profile, every value given, nodes, the run folder. make_config checks
     them all again on the whole config, and the job once more as it claims the folder; this only
-    makes a refusal fast."""
+    makes a refusal fast. Returns the run as known so far (None: the profile needs torch)."""
     strategy = overrides["strategy"]
     if not is_file_spec(strategy) and strategy not in REGISTRY:
         load_strategy(strategy)  # its one-line refusal, without importing anything
@@ -115,7 +115,7 @@ def precheck(profile: str, overrides: dict) -> None:
         load_strategy(strategy)
     name = cheap_profile(profile)
     if name is None:
-        return
+        return None
     if name not in PROFILES:
         raise ConfigError(f"unknown profile '{name}'; choose one of auto, {', '.join(PROFILES)}")
     fields = {k: v for k, v in overrides.items() if k in field_types() and k != "options"}
@@ -125,6 +125,7 @@ def precheck(profile: str, overrides: dict) -> None:
         draft.name = overrides["name"] = f"{draft.strategy_name}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_values(draft, nproc_known="nproc" in overrides)  # a method may choose its own (single: 1)
     folder.check_new(Path(draft.out_dir or results_root() / "runs" / draft.name).expanduser(), **folder.run_of(draft))
+    return draft
 
 
 def check_values(cfg: RunConfig, nproc_known: bool = True) -> None:

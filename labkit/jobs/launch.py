@@ -27,7 +27,7 @@ from labkit.config import LAB_ROOT, ConfigError, RunConfig, results_root
 from labkit.files import write_json
 from labkit.jobs.failures import collective_story, describe_failure
 from labkit import run_folder as folder
-from labkit.jobs.launcher import Launch, Torchrun, start
+from labkit.jobs.launcher import Launch, Prestarted, Torchrun, start
 
 
 class RunFailed(RuntimeError):
@@ -82,6 +82,30 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     return launch
 
 
+def prestart(profile: str, overrides: dict) -> Prestarted | None:
+    """Start the job's torchrun now, held at its gate (labkit.jobs.launcher.Prestarted), from what
+    is known before torch is imported: the values given and the profile's. `make_config` then
+    checks the run (its method's file imports torch) while torchrun and its forkserver import
+    theirs, and `Job(cfg).start(prestarted)` lets it go on, or starts afresh when the config turned
+    out to need another launch. None where the guess is unlikely to hold or prestarting cannot
+    help: a method of one plain process (no torchrun), a method from a file, several nodes, a
+    resumed run, a GPU run (it queues for the GPUs), an `auto` profile torch must decide.
+    Every refusal of the values given comes from here, in one line, as make_config's would."""
+    from labkit.profiles import precheck
+    from labkit.strategies import BASELINE, PLAIN_PROCESS, REGISTRY
+
+    strategy = overrides.get("strategy") or BASELINE
+    if strategy not in REGISTRY or strategy in PLAIN_PROCESS or "nnodes" in overrides:
+        return None
+    overrides["strategy"] = strategy  # as make_config sets it
+    draft = precheck(profile, overrides)  # and the run's name, fixed in overrides
+    if draft is None or draft.nodes > 1 or draft.device != "cpu" or draft.torchrun is False:
+        return None
+    out = Path(draft.out_dir or results_root() / "runs" / draft.name).expanduser().resolve()
+    draft = dataclasses.replace(draft, out_dir=str(out))
+    return Prestarted(launch_of(draft, out / "config.json"))
+
+
 def interface_address(interface: str) -> str:
     """The IPv4 address of `interface` (the stores bind it, and only it), or the host name's."""
     import socket
@@ -111,14 +135,20 @@ class Job:
         self._status = "queued"
 
     # -- starting --------------------------------------------------------------------
-    def start(self) -> "Job":
+    def start(self, prestarted: Prestarted | None = None) -> "Job":
         """Claim the run folder (locked for the run's life; refused in one line when it holds
         anything but this run's own unfinished work), then start the job. Nothing is written
-        before the claim, and a start that fails leaves the folder as it found it."""
+        before the claim, and a start that fails leaves the folder as it found it. `prestarted`
+        (see `prestart`) becomes the job when it was started for this one, else it is cancelled."""
         from labkit.datasets.tiny import make_for
 
         created = not self.out.exists()
-        self.lock = folder.FolderLock(self.out, self.cfg.node_rank).acquire()
+        try:
+            self.lock = folder.FolderLock(self.out, self.cfg.node_rank).acquire()
+        except BaseException:
+            if prestarted is not None:
+                prestarted.cancel()
+            raise
         try:
             if self.cfg.resume:
                 folder.check_resumable(self.out, locked=True)
@@ -145,8 +175,10 @@ class Job:
 
                 self.handle = EmulatedCluster(launch, self.cfg.nodes, self.cfg.link)
             else:
-                self.handle = start(launch)
+                self.handle, prestarted = start(launch, prestarted), None
         except BaseException:
+            if prestarted is not None:
+                prestarted.cancel()
             if created:  # ours alone: nothing of a start that failed stays
                 shutil.rmtree(self.out, ignore_errors=True)
             self.lock.release()

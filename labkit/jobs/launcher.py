@@ -21,8 +21,10 @@ What every job gets, whoever starts it:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -134,15 +136,67 @@ def environment(launch: Launch, tmp_dir: str | None) -> dict:
             "LABKIT_LAUNCHER_PID": str(os.getpid())}  # torchrun dies with us (labkit.jobs.torchrun)
 
 
+class Prestarted:
+    """torchrun and its forkserver, started before their job is certain: they import torch (and the
+    forkserver torchvision and the program: the longest wait of a run's start) while the caller
+    still checks the run's config, which needs torch too. On 2 cores the two imports run side by
+    side instead of one after the other (docs/BENCHMARKS.md, "A short run's fixed cost").
+
+    torchrun waits at a gate, its imports done, before its rendezvous (labkit.jobs.torchrun); it
+    has written nothing anywhere. `Torchrun(launch, prestarted)` opens the gate, handing it the
+    job's log and its run folder's lock, when `launch` is the one it was started for; otherwise,
+    and on `cancel()` (the config was refused), it is killed and leaves nothing behind. Only for a
+    job without a queue lock: the agent that waits for one would hold the gate closed itself."""
+
+    def __init__(self, launch: Launch):
+        self.launch = launch
+        self.tmp_dir = job_temp_dir()
+        self.gate, theirs = socket.socketpair()
+        env = {**environment(launch, self.tmp_dir), "LABKIT_GATE_FD": str(theirs.fileno())}
+        # Until the gate opens its output has no log to go to (nothing is printed there);
+        # from then on torchrun writes into the job's log, the ranks into their own (rank_logs).
+        self.proc = subprocess.Popen(command(dataclasses.replace(launch, queue_lock=None, started_file=None)),
+                                     cwd=launch.cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True)
+        theirs.close()
+
+    def fits(self, launch: Launch) -> bool:
+        """Started for this very job (its folder lock aside, which it is handed) and still waiting."""
+        return self.proc.poll() is None and dataclasses.replace(launch, keep_fds=()) == self.launch
+
+    def go(self, log, keep_fds: tuple[int, ...]) -> subprocess.Popen:
+        """Open the gate: torchrun takes `log` as its stdout and stderr, and holds `keep_fds` till it ends."""
+        socket.send_fds(self.gate, [b"go"], [log.fileno(), *keep_fds])
+        self.gate.close()
+        if self.launch.started_file is not None:
+            self.launch.started_file.touch()  # what the agent does for a job started the usual way
+        return self.proc
+
+    def cancel(self) -> None:
+        """The job will not run: torchrun and its forkserver are killed, their temporary folder removed."""
+        self.gate.close()
+        if self.proc.poll() is None:
+            processes.kill_tree(self.proc.pid)
+        self.proc.wait()
+        processes.kill_group(self.proc.pid)
+        if self.tmp_dir:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
 class Torchrun:
     """A started job: wait for it, stop it, read how it failed."""
 
-    def __init__(self, launch: Launch):
+    def __init__(self, launch: Launch, prestarted: Prestarted | None = None):
         self.launch = launch
         launch.logs.mkdir(parents=True, exist_ok=True)
         launch.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
         self.log = open(launch.log_path, "ab")
         self.started = time.time()
+        if prestarted is not None and prestarted.fits(launch):
+            self.tmp_dir, self.proc = prestarted.tmp_dir, prestarted.go(self.log, launch.keep_fds)
+            return
+        if prestarted is not None:  # started for another job than this one
+            prestarted.cancel()
         self.tmp_dir = job_temp_dir()
         self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch, self.tmp_dir),
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -204,9 +258,9 @@ class Torchrun:
         return self.launch.log_path.read_text(errors="replace")[-chars:]
 
 
-def start(launch: Launch) -> Torchrun:
-    """Start the job in the background."""
-    return Torchrun(launch)
+def start(launch: Launch, prestarted: Prestarted | None = None) -> Torchrun:
+    """Start the job in the background (through `prestarted`, when it was started for this job)."""
+    return Torchrun(launch, prestarted)
 
 
 def run(launch: Launch, timeout_s: float | None = None) -> Torchrun:

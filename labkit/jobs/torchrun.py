@@ -104,6 +104,7 @@ def launch_and_report(argv: list[str]) -> int:
     from torch.distributed.run import config_from_args, parse_args
 
     config, entrypoint, args = config_from_args(parse_args(argv))
+    wait_at_gate()
     gc.freeze()  # what is imported stays: later passes skip it (torchrun runs as long as its job)
     gc.enable()
     try:
@@ -113,6 +114,24 @@ def launch_and_report(argv: list[str]) -> int:
         print(failed.format_msg(), file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def wait_at_gate() -> None:
+    """Started ahead of its job (labkit.jobs.launcher.Prestarted): wait here, imports done and
+    nothing written, until the launcher has accepted the run's config. It then sends "go" with
+    the job's log (our stdout and stderr from now on) and its run folder's lock, which we hold
+    till we exit; a gate closed without a word means the config was refused: end quietly."""
+    fd = os.environ.pop("LABKIT_GATE_FD", None)
+    if fd is None:
+        return
+    with socket.socket(fileno=int(fd)) as gate:
+        message, fds, _, _ = socket.recv_fds(gate, 16, 8)
+    if message != b"go":
+        os._exit(0)
+    log, *kept = fds  # kept: the run folder's lock, open till we exit (as pass_fds keeps it)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 
 
 def write_failures(failures: dict) -> None:

@@ -37,6 +37,11 @@ REGISTRY = {
     "fsdp": "fsdp:FullyShardedDP",
 }
 
+# The methods of one plain process (no torchrun: `needs_process_group = False` in their file), known
+# here without importing them: a run of any other method starts its torchrun while its config is
+# checked (labkit.jobs.launch.prestart). tests/test_strategies_registry.py holds the two in step.
+PLAIN_PROCESS = {"single"}
+
 
 def load_strategy(spec: str):
     """The Strategy class for a registry name or 'path/to/file.py:ClassName'.
@@ -121,4 +126,4 @@ def __getattr__(name):  # PEP 562: STRATEGIES (name → class) imports every met
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BASELINE", "REGISTRY", "STRATEGIES", "check_import", "describe", "load_strategy"]
+__all__ = ["BASELINE", "PLAIN_PROCESS", "REGISTRY", "STRATEGIES", "check_import", "describe", "load_strategy"]
