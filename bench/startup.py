@@ -32,6 +32,8 @@ from pathlib import Path
 
 import psutil
 
+from labkit.jobs.launcher import TORCHRUN_MODULE
+
 POLL_S = 0.02
 
 
@@ -72,7 +74,7 @@ def watch(tree: Path, args: list[str], name: str, results: Path) -> dict:
             family = cli.children(recursive=True)
         except psutil.NoSuchProcess:
             family = []
-        if any("agent.py" in command_of(child) or "labkit.jobs.torchrun" in command_of(child) for child in family):
+        if any("agent.py" in command_of(child) or TORCHRUN_MODULE in command_of(child) for child in family):
             note("agent")  # the job's first process: the agent (config made), or torchrun prestarted
         forkservers = [child for child in family if "multiprocessing.forkserver" in command_of(child)]
         if forkservers:

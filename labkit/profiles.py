@@ -93,12 +93,15 @@ def hardware():
 
 def cheap_profile(profile: str) -> str | None:
     """The profile, where it is known without torch: named, or `auto` on a machine with no
-    NVIDIA device at all (no driver: torch could not see a GPU either). None: ask torch."""
+    NVIDIA device at all (no driver, no nvidia-smi: torch could not see a GPU either, and
+    labkit.hardware has nothing to refuse). None: ask torch."""
     if profile != "auto":
         return profile
+    import shutil
     import sys
 
-    if sys.platform == "darwin" or not (Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists()):
+    nvidia = Path("/proc/driver/nvidia").exists() or Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi")
+    if sys.platform == "darwin" or not nvidia:
         return "cpu"
     return None
 

@@ -39,6 +39,11 @@ RANK_SCRIPT = Path(__file__).resolve().with_name("rank.py")  # torchrun's --run-
 AGENT_SCRIPT = Path(__file__).resolve().with_name("agent.py")  # waits for a lock, then becomes the command
 
 
+# The module every torchrun of the lab runs (torch.distributed.run, behind labkit's own checks);
+# bench/startup.py looks for it among a run's processes.
+TORCHRUN_MODULE = "labkit.jobs.torchrun"
+
+
 @dataclass
 class Launch:
     """One job: `program` (a module, or a script ending in .py) on `nproc` ranks per node."""
@@ -86,7 +91,7 @@ def command(launch: Launch) -> list[str]:
     if not launch.torchrun:
         cmd = [sys.executable, *program, *launch.args]
     else:
-        cmd = [sys.executable, "-m", "labkit.jobs.torchrun", f"--nnodes={launch.nnodes}",
+        cmd = [sys.executable, "-m", TORCHRUN_MODULE, f"--nnodes={launch.nnodes}",
                "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--local-addr={launch.local_addr}",
                f"--rdzv-id={launch.run_id}", f"--nproc-per-node={launch.nproc}", f"--max-restarts={launch.max_restarts}"]
         if launch.nnodes > 1:

@@ -103,8 +103,9 @@ def launch_and_report(argv: list[str]) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
 
-    config, entrypoint, args = config_from_args(parse_args(argv))
-    wait_at_gate()
+    parsed = parse_args(argv)
+    wait_at_gate()  # before config_from_args: it makes the log folder, and a refused run leaves none
+    config, entrypoint, args = config_from_args(parsed)
     gc.freeze()  # what is imported stays: later passes skip it (torchrun runs as long as its job)
     gc.enable()
     try:
