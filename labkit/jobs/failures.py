@@ -128,11 +128,12 @@ def collective_story(log_dir: Path) -> dict | None:
     records = dict(sorted(records.items()))
     by_rank = {}
     for rank, record in records.items():
-        done = record.get("finished_through", 0)
+        through = record.get("finished_through", 0)  # the loop's last step boundary: all before it is done
         seqs = {e["seq"]: e for e in record["collectives"]}
-        newest = max(seqs, default=0)
+        done = max([through] + [s for s, e in seqs.items() if e.get("done")])  # the backend's completions
+        open_ = [s for s, e in seqs.items() if s > through and not e.get("done")]
         by_rank[rank] = {"step": record.get("step", 0), "last_finished": seqs.get(done),
-                         "in": seqs[newest] if newest > done else None, "finished_through": done}
+                         "in": seqs[min(open_)] if open_ else None, "finished_through": done}
     odd, why = _mismatch(records) or _behind(by_rank) or (None, "every rank's collectives agree")
     lines = [f"rank {rank} " + _where(state) for rank, state in by_rank.items()]
     return {"by_rank": by_rank, "odd_rank": odd, "summary": "; ".join(lines) + f" — {why}"}
@@ -142,7 +143,9 @@ def _where(state: dict) -> str:
     finished = state["last_finished"]
     done = f"#{finished['seq']} {_name(finished)}" if finished else f"#{state['finished_through']}"
     if state["in"]:
-        return f"in {_name(state['in'])} #{state['in']['seq']} (step {state['in']['step']}), last finished {done}"
+        failed = ", failed" if state["in"].get("failed") else ""  # the backend raised; gloo may abort next
+        return (f"in {_name(state['in'])} #{state['in']['seq']} (step {state['in']['step']}{failed}), "
+                f"last finished {done}")
     return f"in no collective at step {state['step']}, last finished {done}"
 
 

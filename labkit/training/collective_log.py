@@ -7,14 +7,17 @@ writes one line per collective — its sequence number on the group, operation, 
 bytes, dtype and the step — into a small ring of fixed-size lines (os.pwrite, a few µs;
 no flush needed: the kernel has it), before the collective starts. So a rank that hangs in
 it, or that gloo kills with SIGABRT a moment after a size mismatch, has already left it in
-the file. The first line says how far the loop got: every collective entered before the
-loop's last step boundary has finished (gloo's work marks no completion we could read).
+the file. Finished is marked apart: the post-hook (fired once the collective is *issued*,
+not done) hangs a callback on its work's future, which rewrites the line with "done": true
+when the backend completes it (on gloo's thread). The first line says how far the loop got:
+every collective entered before the loop's last step boundary has finished.
 
-torch's own flight recorder keeps the same record (torch 2.14: `FlightRecorderHook`, any
-backend; NCCL's own with start and completion times, TORCH_FR_BUFFER_SIZE, dumped on a
-timeout with TORCH_NCCL_DUMP_ON_TIMEOUT=1), but it is read by dumping the whole ring
-(~8 ms for 256 entries): too dear to do per collective, and polling it misses a rank gloo
-aborts within the second. This record covers the world group on every backend; a method's
+torch's own flight recorder keeps the same record (torch 2.14: NCCL's own with start and
+completion times, TORCH_FR_BUFFER_SIZE, dumped on a timeout with TORCH_NCCL_DUMP_ON_TIMEOUT=1;
+`FlightRecorderHook` on the same pre/post hooks for any backend, but its post-hook retires an
+entry when the collective is issued, so on gloo its entries are never marked started or
+completed), but it is read by dumping the whole ring (~8 ms for 256 entries): too dear to do
+per collective, and polling it misses a rank gloo aborts within the second. This record covers the world group on every backend; a method's
 own subgroups (dist.new_group) are not recorded.
 """
 
@@ -32,19 +35,37 @@ LINE = 160  # bytes per line, padded: line i of the ring sits at a fixed offset
 class CollectiveLog:
     def __init__(self, path, rank: int):
         self.rank, self.step, self.seq = rank, 0, 0
+        self.issued = {}  # op_id (pairs a pre-hook with its post-hook) → our entry
         self.fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
         self._write(0, {"rank": rank, "step": 0, "finished_through": 0})
         if dist.is_initialized():
             dist.group.WORLD.register_pre_hook(0, self._entered)
+            dist.group.WORLD.register_post_hook(0, self._issued)
 
     def _entered(self, args) -> None:
         """Called by the process group as a collective is issued, before it runs."""
         self.seq += 1
         tensors = args.input_tensors
-        self._write(1 + self.seq % KEEP, {
+        entry = self.issued[args.op_id] = {
             "seq": self.seq, "op": OP_NAMES.get(args.name.name, args.name.name.lower()), "step": self.step,
             "bytes": sum(t.numel() * t.element_size() for t in tensors),
-            "dtype": str(tensors[0].dtype).removeprefix("torch.") if tensors else None})
+            "dtype": str(tensors[0].dtype).removeprefix("torch.") if tensors else None}
+        self._write(1 + self.seq % KEEP, entry)
+
+    def _issued(self, args) -> None:
+        """Called once the backend has the collective (not when it is done): watch its work."""
+        entry = self.issued.pop(args.op_id, None)
+        if entry is not None and args.work is not None:
+            args.work.get_future().add_done_callback(lambda future: self._finished(entry, future))
+
+    def _finished(self, entry: dict, future) -> None:
+        """On the backend's thread, as the collective completes (or fails)."""
+        try:
+            future.wait()
+            entry["done"] = True
+        except Exception:  # noqa: BLE001 — a failed collective: it never finished
+            entry["failed"] = True
+        self._write(1 + entry["seq"] % KEEP, entry)
 
     def step_started(self, step: int) -> None:
         """The loop got here: what was entered before has finished; what comes is `step`'s."""
@@ -61,11 +82,11 @@ class CollectiveLog:
 
 def read_collectives(path) -> dict:
     """One rank's file: {rank, step, finished_through, collectives: [oldest … newest]}."""
-    lines = []
-    for line in open(path, errors="replace").read().splitlines():
+    lines, data = [], open(path, "rb").read()
+    for offset in range(0, len(data), LINE):  # by slot: a slot never written is a hole of zeros, no newline
         try:
-            lines.append(json.loads(line))
-        except ValueError:  # never written (a hole of zeros), or cut by the kill
+            lines.append(json.loads(data[offset:offset + LINE].decode(errors="replace")))
+        except ValueError:  # never written, or cut by the kill
             lines.append(None)
     head, entries = lines[0] or {}, sorted((e for e in lines[1:] if e), key=lambda e: e["seq"])
     return {**head, "collectives": entries}
