@@ -64,3 +64,13 @@ def test_a_hanging_rank_is_stopped_and_each_rank_s_collective_named(tmp_path):
         assert words in story["summary"] and words in proc.stderr
     assert elapsed < 30, elapsed  # start-up, the watchdog's 5 s, teardown
     assert not processes_of(out) and not stragglers_killed(out)
+
+
+def test_the_report_says_why_a_failed_run_is_left_out():
+    from labkit.report.selection import select_runs
+
+    story = {"odd_rank": 1, "summary": "rank 0 in all_reduce of 3456 B #13 (step 3), last finished #12 …; rank 1 in "
+                                       "all_reduce of 128 B #13 … — rank 1's sequence differs from step 3: …"}
+    failed = {"name": "desync", "strategy": "allreduce", "status": "failed", "failure": {"collectives": story}}
+    assert select_runs([failed]).lines() == ["left out desync (0 steps): status failed: rank 1's sequence differs "
+                                             "from step 3: …"]

@@ -92,8 +92,10 @@ def select_runs(results: list[dict], profile: str | None = None) -> Selection:
         cfg = r.get("config", {})
         if r.get("status") == "unreadable":
             chosen.left_out.append((r, r["failure"]["exception"]))
-        elif r.get("status", "ok") != "ok":
-            chosen.left_out.append((r, f"status {r.get('status')}"))
+        elif r.get("status", "ok") != "ok":  # a hang or desync: which rank broke the collectives' sequence
+            story = (r.get("failure") or {}).get("collectives") or {}
+            why = f": {story['summary'].rsplit(' — ', 1)[-1]}" if story.get("odd_rank") is not None else ""
+            chosen.left_out.append((r, f"status {r.get('status')}{why}"))
         elif profile and cfg.get("profile") != profile:
             chosen.left_out.append((r, f"profile {cfg.get('profile')}, not {profile}"))
         elif cfg.get("fault"):
