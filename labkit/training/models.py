@@ -46,22 +46,52 @@ def simple_cnn(num_classes: int) -> nn.Module:
     )
 
 
+class SyncBatchNormCount:
+    """What the SyncBatchNorm layers sent on this rank since `reset()`: their collectives
+    (calls) and the bytes this rank sends for them, by the ring as the lab counts every
+    collective (an all-reduce of S bytes over n ranks sends 2(n−1)/n·S, an all-gather into
+    S bytes (n−1)/n·S; gloo and NCCL alike for these), counted by the layers themselves so
+    that what SyncBatchNorm adds is known apart from the step's bytes_sent. The recorder
+    resets it before each step and adds `record()` to the step's record."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.reset()
+
+    def reset(self):
+        self.calls, self.bytes_sent = 0, 0.0
+
+    def all_reduce(self, nbytes: int):
+        self.calls += 1
+        self.bytes_sent += 2 * (self.world - 1) / self.world * nbytes
+
+    def all_gather(self, nbytes: int):
+        self.calls += 1
+        self.bytes_sent += (self.world - 1) / self.world * nbytes
+
+    def record(self) -> dict:
+        return {"sync_bn_calls": self.calls, "sync_bn_bytes_sent": self.bytes_sent}
+
+
 class AllReduceSum(torch.autograd.Function):
     """The sum over the ranks, differentiable: each rank's input reaches every rank's loss,
-    so its gradient is the sum of every rank's gradient — one more all-reduce, in backward."""
+    so its gradient is the sum of every rank's gradient — one more all-reduce, in backward.
+    Both are counted on `count` (a SyncBatchNormCount)."""
 
     @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
+    def forward(ctx, tensor, group, count):
+        ctx.group, ctx.count = group, count
         total = tensor.clone()
         dist.all_reduce(total, group=group)
+        count.all_reduce(total.numel() * total.element_size())
         return total
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
         dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        ctx.count.all_reduce(grad.numel() * grad.element_size())
+        return grad, None, None
 
 
 class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -69,7 +99,10 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     only for GPUs, and DDP refuses it on a CPU model), so in training this one sums
     [Σx, Σx², count] over the ranks in one all-reduce, whose backward is the all-reduce of
     the statistics' gradients: the same two collectives per layer as torch's (an all-reduce
-    standing in for its all-gather). In eval it is plain BatchNorm on the running stats."""
+    standing in for its all-gather), 2C + 1 values each. In eval it is plain BatchNorm on
+    the running stats, with no collective."""
+
+    sync_bn_count: SyncBatchNormCount  # set by with_sync_batch_norm
 
     def _check_input_dim(self, input):
         if input.dim() < 2:
@@ -81,7 +114,7 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, input.dim())]  # every axis but the channels
         local = torch.cat([input.sum(dims), (input * input).sum(dims),
                            input.new_full((1,), input.numel() // input.size(1))])
-        total = AllReduceSum.apply(local, dist.group.WORLD)
+        total = AllReduceSum.apply(local, dist.group.WORLD, self.sync_bn_count)
         channels, n = input.size(1), total[-1]
         mean = total[:channels] / n
         var = total[channels:-1] / n - mean * mean  # E[x²] − E[x]² over the global batch
@@ -102,15 +135,44 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self.running_var.lerp_(var * n / (n - 1), factor)
 
 
+def count_torch_sync_bn(count: SyncBatchNormCount):
+    """A forward hook for torch's nn.SyncBatchNorm (GPUs), which counts what the layer sends
+    from its input's shape, as torch/nn/modules/_functions.py makes it: in a training forward
+    on more than one rank, one all-gather of [mean, invstd, count] (2C + 1 values from each
+    rank), and, where the input needs a gradient, one all-reduce of [Σdy, Σdy·(x − mean)]
+    (2C values) in its backward, counted here, in the forward that makes it certain. Its
+    statistics are float32 for a half-precision input, else the input's dtype."""
+
+    def hook(module, args, output):
+        x, world = args[0], count.world
+        if not module.training or world < 2:
+            return  # torch's own condition for a synchronized forward
+        c = x.size(1)
+        size = 4 if x.dtype in (torch.float16, torch.bfloat16) else x.element_size()
+        count.all_gather(world * (2 * c + 1) * size)
+        if torch.is_grad_enabled() and x.requires_grad:
+            count.all_reduce(2 * c * size)
+
+    return hook
+
+
 def with_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm of `model` normalizing over the global batch (the default process
     group). Both ways keep the same parameter and buffer tensors, so the optimizer built
-    before and a restored checkpoint still hold them."""
+    before and a restored checkpoint still hold them. `model.sync_bn_count` (a
+    SyncBatchNormCount) counts the layers' collectives; the recorder reads it per step."""
+    count = SyncBatchNormCount(dist.get_world_size() if dist.is_initialized() else 1)
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # torch's own
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.__class__ = CpuSyncBatchNorm  # same attributes, the forward above
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # torch's own
+        for module in model.modules():
+            if isinstance(module, nn.SyncBatchNorm):
+                module.register_forward_hook(count_torch_sync_bn(count))
+    else:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.__class__ = CpuSyncBatchNorm  # same attributes, the forward above
+                module.sync_bn_count = count
+    model.sync_bn_count = count
     return model
 
 

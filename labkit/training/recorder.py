@@ -51,6 +51,7 @@ class StepRecorder:
         # zero_grad, while gradients exist); its peak counts from here, the start of training.
         self.memory = MemoryMeter(rank, device, count_at=min(cfg.warmup_steps + 1, total_steps))
         self.tracer = Tracer(cfg, rank, strategy.world, device)  # --set trace=true: a profiler trace (trace.py)
+        self.sync_bn = getattr(net, "sync_bn_count", None)  # --set sync_bn=true: its layers' collectives
 
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
@@ -65,6 +66,8 @@ class StepRecorder:
         for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
             group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
         self.strategy.wire.reset()
+        if self.sync_bn:
+            self.sync_bn.reset()
         self.links.before()
         self.memory.arm(step)
 
@@ -82,6 +85,8 @@ class StepRecorder:
         finite = math.isfinite(loss)
         state.steps.append(dict(step=step, epoch=self.epoch, loss=loss if finite else None,
                                 **self.strategy.wire.as_dict(), **times, **self.strategy.step_record()))
+        if self.sync_bn:  # SyncBatchNorm's own collectives, apart from the method's (models.py)
+            state.steps[-1].update(self.sync_bn.record())
         if self.progress:  # json.dumps: a NaN loss must still make a line json.loads can read
             self.progress.write(json.dumps({"epoch": self.epoch, "step": step, "total_steps": self.total_steps,
                                             "loss": loss if finite else str(loss),

@@ -1,5 +1,7 @@
 """What the run leaves behind: every rank's figures gathered on rank 0, then result.json."""
 
+import statistics
+
 import torch.distributed as dist
 
 from labkit import hardware
@@ -28,6 +30,18 @@ def gather_step_medians(steps, warmup) -> list[float]:
     return medians
 
 
+def sync_bn_figures(steps, warmup) -> dict | None:
+    """What SyncBatchNorm's layers sent per step on rank 0, counted by the layers themselves
+    apart from the step's bytes_sent (models.SyncBatchNormCount): their collectives and
+    bytes, the medians over the measured steps (every step makes the same ones). None where
+    no step counted them."""
+    measured = [s for s in steps[warmup:] or steps if "sync_bn_calls" in s]
+    if not measured:
+        return None
+    return {"calls_per_step": statistics.median(s["sync_bn_calls"] for s in measured),
+            "bytes_sent_per_step": statistics.median(s["sync_bn_bytes_sent"] for s in measured)}
+
+
 def build_result(cfg, method, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
                  timeline) -> dict:
     from labkit.strategies import load_strategy  # the method describes itself: overlap, cost-model notes
@@ -41,9 +55,11 @@ def build_result(cfg, method, world, device, steps, epochs, total_time, rank_med
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,
                    best_val_top1=max(val) if val else None, best_val_top5=max(val5) if val5 else None,
                    rank_step_time_median_s=rank_medians)
+    if cfg.sync_bn:
+        summary["sync_bn"] = sync_bn_figures(steps, cfg.warmup_steps)
     # settings that change every method make another method in a comparison
     method += (f" accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "") + \
-        (f" straggler={cfg.straggler}" if cfg.straggler else "")
+        (f" straggler={cfg.straggler}" if cfg.straggler else "") + (" sync_bn" if cfg.sync_bn else "")
     return {
         "schema": 1, "name": cfg.name, "strategy": cfg.strategy_name, "method": method, "status": "ok",
         "config": cfg.to_dict(), "env": hardware.environment(), "world_size": world,
