@@ -12,7 +12,8 @@ NOTEBOOKS = ALL_NOTEBOOKS  # the lab: `labkit lab` runs every notebook, in sorte
 
 def test_there_is_a_notebook_per_method():
     names = [p.stem for p in NOTEBOOKS]
-    assert names == ["00_setup", "00b_collectives_primer", "01_single_gpu", "02_ddp", "03_manual_allreduce",
+    assert names == ["00_setup", "00b_collectives_primer", "01_single_gpu", "02_ddp", "02b_batchnorm",
+                     "03_manual_allreduce",
                      "04_parameter_server", "05_advanced_allreduce", "05b_communicate_less", "06_compare",
                      "07_beyond_one_machine"]
 
@@ -53,12 +54,13 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     for strategy in ("single", "ddp", "allreduce", "ps"):  # 06's interleaved sweep
         assert f" {strategy} " in report or f"\n{strategy} " in report, strategy
     results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("**/result.json")]
-    # 01's run; 02's killed-and-resumed demo; 03's allreduce and bucketed × 2 rounds; 05's seven variants;
+    # 01's run; 02's killed-and-resumed demo; 02b's single, ddp and ddp with sync_bn; 03's allreduce and
+    # bucketed × 2 rounds; 05's seven variants;
     # 05b's 5 methods, its 2 memory runs, 2 straggler runs and the student's choice; 06's 4 methods × 3
     # rounds; and where this machine can emulate nodes, 02's overlap pair, 04's ps and ring at n = 2, 3, 4,
     # 05's three bucket sizes and 07's 7 methods × 2 link rates (00b's primer ranks write no result)
     from labkit.jobs.cluster import missing_capability
     emulated = missing_capability() is None
-    assert len(results) == 1 + 1 + 2 * 2 + 7 + (5 + 2 + 2 + 1) + 12 + ((2 + 6 + 3 + 14) if emulated else 0)
+    assert len(results) == 1 + 1 + 3 + 2 * 2 + 7 + (5 + 2 + 2 + 1) + 12 + ((2 + 6 + 3 + 14) if emulated else 0)
     assert all(r["status"] == "ok" for r in results)
     assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)
