@@ -15,7 +15,7 @@ def test_there_is_a_notebook_per_method():
     assert names == ["00_setup", "00b_collectives_primer", "01_single_gpu", "02_ddp", "02b_batchnorm",
                      "03_manual_allreduce",
                      "04_parameter_server", "05_advanced_allreduce", "05b_communicate_less", "06_compare",
-                     "07_beyond_one_machine"]
+                     "07_beyond_one_machine", "08_debugging"]
 
 
 def test_the_lab_runs_every_notebook_in_sorted_order_and_picks_by_number():
@@ -58,9 +58,13 @@ def test_every_notebook_runs_headless(tmp_path, monkeypatch):
     # bucketed × 2 rounds; 05's seven variants;
     # 05b's 5 methods, its 2 memory runs, 2 straggler runs and the student's choice; 06's 4 methods × 3
     # rounds; and where this machine can emulate nodes, 02's overlap pair, 04's ps and ring at n = 2, 3, 4,
-    # 05's three bucket sizes and 07's 7 methods × 2 link rates (00b's primer ranks write no result)
+    # 05's three bucket sizes and 07's 7 methods × 2 link rates (00b's primer ranks write no result);
+    # 08's planted desync, twice (the record's report, then TORCH_DISTRIBUTED_DEBUG=DETAIL's), fails on purpose
     from labkit.jobs.cluster import missing_capability
     emulated = missing_capability() is None
-    assert len(results) == 1 + 1 + 3 + 2 * 2 + 7 + (5 + 2 + 2 + 1) + 12 + ((2 + 6 + 3 + 14) if emulated else 0)
-    assert all(r["status"] == "ok" for r in results)
+    assert len(results) == 1 + 1 + 3 + 2 * 2 + 7 + (5 + 2 + 2 + 1) + 12 + ((2 + 6 + 3 + 14) if emulated else 0) + 2
+    desyncs = [r for r in results if r["config"]["fault"].endswith(":skip")]
+    assert len(desyncs) == 2 and all(r["status"] == "failed" and r["failure"]["collectives"]["odd_rank"] == 1
+                                     for r in desyncs)
+    assert all(r["status"] == "ok" for r in results if r not in desyncs)
     assert any(r["config"]["resume"] and r["config"]["fault"] for r in results)
