@@ -143,9 +143,7 @@ def _where(state: dict) -> str:
     finished = state["last_finished"]
     done = f"#{finished['seq']} {_name(finished)}" if finished else f"#{state['finished_through']}"
     if state["in"]:
-        failed = ", failed" if state["in"].get("failed") else ""  # the backend raised; gloo may abort next
-        return (f"in {_name(state['in'])} #{state['in']['seq']} (step {state['in']['step']}{failed}), "
-                f"last finished {done}")
+        return f"in {_name(state['in'])} #{state['in']['seq']} (step {state['in']['step']}), last finished {done}"
     return f"in no collective at step {state['step']}, last finished {done}"
 
 
