@@ -55,7 +55,8 @@ same mean, every rank takes the same optimizer step — and, since the contract 
 rank from rank 0's parameters, every rank stays identical to PyTorch's DDP.
 
 The lab's loop calls `sync_gradients(model)` after backward and before the optimizer step.
-You say what you put on the wire through `self.wire` (`labkit/strategies/base.py`, section 2).""",
+What you put on the wire is counted by the loop, not by you: it records every torch.distributed
+call torch runs during a step and counts each by the algorithm gloo runs for it.""",
         predict="""The check's model has 517 float64 parameters in 6 tensors (S = 4,136 bytes). How many
 bytes will rank 0 *send* per step on 2 ranks? On 4 ranks? How many collectives per step?""",
         prediction=("bytes_2_ranks", "bytes_4_ranks", "collectives"),
@@ -184,8 +185,8 @@ On 4? How many point-to-point exchanges (messages) per sync on 4 ranks?""",
 2. **step** (`update`): only the server calls the optimizer; workers keep no optimizer state;
 3. **pull** (`sync_parameters`): every worker ends up with the server's new parameters.
 
-Count each point-to-point message with `self.wire.count(sent=..., received=...)`: one
-collective per message (`calls=` when one count stands for several).""",
+The loop counts every message you send or receive (no counting line in your file): one per
+`dist.send`/`dist.isend`, one per receive.""",
         predict="""On 4 ranks (S = 4,136 bytes), how many bytes does the server send per step? A worker? How
 does the server's figure grow with n?""",
         prediction=("server_bytes_4_ranks", "worker_bytes_4_ranks"),
@@ -221,11 +222,12 @@ values does each rank keep on 4 ranks, against the whole model's 517?""",
         questions=["From the table: bytes per rank on 2, 3 and 4 ranks, against exercise 5's server and exercise 4's "
                    "ring.",
                    "The model has 517 parameters: how many padding values does each world size (2, 3, 4) add? Find them "
-                   "in the table: how many bytes more than the ring's 2(n−1)/n·S does rank 0 count?",
+                   "in the table: how many bytes more than 3(n−1)/n·S does rank 0 count?",
                    "Why does every rank end with the same parameters though each stepped only its own shard?"],
-        answers="""1. 4,144 / 5,536 / 6,240 B: the ring's 2(n−1)/n·S (plus padding), against the server's (n−1)·S
-   (4,136 / 8,272 / 12,408 B).
-2. 1, 2 and 3 values (518, 519, 520): 2(n−1)/n × 8 B each: 8 B more on 2 ranks, ≈ 21 B on 3, 36 B on 4.
+        answers="""1. 6,216 / 8,304 / 9,360 B: 3(n−1)/n·S (plus padding) — on gloo a reduce-scatter is a whole
+   all-reduce, 2(n−1)/n·S, then the all-gather's (n−1)/n·S (NCCL's ring reduce-scatter would make it the
+   ring's 2(n−1)/n·S) — against the server's (n−1)·S (4,136 / 8,272 / 12,408 B).
+2. 1, 2 and 3 values (518, 519, 520): 3(n−1)/n × 8 B each: 12 B more on 2 ranks, 32 B on 3, 54 B on 4.
 3. The all-gather gives every rank every updated shard; the shards' optimizers together are exactly one
    optimizer over all parameters (SGD with momentum, and AdamW, work value by value).""",
     ),
@@ -238,7 +240,8 @@ values does each rank keep on 4 ranks, against the whole model's 517?""",
                     "all-gather a layer whole just before its forward and again just before its backward, from hooks",
                     "reduce-scatter a layer's gradients inside backward, so each rank keeps its shard's average, "
                     "and step the shards only",
-                    "count what ZeRO-3 puts on the wire: three halves of an all-reduce where DDP moves two"],
+                    "count what ZeRO-3 puts on the wire: two all-gathers and a reduce-scatter, four ring passes "
+                    "on gloo (three on NCCL) where DDP moves two"],
         idea="""DDP keeps the whole model, its gradients and its optimizer state on every rank; exercise 6
 split the optimizer state n ways (ZeRO stage 1). **FSDP** — ZeRO stage 3 (Rajbhandari et al.,
 "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models", SC 2020), PyTorch's
@@ -270,30 +273,31 @@ still be whole; between steps, the model may hold no more than one shard's bytes
 **Optional, once the check passes: a gather dtype.** FSDP2's `MixedPrecisionPolicy(param_dtype=
 torch.bfloat16)` gathers every layer in bf16 while the shards and the optimizer stay fp32 (the
 master weights). Make `gather` do the same when `self.gather_dtype(full)` (given) is not `full`'s
-dtype: gather `shard.to(dtype)` into a buffer of that dtype, copy it into `full`, and count the
-bytes of what was on the wire. The check runs without it (its float64 run must match DDP exactly);
+dtype: gather `shard.to(dtype)` into a buffer of that dtype, copy it into `full` (the loop counts the
+bytes at the dtype on the wire). The check runs without it (its float64 run must match DDP exactly);
 run your file in the lab with `--set param_dtype=bf16` beside `fsdp` with the same setting: the
 all-gathers' bytes halve, the loss moves by about a thousandth (docs/EXPERIMENT_GUIDE.md, fsdp).""",
         predict="""The check's MLP has three layers of 160, 272 and 85 float64 values (S = 4,136 bytes). How many
 collectives per step? How many bytes does rank 0 send per step on 2 ranks, and on 4 — against
-exercise 6's 4,144 and 6,240?""",
+exercise 6's 6,216 and 9,360?""",
         prediction=("collectives", "bytes_2_ranks", "bytes_4_ranks"),
         measured=dict(collectives=("collectives", 2, 0), bytes_2_ranks=("bytes_sent", 2, 0),
                       bytes_4_ranks=("bytes_sent", 4, 0)),
         hidden=dict(worlds=(3,), model="deep"),  # 5 layers (80, 72, 72, 72, 45 values), each padded on 3 ranks
-        questions=["From the table: the bytes per rank on 2, 3 and 4 ranks against exercise 6's (4,144 / 5,536 / "
-                   "6,240 B). What is the ratio, and which collective is each part of it? Why is the ratio not "
+        questions=["From the table: the bytes per rank on 2, 3 and 4 ranks against exercise 6's (6,216 / 8,304 / "
+                   "9,360 B). What is the ratio, and which collective is each part of it? Why is the ratio not "
                    "exact on 3 ranks?",
                    "FSDP2's `reshard_after_forward=False` keeps each layer whole from its forward to its backward. "
                    "What would rank 0 then send per step on 4 ranks, and what does it cost in memory?",
                    "In `on_grad_ready`, replace the reduce-scatter by taking your own slice: "
                    "`shard.grad.copy_(grads.chunk(self.world)[self.rank])`. What does the check report, and why do "
                    "all ranks still agree with each other? (Put the line back.)"],
-        answers="""1. 6,216 / 8,352 / 9,360 B: 3·(n−1)/n of the padded layers, 1.5× exercise 6 — an all-gather before
-   the forward, one before the backward and the reduce-scatter, where exercise 6 runs one reduce-scatter and
-   one all-gather; 9 collectives (3 per layer) whatever n. Each layer pads on its own here (522 values on 3
-   ranks against exercise 6's 519), so on 3 ranks it is 8,352 B, not 1.5 × 5,536 = 8,304 B.
-2. Two halves instead of three: 6,240 B on 4 ranks, exercise 6's figure; but every layer stays whole from its
+        answers="""1. 8,288 / 11,136 / 12,480 B: 4·(n−1)/n of the padded layers, 4/3 of exercise 6 — an all-gather
+   before the forward, one before the backward (one ring pass each) and the reduce-scatter (on gloo a whole
+   all-reduce: two passes), where exercise 6 runs one reduce-scatter and one all-gather; 9 collectives (3 per
+   layer) whatever n. Each layer pads on its own here (522 values on 3 ranks against exercise 6's 519), so on
+   3 ranks it is 11,136 B, not 4/3 × 8,304 = 11,072 B.
+2. Three passes instead of four: 9,360 B on 4 ranks, exercise 6's figure; but every layer stays whole from its
    forward to its backward, so at the peak a rank holds all the parameters, as DDP does.
 3. "parameters differ from DDP after step 1 … moved by one rank's own gradient, not the average over the
    ranks: a gradient was left local": each rank stepped its shard with its own gradient ÷ n; the all-gathers
@@ -370,8 +374,8 @@ def notebook(ex: dict) -> nbformat.NotebookNode:
         new_code_cell(f'report = labkit.check("{spec}", method="{ex["method"]}", worlds=worlds, timeout_s=timeout_s)\n'
                       "assert report.ok, report", metadata=grader("tests", f"{n}_check", POINTS["check"])),
         new_markdown_cell("## What the check counted, and what you predicted\n\nOne row per world size and rank: what "
-                          "your strategy counted in its last step (the initial broadcast of rank 0's state is setup, "
-                          "not a step: it is not in these counts). Then your predictions beside the measured figures.",
+                          "the loop counted of your strategy's last step, from the calls torch ran (the initial "
+                          "broadcast of rank 0's state is setup, not a step: it is not in these counts). Then your predictions beside the measured figures.",
                           metadata=grader("readonly", f"{n}_table_intro")),
         new_code_cell("from labkit.assignments.check import side_by_side\n\n"
                       "display(report.frame())\n"

@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 
 from labkit.strategies.ring import ring_all_reduce
+from labkit.training.comm_record import CommRecord, step_counts
 
 
 def rank_tensor(rank: int, length: int) -> torch.Tensor:
@@ -15,7 +16,9 @@ dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 for length in (1, 2, 3, 5, 7, 64, 1001):
     flat = rank_tensor(rank, length)
-    sent = ring_all_reduce(flat, rank, world)
+    with CommRecord() as record:  # what the loop counts: every send and receive torch ran
+        ring_all_reduce(flat, rank, world)
+    sent = step_counts(record.ops)["bytes_sent"]
     expected = sum(rank_tensor(r, length) for r in range(world))
     assert torch.allclose(flat, expected, atol=1e-12), (length, flat, expected)
     chunk_bytes = [c.numel() * 8 for c in expected.tensor_split(world)]

@@ -336,7 +336,7 @@ def test_fsdp_that_keeps_its_full_layers_is_told_to_free_them(tmp_path):
 
 
 SKIPS_THE_BROADCAST = '''import torch.distributed as dist
-from labkit.strategies.base import Strategy, grads_of, nbytes
+from labkit.strategies.base import Strategy, grads_of
 
 
 class Skips(Strategy):
@@ -346,7 +346,6 @@ class Skips(Strategy):
         for grad in grads_of(model):
             dist.all_reduce(grad)
             grad /= self.world
-            self.wire.all_reduce(nbytes(grad))
 '''
 
 

@@ -121,11 +121,13 @@ def test_ring_matches_ddp_on_three_ranks(ddp_simple, train):
 
 # hierarchical on 4 ranks: group_size=2 plays 2 nodes × 2 ranks; 1 = four nodes of one rank
 # (no reduce or broadcast, the leaders' all-reduce is all of it); 0 = torchrun's LOCAL_WORLD_SIZE,
-# one node of four (no network step). Rank 0 (a leader) counts, for S bytes of gradients:
-# reduce and broadcast over g ranks (g−1)/g·S each, the leaders' all-reduce 2(N−1)/N·S.
-HIERARCHICAL = [("group_size=2", {"reduce": 1, "all_reduce": 1, "broadcast": 1}, 2.0),
+# one node of four (no network step). Rank 0 (a leader, the root) sends, for S bytes of gradients,
+# by gloo's algorithms: a reduce over g ranks its ring reduce-scatter, (g−1)/g·S; a broadcast from
+# the root of a binomial tree S to each of its children (1 of 2 ranks, 2 of 4); the leaders'
+# all-reduce 2(N−1)/N·S.
+HIERARCHICAL = [("group_size=2", {"reduce": 1, "all_reduce": 1, "broadcast": 1}, 0.5 + 1 + 1),
                 ("group_size=1", {"all_reduce": 1}, 1.5),
-                ("group_size=0", {"reduce": 1, "broadcast": 1}, 1.5)]
+                ("group_size=0", {"reduce": 1, "broadcast": 1}, 0.75 + 2)]
 
 
 @pytest.mark.parametrize("option,calls,sent_per_byte", HIERARCHICAL, ids=[h[0] for h in HIERARCHICAL])

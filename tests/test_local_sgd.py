@@ -36,7 +36,8 @@ def test_synchronizing_every_step_is_ddp(strategy, options, ddp_ref, train):
     (ddp_result, ddp), (result, state) = ddp_ref, train(strategy, 4, *COMMON, *options, max_steps=4)
     assert max_param_diff(ddp, state) < TIGHT
     # One all-reduce of the whole model a step: the bytes DDP sends for its gradients.
-    assert [s["bytes_sent"] for s in result["steps"]] == [s["bytes_sent"] for s in ddp_result["steps"]]
+    # the same all-reduced bytes (DDP adds a small broadcast in step 2: its buckets rebuilt, bucket order from rank 0)
+    assert [s["ops"]["all_reduce"][1] for s in result["steps"]] == [s["ops"]["all_reduce"][1] for s in ddp_result["steps"]]
 
 
 @pytest.mark.parametrize("strategy", ["localsgd", "diloco"])

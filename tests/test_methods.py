@@ -26,7 +26,6 @@ class MyAverage(Strategy):
             dist.all_reduce(p.grad)
             if self.options.my_divisor_check:
                 p.grad /= self.world
-            self.wire.all_reduce(p.grad.numel() * p.grad.element_size())
 '''
 
 
@@ -58,37 +57,54 @@ def test_nothing_outside_strategies_names_a_method():
     assert not offenders, "\n".join(offenders)
 
 
-def test_the_wire_counts_what_a_method_says_it_sent():
-    """The loop resets the wire before a step and records as_dict() after it."""
-    from labkit.strategies.base import Wire
+def test_the_loop_counts_each_op_by_what_gloo_runs():
+    """comm_record.step_counts, the one place bytes are counted: a collective is one call, its
+    bytes by gloo's algorithm (a reduce-scatter = a whole ring all-reduce); a send and a receive
+    posted by one batch_isend_irecv are one message (the ring's exchanges)."""
+    from labkit.training.comm_record import Op, step_counts
 
-    wire = Wire(world=4)
-    wire.all_reduce(1000, calls=2)  # the ring: 2(n−1)/n of the bytes each way
-    wire.count(sent=10, op="send_recv", message_bytes=10)
-    wire.local(1000, fresh=True)  # its own passes (the cost model's γ term): nothing on the wire
-    wire.local(3000, passes=3)
-    wire.local(500, alone=True)  # only this rank works (a server): it has the cores to itself
-    record = wire.as_dict()
-    assert record == {"bytes_sent": 1510, "bytes_received": 1500, "collectives": 3,
-                      "ops": {"all_reduce": [2, 1000], "send_recv": [1, 10]},
-                      "local_ops": {"fresh": [1, 1000], "in_place": [3, 3000], "in_place_alone": [1, 500]}}
-    wire.reset()
-    assert wire.as_dict() == {"bytes_sent": 0, "bytes_received": 0, "collectives": 0, "ops": {}, "local_ops": {}}
-    assert record["ops"] == {"all_reduce": [2, 1000], "send_recv": [1, 10]}  # a record outlives the reset
+    def op(name, nbytes, n=4, rank=0, batch=None, root=None):
+        return Op(op=name, c10d=name, nbytes=nbytes, dtype="float32", shapes=[], group_size=n, group_rank=rank,
+                  root=root, batch=batch)
+
+    counts = step_counts([op("all_reduce", 1000), op("all_reduce", 1000), op("reduce_scatter", 1000),
+                          op("all_gather", 1000), op("send", 10, batch=1), op("recv", 10, batch=1),
+                          op("recv", 10)])  # an exchange posted together is one message, a receive alone one
+    # 2 × 1500 + 1500 (gloo: a whole all-reduce) + 750; the sends and receives exactly
+    assert counts == {"bytes_sent": 5260, "bytes_received": 5270, "collectives": 6,
+                      "ops": {"all_reduce": [2, 2000], "reduce_scatter": [1, 1000], "all_gather": [1, 1000],
+                              "send_recv": [2, 20]}}
+    assert step_counts([op("reduce_scatter", 1000)], "nccl")["bytes_sent"] == 750  # NCCL's ring: one pass
 
 
-def test_the_wire_counts_collectives_on_a_subgroup():
-    """hierarchical's counts: a reduce or a broadcast is a chain of n−1 hops of S bytes,
-    (n−1)/n·S a rank each way on average; `ranks` is the size of the group it runs on."""
-    from labkit.strategies.base import Wire
+def test_the_loop_counts_collectives_on_a_subgroup():
+    """hierarchical's calls: the group's own size n; gloo's broadcast is a binomial tree (the
+    root sends S to each child), its reduce a ring reduce-scatter then a chunk to the root."""
+    from labkit.training.comm_record import Op, step_counts
 
-    wire = Wire(world=4)
-    wire.reduce(1000, ranks=2)  # inside a node of 2: 500 each way
-    wire.all_reduce(1000, ranks=2)  # between 2 leaders: 2(2−1)/2 · 1000
-    wire.broadcast(1000)  # over every rank (4): 750
-    assert wire.as_dict() == {"bytes_sent": 2250, "bytes_received": 2250, "collectives": 3,
-                              "ops": {"reduce": [1, 1000], "all_reduce": [1, 1000], "broadcast": [1, 1000]},
-                              "local_ops": {}}
+    def op(name, n, rank, root=None):
+        return Op(op=name, c10d=name, nbytes=1000, dtype="float32", shapes=[], group_size=n, group_rank=rank,
+                  root=root)
+
+    root = step_counts([op("reduce", 2, 0, root=0), op("all_reduce", 2, 0), op("broadcast", 2, 0, root=0)])
+    other = step_counts([op("reduce", 2, 1, root=0), op("broadcast", 2, 1, root=0)])
+    assert (root["bytes_sent"], root["collectives"]) == (500 + 1000 + 1000, 3)
+    assert (other["bytes_sent"], other["bytes_received"]) == (500 + 500, 500 + 1000)
+
+
+def test_no_method_or_solution_file_counts_what_it_sends():
+    """The loop counts every torch.distributed call (labkit/training/comm_record.py): a method
+    file, a solution or an exercise starter holds no counting line (issue 28)."""
+    import re
+
+    counting = re.compile(r"\bwire\.(count|all_reduce|reduce|broadcast|reduce_scatter|all_gather|bytes_sent)\b"
+                          r"|setup_wire|Wire\.count")
+    files = [*(REPO / "labkit" / "strategies").glob("*.py"), *(REPO / "assignments" / "solutions").glob("*.py"),
+             *(REPO / "assignments" / "source").rglob("*.ipynb"), REPO / "labkit" / "notebook" / "hints.py",
+             REPO / "labkit" / "assignments" / "check.py", REPO / "assignments" / "make_sources.py"]
+    offenders = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in files
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if counting.search(line)]
+    assert not offenders, "\n".join(offenders)
 
 
 def test_a_method_reads_its_options_one_way():

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from labkit.errors import ConfigError
-from labkit.strategies.base import Strategy, flatten, nbytes, optimizer_state_tensors
+from labkit.strategies.base import Strategy, flatten, optimizer_state_tensors
 
 
 def free(full):
@@ -85,7 +85,6 @@ class MyFSDP(Strategy):
         dist.all_gather_single(gathered, self.shards[index].detach().to(dtype))  # .to: no copy when equal
         if gathered is not full:
             full.copy_(gathered)
-        self.wire.all_gather(nbytes(gathered))  # the bytes at the dtype on the wire
         ### END SOLUTION
 
     def after_forward(self, index, output):
@@ -113,7 +112,6 @@ class MyFSDP(Strategy):
         grads = torch.nn.functional.pad(grads, (0, self.full[index].numel() - grads.numel())) / self.world
         shard.grad = torch.empty_like(shard)
         dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)
-        self.wire.reduce_scatter(nbytes(grads))
         for p in params:
             p.grad = None
         free(self.full[index])

@@ -60,7 +60,7 @@ class CheckReport:
         return sum(o.seconds for o in self.outcomes)
 
     def frame(self):
-        """One row per world size and rank: what the strategy counted in its last step."""
+        """One row per world size and rank: what the loop counted of the strategy's last step."""
         import pandas as pd
 
         # check_s: the whole check at this world size (torchrun's start, every step, the comparisons),
@@ -392,18 +392,40 @@ def shard_bytes(world, meta) -> int:
 
 
 def analytic(method, rank, world, meta) -> dict:
-    """Bytes and collectives per step of `method` on `rank`, from the model's sizes."""
+    """Bytes and collectives per step of `method` on `rank`, from the model's sizes: the calls
+    the method should make, counted as the loop counts what a run really made (comm_record:
+    gloo's algorithm for each collective; a reduce-scatter there is a whole all-reduce)."""
+    from labkit.training.comm_record import Op, step_counts
+
+    def call(op, nbytes, count=1, batch=None):
+        return [Op(op=op, c10d=op, nbytes=nbytes, dtype="", shapes=[], group_size=world, group_rank=rank,
+                   batch=batch)] * count
+
     size = sum(meta["sizes"]) * meta["element_size"]
-    ring = 2 * (world - 1) / world * size
     if method == "fsdp":  # per layer: all-gather before forward and before backward, reduce-scatter its gradients
-        each = 3 * (world - 1) * shard_bytes(world, meta)  # (n−1)/n of each padded layer, three times
-        return dict(bytes_sent=each, bytes_received=each, collectives=3 * len(layer_sizes(meta)))
-    if method == "ps":
-        each = (world - 1) * size if rank == 0 else size
-        return dict(bytes_sent=each, bytes_received=each, collectives=2 * (world - 1) if rank == 0 else 2)
-    collectives = {"allreduce": len(meta["sizes"]), "bucketed": meta["buckets"], "overlap": meta["buckets"],
-                   "ring": 2 * (world - 1), "ps_sharded": 2}[method]
-    return dict(bytes_sent=ring, bytes_received=ring, collectives=collectives)
+        ops = [o for layer in layer_sizes(meta) for o in
+               call("all_gather", math.ceil(layer / world) * world * meta["element_size"], count=2)
+               + call("reduce_scatter", math.ceil(layer / world) * world * meta["element_size"])]
+    elif method == "ps":  # the server receives every worker's gradient, then sends each the parameters
+        ops = (call("recv", size, world - 1) + call("send", size, world - 1) if rank == 0
+               else call("send", size) + call("recv", size))
+    elif method == "ring":  # 2(n−1) exchanges of one chunk each way (one batch each); an empty chunk is not sent
+        values = sum(meta["sizes"])
+        chunk = [values // world + (i < values % world) for i in range(world)]  # tensor_split's lengths
+        ops = []
+        for step in range(world - 1):
+            for exchange, (sent, got) in enumerate((((rank - step) % world, (rank - step - 1) % world),  # RS
+                                                    ((rank - step + 1) % world, (rank - step) % world))):  # AG
+                batch = 2 * step + exchange
+                ops += call("send", chunk[sent] * meta["element_size"], int(chunk[sent] > 0), batch)
+                ops += call("recv", chunk[got] * meta["element_size"], int(chunk[got] > 0), batch)
+    elif method == "ps_sharded":
+        ops = call("reduce_scatter", size) + call("all_gather", size)
+    else:  # allreduce (one per tensor), bucketed and overlap (one per bucket)
+        calls = len(meta["sizes"]) if method == "allreduce" else meta["buckets"]
+        ops = call("all_reduce", size / calls, count=calls)
+    counts = step_counts(ops)
+    return {k: counts[k] for k in ("bytes_sent", "bytes_received", "collectives")}
 
 
 def count_mismatch(counted, expected, world, tensors) -> str | None:
@@ -412,10 +434,12 @@ def count_mismatch(counted, expected, world, tensors) -> str | None:
     for key in ("bytes_sent", "bytes_received"):
         if abs(counted[key] - expected[key]) > slack:
             return (f"{counted[key]:,} {key.replace('_', ' ')} per step where the analytic value is "
-                    f"{expected[key]:,.0f}: is every transfer passed to self.wire.count(...) or self.wire.all_reduce(...)?")
+                    f"{expected[key]:,.0f} (the loop counts every torch.distributed call your method makes): does "
+                    f"each rank move each piece of data once, no more, no less?")
     if counted["collectives"] != expected["collectives"]:
         return (f"{counted['collectives']} collectives per step where the analytic value is "
-                f"{expected['collectives']}: count one per call that moves data")
+                f"{expected['collectives']}: each torch.distributed call that moves data is one; a send and "
+                f"a receive made together are one exchange")
     return None
 
 

@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from labkit.config import RunConfig
+from labkit.training.comm_record import CommRecord, step_counts
 
 # Small BatchNorm-free MLPs: layer widths. The check's own "mlp" has 517 parameters (6 tensors), which
 # 2, 3 and 4 do not divide: uneven ring chunks and a padded shard are part of every visible check.
@@ -208,12 +209,13 @@ def main(job_path):
             names=[n for n, _ in mine.named_parameters()], buckets=len(make_buckets(mine.parameters(), bucket_mb)))
         my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
-        mine = strategy.prepare(mine, my_optimizer)
+        with CommRecord() as setup:  # what prepare sent (rank 0's state to every rank): not a step
+            mine = strategy.prepare(mine, my_optimizer)
         running = [None]  # which part of the step runs now, for the layer watcher
         forward = watch_layers(mine, running)
         record_point_to_point(say)  # after the initial broadcast and DDP's setup: the strategy's own messages
         say(event="start_state", **compare(parameters(ddp), parameters(mine, strategy), initial, 0),
-            setup=strategy.setup_wire.as_dict())
+            setup=step_counts(setup.ops))
         shard = strategy.data_shard()
         if shard != (rank, world):
             raise ValueError(f"data_shard() returned {shard}; the check needs every rank to train "
@@ -226,7 +228,7 @@ def main(job_path):
             reference_grads = [p.grad.detach().clone() for p in ddp.parameters()]
             ref_optimizer.step()
             ref_optimizer.zero_grad(set_to_none=True)
-            strategy.wire.reset()
+            record = CommRecord().__enter__()  # counted as the lab's loop counts: what torch ran
             where = f"step {step}, forward/backward"  # your hooks run here
             say(event="phase", step=step, phase="forward/backward")
             running[0] = "forward/backward"
@@ -242,7 +244,8 @@ def main(job_path):
                 call()
                 if phase == "sync_gradients" and step == 1:
                     chunks = ring_chunks_right(mine, reference_grads, world)
-            counts, held = strategy.wire.as_dict(), held_bytes(mine)  # before a gather for the comparison
+            record.__exit__(None, None, None)
+            counts, held = step_counts(record.ops), held_bytes(mine)  # before a gather for the comparison
             my_optimizer.zero_grad(set_to_none=True)
             where = f"step {step}, gathering your full parameters to compare them"
             say(event="step", step=step, **compare(parameters(ddp), parameters(mine, strategy), initial, step,

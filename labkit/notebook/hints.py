@@ -22,8 +22,8 @@ RECORD = "hints_opened.json"  # beside the notebook; no leading dot, so nbgrader
 HINTS = {
     "ex1_allreduce": [
         'Which collective leaves the *sum* over all ranks on every rank? The primer (00b) ran it live.',
-        '`dist.all_reduce(t, op=dist.ReduceOp.SUM)` works in place on `t`; the number of ranks is `self.world`; `self.wire.all_reduce(nbytes(t))` counts one all-reduce of `t`.',
-        'One loop over `grads_of(model)`: reduce, divide, count.',
+        '`dist.all_reduce(t, op=dist.ReduceOp.SUM)` works in place on `t`; the number of ranks is `self.world`; the loop counts what it sends, so there is nothing to count.',
+        'One loop over `grads_of(model)`: reduce, then divide.',
     ],
     "ex2_bucketed": [
         "Two parts: `prepare` decides, once, which parameters go together; `sync_gradients` runs one collective per group. Exercise 1's loop is the inner part.",
@@ -33,11 +33,11 @@ HINTS = {
     "ex3_overlap": [
         '`p.register_post_accumulate_grad_hook(fn)` makes autograd call `fn(p)` inside backward, right after `p.grad` is final. `functools.partial(self.on_grad_ready, index)` is a function that remembers `index`.',
         '`work = dist.all_reduce(t, async_op=True)` returns at once; `work.wait()` blocks until `t` holds the sum. Keep what you launched in `self.in_flight`.',
-        "Count arrivals in `self.arrived[index]`; when it equals the bucket's length, flatten, divide, launch and count. In `sync_gradients`: wait, copy back, and zero the counts for the next step.",
+        "Count arrivals in `self.arrived[index]`; when it equals the bucket's length, flatten, divide and launch. In `sync_gradients`: wait, copy back, and zero the counts for the next step.",
     ],
     "ex4_ring": [
         'Write `exchange` first: a blocking `dist.send` then `dist.recv` on every rank can deadlock (everyone sends, nobody receives). `dist.batch_isend_irecv([dist.P2POp(dist.isend, a, right), dist.P2POp(dist.irecv, b, left)])` posts both at once; wait for every request it returns.',
-        'In the reduce-scatter receive into a temporary (`torch.empty_like(chunk)`) and add it; in the all-gather receive straight into the chunk. Count the bytes of each chunk you send.',
+        'In the reduce-scatter receive into a temporary (`torch.empty_like(chunk)`) and add it; in the all-gather receive straight into the chunk.',
         'The indices, with r the rank and s = 0 … n−2: reduce-scatter sends chunk (r − s) mod n and receives chunk (r − s − 1) mod n; all-gather sends chunk (r − s + 1) mod n and receives chunk (r − s) mod n.',
     ],
     "ex5_ps": [
@@ -48,13 +48,13 @@ HINTS = {
     "ex6_ps_sharded": [
         '`reduce_scatter_single(out, inp)`: `inp` (n·len values) is summed over ranks and rank i keeps slice i in `out` (len values). `all_gather_single(out, inp)`: the reverse. The primer ran both.',
         "`self.pad(flat)` pads to `self.padded`; the shard is a slice of the padded flat parameters, from `rank * shard_len`; `unflatten_into` ignores extra values at the end. Give new buffers the shard's `dtype=` and `device=`.",
-        'Count with `self.wire.reduce_scatter(nbytes(padded_grads))` and `self.wire.all_gather(nbytes(flat))`; `update` steps `self.shard_optimizer` with `super().update(self.shard_optimizer, scaler)`.',
+        '`update` steps `self.shard_optimizer` with `super().update(self.shard_optimizer, scaler)`.',
         'The shard\'s optimizer is the loop\'s class with the loop\'s hyperparameters (as torch\'s ZeroRedundancyOptimizer builds its own): `type(optimizer)([{**optimizer.param_groups[0], "params": [self.shard]}])` works for SGD and AdamW alike (`**optimizer.defaults` does not: AdamW refuses one of its own defaults).',
     ],
     "ex7_fsdp": [
         "Hooks: `layer.register_forward_pre_hook(fn)` calls `fn(module, args)` before the layer's forward, `layer.register_forward_hook(fn)` calls `fn(module, args, output)` after it, and `p.register_post_accumulate_grad_hook(fn)` calls `fn(p)` once `p.grad` is final (exercise 3). In a loop, `lambda module, args, i=index: self.gather(i)` remembers *this* index (a bare `index` would be the last one).",
-        "Before backward: `output.register_hook(fn)` calls `fn(grad)` when the gradient for the layer's output arrives, that is just before the layer's own backward; register it in `after_forward`, only when `output.requires_grad` (not in validation). `gather`: `allocate(full)`, then `dist.all_gather_single(full, shard.detach())`, counted with `self.wire.all_gather(nbytes(full))`.",
-        "`on_grad_ready`: flatten the layer's gradients, pad them with zeros to `self.full[index].numel()`, divide by the world size; `shard.grad = torch.empty_like(shard)`; `dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)`; `self.wire.reduce_scatter(nbytes(grads))`; then `p.grad = None` for the layer's parameters and `free(self.full[index])`.",
+        "Before backward: `output.register_hook(fn)` calls `fn(grad)` when the gradient for the layer's output arrives, that is just before the layer's own backward; register it in `after_forward`, only when `output.requires_grad` (not in validation). `gather`: `allocate(full)`, then `dist.all_gather_single(full, shard.detach())`.",
+        "`on_grad_ready`: flatten the layer's gradients, pad them with zeros to `self.full[index].numel()`, divide by the world size; `shard.grad = torch.empty_like(shard)`; `dist.reduce_scatter_single(shard.grad, grads, op=dist.ReduceOp.SUM)`; then `p.grad = None` for the layer's parameters and `free(self.full[index])`.",
     ],
 }
 

@@ -11,14 +11,14 @@ The fit minimises the *relative* error, Σ ((α + β·S − t) / t)²: an ordina
 squares would let the largest messages (seconds) set α and ignore the microsecond
 ones; weighted by 1/t, a 1 KB message counts as much as a 64 MB one.
 
-A run's communication per step is then predicted from what the strategy itself counted
-in every step record (`ops`: {operation: [calls, message bytes]}, see
-strategies/base.py `Strategy.count`):
+A run's communication per step is then predicted from what the loop counted of the calls
+torch ran in every step record (`ops`: {operation: [calls, message bytes]}, see
+training/comm_record.py `step_counts`):
 
     predicted = Σ over ops  calls × α_op + message bytes × β_op  +  Σ over passes  bytes × γ(S)
 
-A parameter server counts both directions (push and pull) on its server, a ring counts
-each of its 2(n−1) neighbour exchanges. The last sum is the γ term of the α–β–γ model
+A parameter server's push and pull both count on its server, a ring's each of its 2(n−1)
+neighbour exchanges (a send and a receive made together: one message). The last sum is the γ term of the α–β–γ model
 (Thakur, Rabenseifner & Gropp, "Optimization of Collective Communication Operations in
 MPICH", 2005: a per-byte cost of local work): the method's own passes over its buffers
 (copy in, ÷n, chunk additions, copy out), which it counts in `local_ops` ({"in_place" or
@@ -103,7 +103,7 @@ def predict_op_s(op: str, calls: float, message_bytes: float, fits: dict) -> flo
 
 def ops_per_step(result: dict, key: str = "ops") -> dict:
     """{op: (calls, message bytes)} per step: the median over the measured (post-warm-up)
-    steps of what the strategy counted (DDP rebuilds its buckets after step 1); with
+    steps of what the loop counted (DDP rebuilds its buckets after step 1); with
     key="local_ops", {kind: (passes, bytes)} of its own passes over its buffers."""
     warmup = (result.get("summary") or {}).get("warmup_steps", 0)
     steps = [s for s in result.get("steps", [])[warmup:] if s.get(key) is not None]
@@ -134,7 +134,7 @@ def predict_local_s(result: dict, fits: dict) -> float | None:
 
 def predict_wire_s(result: dict, fits: dict) -> float | None:
     """The α–β part of one run's step: Σ calls × α + bytes × β over the operations its
-    strategy counted. None when the run counted no operations or the benchmark has no fit
+    loop counted. None when the run counted no operations or the benchmark has no fit
     for one of them (or was made at another world size)."""
     if not fits:
         return None

@@ -23,5 +23,4 @@ class AllReduce(Strategy):
         for grad in grads_of(model):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
             grad /= self.world
-            self.wire.all_reduce(nbytes(grad))
             self.wire.local(nbytes(grad))  # the ÷n, in place: the cost model's γ term

@@ -27,10 +27,14 @@ A `Strategy` has three parts, each its own section below:
    rank, as DDP's constructor does (`broadcast_initial_state`; a subclass may not
    override it). So no method relies on every rank drawing the same random numbers.
 
-2. How it is COUNTED: `self.wire`, a `Wire`. The method says what it put on the wire
-   (`self.wire.all_reduce(nbytes(grad))`, `self.wire.count(sent=...)`); the loop resets
-   it before each step and writes `self.wire.as_dict()` into the step record. The
-   initial broadcast is setup, not a step: it is counted apart, on `self.setup_wire`.
+2. How it is COUNTED: not by the method. The loop records every torch.distributed call
+   torch runs during a step (labkit/training/comm_record.py: the method's own, DDP's and
+   FSDP's inside backward, subgroups and point-to-point included) and turns each into the
+   bytes the backend's algorithm sends, in one place. A method file holds no counting line;
+   what the recorder cannot see (PowerSGD's callbacks on the backend's threads) is declared
+   once, in `unseen_ops`.
+   Only its own passes over its buffers (copy in, ÷n, copy out: the cost model's γ term,
+   no wire) are said on `self.wire.local(...)`.
 
 3. How it DESCRIBES itself, at class level, read before any process starts (so a
    student's file outside the package works the same way as ours):
@@ -95,62 +99,17 @@ class Option:
 
 
 class Wire:
-    """What one rank put on the wire in one step. The loop calls `reset()` before the
-    step and records `as_dict()` after it; the method only calls `count` / `all_reduce`.
-
-    Collectives are counted as the ring algorithm moves them (what NCCL does for large
-    messages): an all-reduce of S bytes over n ranks sends and receives 2(n−1)/n·S per
-    rank, a reduce-scatter or an all-gather (n−1)/n·S. A reduce or a broadcast runs as a
-    chain through the n ranks (NCCL's ring for these ops): n−1 hops of S bytes, counted as
-    their average per rank, (n−1)/n·S each way. `ranks` = the size of the group a collective
-    runs on, when it is not every rank (a subgroup). Point-to-point sends count exactly.
-    Each count also names its operation and message size: the cost model predicts from them.
-    `local` counts the method's own passes over its buffers (no wire: copy in, ÷n, additions,
-    copy out), the γ term of the cost model.
-    """
+    """The method's own passes over its buffers in one step (no wire: copy in, ÷n, additions,
+    copy out), the γ term of the cost model. What it SENDS is not said here: the loop counts
+    every torch.distributed call itself (labkit/training/comm_record.py). The loop calls
+    `reset()` before the step and records `as_dict()` after it."""
 
     def __init__(self, world: int = 1):
         self.world = world
         self.reset()
 
     def reset(self):
-        self.bytes_sent = self.bytes_received = self.collectives = 0
-        self.ops = {}  # {operation: [calls, message bytes]}
         self.local_ops = {}  # {"in_place" or "fresh", "_alone" after it: [passes, bytes]}
-
-    def count(self, sent=0, received=0, calls=1, op=None, message_bytes=0):
-        self.bytes_sent += int(sent)
-        self.bytes_received += int(received)
-        self.collectives += calls
-        if op:
-            calls_so_far, size = self.ops.get(op, (0, 0))
-            self.ops[op] = [calls_so_far + calls, size + int(message_bytes)]
-
-    def all_reduce(self, nbytes, calls=1, ranks=None):
-        """`calls` all-reduces of `nbytes` bytes in all (over `ranks` ranks; default every rank)."""
-        n = ranks or self.world
-        ring = 2 * (n - 1) / n * nbytes
-        self.count(ring, ring, calls=calls, op="all_reduce", message_bytes=nbytes)
-
-    def reduce(self, nbytes, ranks=None):
-        """One reduce (sum to one root) of an `nbytes` buffer over `ranks` ranks."""
-        n = ranks or self.world
-        self.count((n - 1) / n * nbytes, (n - 1) / n * nbytes, op="reduce", message_bytes=nbytes)
-
-    def broadcast(self, nbytes, ranks=None):
-        """One broadcast (from one root) of an `nbytes` buffer over `ranks` ranks."""
-        n = ranks or self.world
-        self.count((n - 1) / n * nbytes, (n - 1) / n * nbytes, op="broadcast", message_bytes=nbytes)
-
-    def reduce_scatter(self, nbytes):
-        """One reduce-scatter of an `nbytes` buffer (each rank keeps 1/n of it)."""
-        ring = (self.world - 1) / self.world * nbytes
-        self.count(ring, ring, op="reduce_scatter", message_bytes=nbytes)
-
-    def all_gather(self, nbytes):
-        """One all-gather into an `nbytes` buffer (each rank gives 1/n of it)."""
-        ring = (self.world - 1) / self.world * nbytes
-        self.count(ring, ring, op="all_gather", message_bytes=nbytes)
 
     def local(self, nbytes, passes=1, fresh=False, alone=False):
         """`passes` passes of the method's own over `nbytes` bytes in all (the larger side of a
@@ -164,9 +123,7 @@ class Wire:
         self.local_ops[kind] = [passes_so_far + passes, size + int(nbytes)]
 
     def as_dict(self) -> dict:
-        return {"bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "collectives": self.collectives, "ops": {op: list(v) for op, v in self.ops.items()},
-                "local_ops": {kind: list(v) for kind, v in self.local_ops.items()}}
+        return {"local_ops": {kind: list(v) for kind, v in self.local_ops.items()}}
 
 
 def starts_from_rank0(prepare):
@@ -189,8 +146,7 @@ class Strategy:
     def __init__(self, cfg, rank: int = 0, world: int = 1):
         self.cfg, self.rank, self.world = cfg, rank, world
         self.options = type(self).options_of(cfg)  # this run's values: self.options.bucket_mb
-        self.wire = Wire(world)  # 2. how it is counted: the method says what it sent, here
-        self.setup_wire = Wire(world)  # what the initial broadcast sent: setup, not a step
+        self.wire = Wire(world)  # 2. its own passes over its buffers (γ); what it sends, the loop counts
 
     def __init_subclass__(cls, **kwargs):
         # Whatever a subclass's prepare does, rank 0's state reaches every rank first.
@@ -214,7 +170,6 @@ class Strategy:
                 flat = flatten(group)
                 dist.broadcast(flat, src=0)
                 unflatten_into(flat, group)
-                self.setup_wire.broadcast(nbytes(flat))
 
     @starts_from_rank0
     def prepare(self, model, optimizer):
@@ -247,6 +202,11 @@ class Strategy:
 
     def after_step(self, model):
         """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
+
+    def unseen_ops(self, seen: list) -> list:
+        """Collectives this step made that the loop's recorder could not see (`seen`: the ops it
+        did see, comm_record.Op), declared as comm_record.Op; every other method: none."""
+        return []
 
     def step_record(self) -> dict:
         """Figures of this method's own for this rank's step record (plain JSON types), merged

@@ -33,7 +33,6 @@ class Bucketed(Strategy):
             wire = to_wire(flat, self.world, self.options.compress, self.wire)
             dist.all_reduce(wire, op=dist.ReduceOp.SUM)
             unflatten_into(wire, grads)  # copy_ casts back to the gradients' dtype
-            self.wire.all_reduce(nbytes(wire))
             # its own passes (the γ term): flatten's copy in (fresh), the copy out (in place)
             self.wire.local(nbytes(flat), fresh=True)
             self.wire.local(nbytes(flat))

@@ -24,7 +24,6 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from .base import Option, Strategy
-from .buckets import WIRE_DTYPES
 
 COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 DDP_OPTIONS = (
@@ -55,9 +54,6 @@ class TorchDDP(Strategy):
             static_graph=self.options.ddp_static_graph,
         )
         self.register_hook(ddp)
-        # What DDP's buckets hold: every gradient once, in the parameters' dtype (float32 or float64)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.grad_numel, self.grad_dtype = sum(p.numel() for p in params), params[0].dtype
         return ddp
 
     def register_hook(self, ddp):
@@ -70,15 +66,3 @@ class TorchDDP(Strategy):
     def sync_gradients(self, model):
         # Already done inside backward(): one all-reduce per bucket. Nothing to wait for.
         pass
-
-    def after_step(self, model):
-        """Outside the timed window: how many buckets DDP reduced, from its own log, and
-        the bytes: every gradient once, in the hook's fp16/bf16 or else the gradients' dtype."""
-        dtype = WIRE_DTYPES[self.options.ddp_hook] or self.grad_dtype
-        self.wire.all_reduce(self.grad_numel * dtype.itemsize, calls=buckets_reduced(model))
-
-
-def buckets_reduced(ddp) -> int:
-    """How many buckets DDP's last logged iteration reduced, from DDP's own log: one at
-    first, then as many as its buckets rebuilt in backward order."""
-    return max(1, int(ddp._get_ddp_logging_data().get("num_buckets_reduced", 1)))

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from labkit.errors import ConfigError
 
-from .base import Option, Strategy, flatten, nbytes, optimizer_state_tensors
+from .base import Option, Strategy, flatten, optimizer_state_tensors
 from .localsgd import SYNC_EVERY, average_buffers, check_period, local_state, on_cpu, resume_local_state
 
 
@@ -98,7 +98,6 @@ class DiLoCo(Strategy):
             pseudo_grad = self.synced - flatten(self.params)  # how far this rank's H steps moved
             dist.all_reduce(pseudo_grad)
             pseudo_grad /= self.world
-            self.wire.all_reduce(nbytes(pseudo_grad))
             # The outer step starts from the synced parameters, along the averaged pseudo-gradient.
             numels = [p.numel() for p in self.params]
             for p, synced, step in zip(self.params, self.synced.split(numels), pseudo_grad.split(numels)):
@@ -106,7 +105,7 @@ class DiLoCo(Strategy):
                 p.grad = step.view_as(p)
             self.outer.step()  # the loop's zero_grad clears these .grad after the step
             self.synced = flatten(self.params).detach().clone()
-        average_buffers(model, self.world, self.wire)
+        average_buffers(model, self.world)
 
     def held_tensors(self):  # for the memory count: the synced copy, the outer momentum, AdamW's moments
         state = optimizer_state_tensors(self.outer)

@@ -25,7 +25,6 @@ with are rounded to bf16's 8 bits of mantissa (docs/EXPERIMENT_GUIDE.md gives th
 """
 
 import contextlib
-import math
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -70,7 +69,6 @@ class FullyShardedDP(Strategy):
         mesh = init_device_mesh(device.type, (self.world,))
         old = dict(model.named_parameters())
         self.units = [child for child in model.children() if any(True for _ in child.parameters())]
-        self.count_units(model)
         policy = self.precision(model)
         for unit in self.units:  # bottom-up: a unit's parameters are taken before the root's
             fully_shard(unit, mesh=mesh, reshard_after_forward=self.options.reshard_after_forward, mp_policy=policy)
@@ -84,26 +82,13 @@ class FullyShardedDP(Strategy):
 
     def precision(self, model):
         """FSDP2's policy from param_dtype and reduce_dtype; fp32 = no cast (the model's own
-        dtype, which is float64 in the exactness tests). Also the element size on the wire of
-        the all-gathers (self.gather_size) and of the reduce-scatters (self.reduce_size)."""
+        dtype, which is float64 in the exactness tests)."""
         self.model_dtype = next(model.parameters()).dtype
         param = None if self.cfg.param_dtype == "fp32" else DTYPES[self.cfg.param_dtype]
         reduce = DTYPES[self.cfg.reduce_dtype] if self.cfg.reduce_dtype else None
         if reduce == torch.float32 and param is None:
             reduce = None  # "fp32" means full precision: a float64 model's gradients stay float64
-        self.gather_size = (param or self.model_dtype).itemsize
-        self.reduce_size = (reduce or param or self.model_dtype).itemsize
         return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce)
-
-    def count_units(self, model):
-        """Elements each unit's all-gather fills (= its reduce-scatter's input), before sharding:
-        every parameter padded to n equal dim-0 chunks, as fully_shard pads it. after_step
-        weighs them at the dtype each collective runs in."""
-        def padded_numel(params):
-            return sum(math.ceil(p.shape[0] / self.world) * self.world * (p.numel() // p.shape[0]) for p in params)
-        in_units = {id(p) for unit in self.units for p in unit.parameters()}
-        self.unit_numels = [padded_numel(unit.parameters()) for unit in self.units]
-        self.root_numel = padded_numel(p for p in model.parameters() if id(p) not in in_units)
 
     def repoint(self, optimizer, old, new):
         """The loop's optimizer, whichever it is (SGD, AdamW), was built over the full parameters:
@@ -129,19 +114,6 @@ class FullyShardedDP(Strategy):
             yield
         finally:
             model.set_requires_gradient_sync(True)
-
-    def after_step(self, model):
-        """What FSDP2 put on the wire (it keeps no count of its own), from the unit sizes:
-        every micro-batch gathers each unit again (backward freed it), the last reduce-scatters."""
-        gathers = self.cfg.accumulate * (2 if self.options.reshard_after_forward else 1)
-        for numel in self.unit_numels:
-            for _ in range(gathers):  # forward, and backward when the unit was freed after forward
-                self.wire.all_gather(numel * self.gather_size)
-            self.wire.reduce_scatter(numel * self.reduce_size)
-        if self.root_numel:  # the root's own parameters: gathered once a micro-batch, kept for backward
-            for _ in range(self.cfg.accumulate):
-                self.wire.all_gather(self.root_numel * self.gather_size)
-            self.wire.reduce_scatter(self.root_numel * self.reduce_size)
 
     def full_state(self, model, optimizer):
         """Full tensors for checkpoint.pt, gathered collectively on every rank."""

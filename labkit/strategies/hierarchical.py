@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from labkit.errors import ConfigError
 
-from .base import Option, Strategy, flatten, grads_of, nbytes, unflatten_into
+from .base import Option, Strategy, flatten, grads_of, unflatten_into
 
 
 class Hierarchical(Strategy):
@@ -60,12 +60,9 @@ class Hierarchical(Strategy):
         flat = flatten(grads)  # one buffer: three calls per step, whatever the number of tensors
         if self.size > 1:  # 1. sum inside the node, onto the leader (the others' buffers: scratch)
             dist.reduce(flat, dst=self.leader, op=dist.ReduceOp.SUM, group=self.node_group)
-            self.wire.reduce(nbytes(flat), ranks=self.size)
         if self.rank == self.leader and self.nodes > 1:  # 2. only leaders use the network
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.leader_group)
-            self.wire.all_reduce(nbytes(flat), ranks=self.nodes)
         if self.size > 1:  # 3. the leader's global sum to every rank of its node
             dist.broadcast(flat, src=self.leader, group=self.node_group)
-            self.wire.broadcast(nbytes(flat), ranks=self.size)
         flat /= self.world
         unflatten_into(flat, grads)

@@ -33,7 +33,7 @@ from torch.distributed.algorithms.model_averaging.averagers import PeriodicModel
 
 from labkit.errors import ConfigError
 
-from .base import Option, Strategy, flatten, nbytes, unflatten_into
+from .base import Option, Strategy, flatten, unflatten_into
 
 SYNC_EVERY = Option("sync_every", 5, "H: steps between synchronizations (1: every step, as DDP)")
 
@@ -74,8 +74,7 @@ class LocalSGD(Strategy):
         params = [p for p in model.parameters() if p.grad is not None]  # what the averager averages
         self.averager.average_parameters(params)  # one flat all-reduce of the parameters, on sync steps
         if self.averager.step % self.options.sync_every == 0:  # it has just averaged them
-            self.wire.all_reduce(sum(nbytes(p) for p in params))
-            average_buffers(model, self.world, self.wire)
+            average_buffers(model, self.world)
 
     def state_dict(self):
         return local_state(self)
@@ -89,7 +88,7 @@ def check_period(every):
         raise ConfigError(f"sync_every={every}: H must be at least 1 (steps between synchronizations)")
 
 
-def average_buffers(model, world, wire):
+def average_buffers(model, world):
     """BatchNorm's running mean and variance, averaged over the ranks (one all-reduce).
     The step counter (num_batches_tracked, an integer) is the same on every rank."""
     buffers = [b for b in model.buffers() if b.is_floating_point()]
@@ -99,7 +98,6 @@ def average_buffers(model, world, wire):
     dist.all_reduce(flat)
     flat /= world
     unflatten_into(flat, buffers)
-    wire.all_reduce(nbytes(flat))
 
 
 def local_state(strategy) -> dict:

@@ -23,7 +23,7 @@ import functools
 
 import torch.distributed as dist
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import Strategy, flatten, unflatten_into
 from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
@@ -54,7 +54,6 @@ class Overlap(Strategy):
         wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.options.compress)
         work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
         self.in_flight.append((index, wire, work))
-        self.wire.all_reduce(nbytes(wire))
 
     @contextlib.contextmanager
     def no_sync(self, model):

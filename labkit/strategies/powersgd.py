@@ -22,7 +22,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersg
 from labkit.errors import ConfigError
 
 from .base import Option
-from .ddp import DDP_OPTIONS, TorchDDP, buckets_reduced
+from .ddp import DDP_OPTIONS, TorchDDP
 
 
 class PowerSGD(TorchDDP):
@@ -55,21 +55,26 @@ class PowerSGD(TorchDDP):
     def register_hook(self, ddp):  # instead of DDP's: PowerSGD's hook, and no ddp_hook option
         self.state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.options.powersgd_rank,
                                             start_powerSGD_iter=self.options.powersgd_start_iter)
-        self.values_sent_so_far = 0
         hook = powersgd.powerSGD_hook if dist.get_backend() == "nccl" else one_bucket_at_a_time
         ddp.register_comm_hook(self.state, hook)
+        self.tallied = 0  # values the hook said it sent, so far
+        self.grad_dtype = next(ddp.parameters()).dtype  # the dtype its values travel in
 
-    def after_step(self, model):
-        # The hook keeps its own tally of the values it put on the wire once compressing
-        # (P and Q of each compressed matrix, the rest as it is), in the gradients' dtype;
-        # before its start iteration it is a plain all-reduce of every gradient, one per bucket.
-        buckets = buckets_reduced(model)
-        values = self.state.total_numel_after_compression - self.values_sent_so_far
-        self.values_sent_so_far = self.state.total_numel_after_compression
-        if values:  # vectors, then P, then Q: three all-reduces per bucket
-            self.wire.all_reduce(values * self.grad_dtype.itemsize, calls=3 * buckets)
-        else:
-            self.wire.all_reduce(self.grad_numel * self.grad_dtype.itemsize, calls=buckets)
+    def unseen_ops(self, seen):
+        """Declared, as the recorder cannot see them: once compressing, each bucket's P and Q
+        all-reduces are issued from callbacks on the backend's own threads. The hook tallies every
+        value it sends; what the recorder saw (each bucket's uncompressed vectors) is taken off."""
+        from labkit.training.comm_record import Op
+
+        values, self.tallied = self.state.total_numel_after_compression - self.tallied, \
+            self.state.total_numel_after_compression
+        reduces = [op for op in seen if op.op == "all_reduce" and op.group_size == self.world]
+        unseen = values * self.grad_dtype.itemsize - sum(op.nbytes for op in reduces)
+        if not values or unseen <= 0:  # before powersgd_start_iter: plain all-reduces, all seen
+            return []
+        size = unseen / (2 * len(reduces))  # P, then Q, for each bucket
+        return [Op(op="all_reduce", c10d="declared", nbytes=int(size), dtype=str(self.grad_dtype).removeprefix("torch."), shapes=[],
+                   group_size=self.world, group_rank=self.rank) for _ in range(2 * len(reduces))]
 
 
 def one_bucket_at_a_time(state, bucket):

@@ -53,7 +53,6 @@ class ParameterServer(Strategy):
         if self.rank != SERVER:
             flat = flatten([p.grad for p in params])
             dist.send(flat, dst=SERVER)
-            self.wire.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             self.wire.local(nbytes(flat), fresh=True)  # the γ term: flatten's copy in
             return
         total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
@@ -64,7 +63,6 @@ class ParameterServer(Strategy):
         for request, buf in zip(requests, inbox):
             request.wait()
             total += buf
-            self.wire.count(received=nbytes(buf), op="send_recv", message_bytes=nbytes(buf))
         data_ranks = self.world if self.options.ps_server_trains else self.world - 1  # as data_shard
         for p in params:  # the dedicated server has no grads of its own yet
             if p.grad is None:
@@ -91,11 +89,8 @@ class ParameterServer(Strategy):
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
                 request.wait()
-            self.wire.count(sent=nbytes(flat) * (self.world - 1), calls=self.world - 1,
-                            op="send_recv", message_bytes=nbytes(flat) * (self.world - 1))
         else:
             dist.recv(flat, src=SERVER)
-            self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             with torch.no_grad():
                 unflatten_into(flat, params)
             self.wire.local(nbytes(flat))  # and the worker's copy out

@@ -75,7 +75,6 @@ class ShardedServer(Strategy):
         grads = self.pad(flatten([p.grad for p in self.params])) / self.world
         self.shard.grad = torch.empty_like(self.shard)
         dist.reduce_scatter_single(self.shard.grad, grads, op=dist.ReduceOp.SUM)
-        self.wire.reduce_scatter(nbytes(grads))
         self.wire.local(3 * nbytes(grads), passes=3, fresh=True)  # the γ term: flatten, pad, ÷n
 
     def update(self, optimizer, scaler=None):
@@ -88,5 +87,4 @@ class ShardedServer(Strategy):
         dist.all_gather_single(flat, self.shard.detach())
         with torch.no_grad():
             unflatten_into(flat, self.params)
-        self.wire.all_gather(nbytes(flat))
         self.wire.local(nbytes(flat))  # the copy out, in place

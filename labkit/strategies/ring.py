@@ -30,21 +30,17 @@ def ring_exchange(send: torch.Tensor, recv: torch.Tensor, rank: int, world: int)
         request.wait()
 
 
-def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> int:
-    """Sum `flat` across ranks in place; returns the bytes this rank sent."""
+def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> None:
+    """Sum `flat` across ranks in place."""
     chunks = list(flat.tensor_split(world))  # views into flat
-    sent = 0
     for step in range(world - 1):  # reduce-scatter
         send, recv = chunks[(rank - step) % world], chunks[(rank - step - 1) % world]
         inbox = torch.empty_like(recv)
         ring_exchange(send, inbox, rank, world)
         recv += inbox  # the chunk additions: this pass is the γ term of the cost model
-        sent += nbytes(send)
     for step in range(world - 1):  # all-gather
         send, recv = chunks[(rank - step + 1) % world], chunks[(rank - step) % world]
         ring_exchange(send, recv, rank, world)
-        sent += nbytes(send)
-    return sent
 
 
 class Ring(Strategy):
@@ -53,9 +49,8 @@ class Ring(Strategy):
     def sync_gradients(self, model):
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         flat = flatten(grads) / self.world
-        sent = ring_all_reduce(flat, self.rank, self.world)
+        ring_all_reduce(flat, self.rank, self.world)
         unflatten_into(flat, grads)
-        self.wire.count(sent=sent, received=sent, calls=2 * (self.world - 1), op="send_recv", message_bytes=sent)
         # its own passes (the γ term): flatten and ÷n write fresh buffers; the n−1 chunk
         # additions (what this rank received in the reduce-scatter) and the copy out are in place
         self.wire.local(2 * nbytes(flat), passes=2, fresh=True)

@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from labkit.errors import ConfigError
 
-from .base import Option, Strategy, flatten, nbytes, unflatten_into
+from .base import Option, Strategy, flatten, unflatten_into
 
 SERVER = 0
 
@@ -83,7 +83,6 @@ class StaleSynchronousServer(Strategy):
         if self.rank != SERVER:  # push, then wait in sync_parameters for the reply
             flat = flatten([p.grad for p in self.params])
             dist.send(flat, dst=SERVER)
-            self.wire.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             return
         # The server's step: n−1 gradients, in the order they come, whoever sends them (a fast
         # worker may send two while a slow one sends none), so its loop runs as many steps as
@@ -92,7 +91,6 @@ class StaleSynchronousServer(Strategy):
         inbox = torch.empty_like(flatten([p.detach() for p in self.params]))
         for _ in self.workers:
             worker = dist.recv(inbox, src=None)  # whoever arrives first; gloo names the sender
-            self.wire.count(received=nbytes(inbox), op="send_recv", message_bytes=nbytes(inbox))
             self.pushed[worker] += 1
             step = self.pushed[worker]
             # it updates step `step`, on top of step − 1, but was computed from `seen` steps
@@ -113,7 +111,6 @@ class StaleSynchronousServer(Strategy):
         flat = self.current_parameters()
         for worker in free:
             dist.send(flat, dst=worker)
-            self.wire.count(sent=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
             self.seen[worker] = self.done
             self.held.remove(worker)
 
@@ -150,7 +147,6 @@ class StaleSynchronousServer(Strategy):
             return
         flat = flatten([p.detach() for p in self.params])
         dist.recv(flat, src=SERVER)
-        self.wire.count(received=nbytes(flat), op="send_recv", message_bytes=nbytes(flat))
         with torch.no_grad():
             unflatten_into(flat, self.params)
 
@@ -161,7 +157,7 @@ class StaleSynchronousServer(Strategy):
         own back afterwards, so the bound and the staleness it records stay exact."""
         own = flatten([p.detach() for p in self.params])
         server = own.clone()
-        dist.broadcast(server, src=SERVER)  # validation, not a step: not on the wire count
+        dist.broadcast(server, src=SERVER)  # validation, not a step: the loop counts steps only
         with torch.no_grad():
             unflatten_into(server, self.params)
         try:

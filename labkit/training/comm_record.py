@@ -16,6 +16,10 @@ each one with its tensors and its group, whoever made the call:
 It does not see traffic that is no collective: the TCP store (rendezvous, barriers of the
 launcher) and gloo's own connection set-up. Those are small and not per step.
 
+The loop keeps one entered around every step (training/recorder.py) and writes `step_counts`
+into the step record: no method counts what it sends. tests/test_counted_carried.py holds the
+counts to what crossed an emulated link.
+
 `bytes_sent(op, backend)` turns one recorded op into the bytes this rank sends, in one place
 (docs/EXPERIMENT_GUIDE.md, "Counted from what torch ran", gives both backends' models and
 their sources). S is the collective's buffer: an all-reduce's tensor, a reduce-scatter's
@@ -24,11 +28,15 @@ input, an all-gather's output; n the group's size.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
 from torch.distributed import ProcessGroup
+from torch.distributed.distributed_c10d import batch_isend_irecv
 from torch.utils._python_dispatch import TorchDispatchMode
+
+BATCH_CODE = batch_isend_irecv.__code__
 
 # c10d op → (the collective it is, the argument holding S, whether S is all of it or one list entry)
 C10D_OPS = {
@@ -66,6 +74,7 @@ class Op:
     group_size: int  # n
     group_rank: int  # this rank's place in the group
     root: int | None = None  # broadcast/reduce/gather/scatter: the root; send/recv: the peer (group ranks)
+    batch: int | None = None  # send/recv: the batch_isend_irecv call that posted it (None: on its own)
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -103,15 +112,31 @@ class CommRecord(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: list[Op] = []
+        self.batch_frame, self.batches = None, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         op = record_of(func, args, kwargs)
         if op is not None:
+            if op.op in ("send", "recv"):
+                op.batch = self.batch_of(sys._getframe(1))
             self.ops.append(op)
         return func(*args, **(kwargs or {}))
 
+    def batch_of(self, frame) -> int | None:
+        """Which batch_isend_irecv call posted this send or receive (its messages go together),
+        from the Python frames above it; None when it was posted on its own."""
+        for _ in range(16):
+            if frame is None:
+                return None
+            if frame.f_code is BATCH_CODE:
+                if frame is not self.batch_frame:  # a reference held: the same object is the same call
+                    self.batch_frame, self.batches = frame, self.batches + 1
+                return self.batches
+            frame = frame.f_back
+        return None
+
     def take(self) -> list[Op]:
-        ops, self.ops = self.ops, []
+        ops, self.ops, self.batch_frame = self.ops, [], None
         return ops
 
 
@@ -162,6 +187,64 @@ def bytes_sent(op: Op, backend: str = "gloo") -> float:
     if op.op == "all_to_all":
         return half
     raise ValueError(f"bytes_sent: no byte model for '{op.op}' ({op.c10d}); add one to labkit/training/comm_record.py")
+
+
+def bytes_received(op: Op, backend: str = "gloo") -> float:
+    """The bytes this rank receives for one recorded op (the mirror of bytes_sent)."""
+    n, r, s = op.group_size, op.group_rank, op.nbytes
+    if op.op == "recv":
+        return s
+    if n <= 1 or op.op in ("send", "barrier"):
+        return 0
+    half = (n - 1) / n * s
+    if op.op == "broadcast":
+        return 0 if r == op.root else s  # every rank but the root receives S once
+    if op.op == "reduce":
+        if backend == "nccl":
+            return 0 if (r - op.root) % n == 1 else s  # the chain's first rank receives nothing
+        return half + ((n - 1) * s / n if r == op.root else 0)
+    if op.op == "gather":
+        return (n - 1) * s if r == op.root else 0
+    if op.op == "scatter":
+        return 0 if r == op.root else s
+    return bytes_sent(op, backend)  # the rings and all-to-all: as much in as out
+
+
+# The names the cost model fits (labkit bench collectives): a send or a receive is "send_recv"
+COST_MODEL_OP = {"send": "send_recv", "recv": "send_recv"}
+
+
+def step_counts(ops: list[Op], backend: str = "gloo") -> dict:
+    """One step's counts as result.json keeps them: bytes_sent, bytes_received, collectives and
+    ops ({operation: [calls, message bytes]}, the cost model's input). A collective is one call.
+    Point-to-point: a send or a receive is one message, but those posted together by one
+    `batch_isend_irecv` run at once (a link carries both ways), so a batch counts its more
+    numerous side — the ring's exchange of a chunk each way is one message, a server's
+    receive and its send are two."""
+    counts = {"bytes_sent": 0, "bytes_received": 0, "collectives": 0, "ops": {}}
+    for op in ops:
+        counts["bytes_sent"] += int(bytes_sent(op, backend))  # whole bytes per call
+        counts["bytes_received"] += int(bytes_received(op, backend))
+    p2p = {}
+    for op in ops:
+        if op.op == "barrier":
+            continue
+        if op.op in COST_MODEL_OP:
+            key = ("batch", op.batch) if op.batch is not None else ("alone", len(p2p))
+            sends, recvs = p2p.setdefault(key, ([0, 0], [0, 0]))
+            side = sends if op.op == "send" else recvs
+            side[0] += 1
+            side[1] += op.nbytes
+            continue
+        calls, size = counts["ops"].get(op.op, (0, 0))
+        counts["ops"][op.op] = [calls + 1, size + op.nbytes]
+        counts["collectives"] += 1
+    for sends, recvs in p2p.values():
+        calls, size = counts["ops"].get("send_recv", (0, 0))
+        more = max(sends, recvs)
+        counts["ops"]["send_recv"] = [calls + more[0], size + more[1]]
+        counts["collectives"] += more[0]
+    return counts
 
 
 def step_summary(ops: list[Op], backend: str = "gloo") -> dict:

@@ -1,9 +1,9 @@
 """What crossed each node's network link, from the kernel's own byte counters.
 
 On a job over several nodes, the first rank of each node reads its interface's counters
-(/sys/class/net/IFACE/statistics/{tx,rx}_bytes) around every step. Unlike the bytes a method
-counts (`strategy.wire`, what it asked for), this is what really left and entered the node,
-headers included: the traffic between ranks of one node stays on its loopback and is not
+(/sys/class/net/IFACE/statistics/{tx,rx}_bytes) around every step. Unlike the bytes the loop
+counts (comm_record.py: the calls torch ran, each by the backend's algorithm), this is what
+really left and entered the node, headers included: the traffic between ranks of one node stays on its loopback and is not
 in it. The busiest link's bytes ÷ its rate is the least time the link needs per step — what a
 slower link will cost, predicted from a run on a faster one (notebook 07).
 """

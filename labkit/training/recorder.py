@@ -3,7 +3,7 @@
 The loop in worker.py reads like step.py because of this object:
 
     for batch in batches:
-        recorder.before(step)        # fault injection, heartbeat, timeline, lr, wire counters
+        recorder.before(step)        # fault injection, heartbeat, timeline, lr, starts counting
         loss = train_step(...)       # the lesson: forward/backward, sync, update, sync
         recorder.after(step, loss)   # timer, step record, progress line, checks, checkpoint
 
@@ -11,6 +11,13 @@ A real job needs all of this bookkeeping (a watchdog, a resumable record, a live
 and none of it changes from one method to the next, so none of it belongs in the loop.
 It writes the per-step records (state.steps → steps.jsonl, result.json) and, on rank 0,
 progress.jsonl; start_epoch / end_epoch keep each epoch's clock and mean train loss.
+
+What a step sent is counted here, in one place, not by the method: from `before` to `after`
+a `CommRecord` (comm_record.py) sees every torch.distributed call torch runs — the method's
+own, DDP's and FSDP's inside backward — and `step_counts` turns them into the bytes each
+puts on the wire by the algorithm the backend runs (bytes_sent, bytes_received, collectives,
+ops in the step record). Only the method's own passes over its buffers (the cost model's γ,
+`local_ops`) are still said by the method, on `strategy.wire`.
 """
 
 import json
@@ -23,6 +30,7 @@ import torch.distributed as dist
 from labkit.strategies.base import Strategy
 from labkit.training import checkpoint
 from labkit.training.collective_log import CollectiveLog
+from labkit.training.comm_record import CommRecord, step_counts
 from labkit.training.faults import check_fault_fired, inject_fault
 from labkit.training.heartbeat import Heartbeat
 from labkit.training.links import LinkMeter
@@ -52,6 +60,9 @@ class StepRecorder:
         self.memory = MemoryMeter(rank, device, count_at=min(cfg.warmup_steps + 1, total_steps))
         self.tracer = Tracer(cfg, rank, strategy.world, device)  # --set trace=true: a profiler trace (trace.py)
         self.sync_bn = getattr(net, "sync_bn_count", None)  # --set sync_bn=true: its layers' collectives
+        # every torch.distributed call of a step, counted here (none where there is no process group)
+        self.comm = CommRecord() if dist.is_initialized() else None
+        self.backend = dist.get_backend() if dist.is_initialized() else "gloo"
 
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
@@ -70,10 +81,14 @@ class StepRecorder:
             self.sync_bn.reset()
         self.links.before()
         self.memory.arm(step)
+        if self.comm:
+            self.comm.take()  # what ran between steps (validation, checkpoints) is no step's
+            self.comm.__enter__()
 
     def after(self, step: int, loss: float):
         cfg, state = self.cfg, self.state
         times = self.timer.stop()
+        counted = self.count_step()
         self.collectives.step_ended(step)
         if self.first_attempt:
             check_fault_fired(self.cfg.fault, self.rank, step)
@@ -84,7 +99,7 @@ class StepRecorder:
             state.loss_sum, state.seen = state.loss_sum + loss, state.seen + 1
         finite = math.isfinite(loss)
         state.steps.append(dict(step=step, epoch=self.epoch, loss=loss if finite else None,
-                                **self.strategy.wire.as_dict(), **times, **self.strategy.step_record()))
+                                **counted, **self.strategy.wire.as_dict(), **times, **self.strategy.step_record()))
         if self.sync_bn:  # SyncBatchNorm's own collectives, apart from the method's (models.py)
             state.steps[-1].update(self.sync_bn.record())
         if self.progress:  # json.dumps: a NaN loss must still make a line json.loads can read
@@ -98,6 +113,14 @@ class StepRecorder:
             self.save_checkpoint()
             self.timer.start()  # the checkpoint's I/O is not the next step's data wait
         self.tracer.step()
+
+    def count_step(self) -> dict:
+        """What this step sent: every torch.distributed call since `before`, in bytes."""
+        if not self.comm:
+            return step_counts([])
+        self.comm.__exit__(None, None, None)
+        seen = self.comm.take()
+        return step_counts(seen + self.strategy.unseen_ops(seen), self.backend)
 
     def end_epoch(self) -> dict:
         """The epoch's figures: its train loss averaged over every data rank, its time and throughput."""
