@@ -4,13 +4,12 @@ crossed the link, read from the kernel's own counter (headers included), for eve
 emulated nodes × 1 rank — there every byte a rank sends leaves its node. One short run each
 (simple_cnn, 5 steps); rank 0's median step against node 0's median tx bytes a step, within 15 %.
 
-The overlapped methods (ddp, powersgd, overlap, fsdp) communicate inside backward; on CPU the
-dispatcher sees those calls too (the autograd engine carries the recording mode into backward's
-threads), so their counts are the same recorder's — but for PowerSGD's P and Q all-reduces once
-it compresses, issued from callbacks on gloo's threads, which powersgd.py declares (`unseen_ops`).
+The overlapped methods (ddp, powersgd, overlap, fsdp) communicate inside backward; their
+process group's pre-hook sees those calls as it sees every other (PowerSGD's P and Q, issued
+from callbacks on gloo's threads, included), so their counts are the same recorder's.
 Here it runs uncompressed (powersgd_start_iter is 10): compressed, simple_cnn's all-reduces hold
 a few hundred bytes each and gloo's fixed cost on the link, ~1.6 KB an all-reduce on 2 ranks
-(docs/BENCHMARKS.md), outweighs them — its declared count is held to the hook's arithmetic in
+(docs/BENCHMARKS.md), outweighs them — its compressed count is held to the hook's arithmetic in
 tests/test_numbers.py instead. Methods that synchronize
 every H steps (localsgd, diloco) run with H = 1 here, ssp with staleness 0, so every step
 sends the same: the medians are each step's."""

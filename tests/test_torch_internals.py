@@ -6,8 +6,8 @@ torch upgrade that moves one fails here, by name, rather than somewhere deep ins
   log folder, which is why the gate comes before it.
 - `dist.TCPStore` subclassed with `master_listen_fd` (torchrun.bind_stores): a store server
   listens on the host it is given only.
-- `ProcessGroup.register_pre_hook` (training/collective_log.py) and c10d ops seen by a
-  TorchDispatchMode with a boxed process group (`ProcessGroup.unbox`, training/comm_record.py).
+- `ProcessGroup.register_pre_hook` and its arguments (training/collective_log.py,
+  training/comm_record.py), and torch's registry of process groups (comm_record.process_groups).
 - `DistributedDataParallel._get_ddp_logging_data()["num_buckets_reduced"]` where a method
   still reads it (strategies/ddp.py).
 """
@@ -53,15 +53,19 @@ def test_a_bound_store_listens_on_its_host_only():
 WORLD_OF_ONE = r"""
 import json, os, torch, torch.distributed as dist
 from labkit.training.collective_log import CollectiveLog, read_collectives
-from labkit.training.comm_record import CommRecord, bytes_sent
+from labkit.training.comm_record import CommRecord, bytes_sent, process_groups
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
 log = CollectiveLog("collectives-0.jsonl", rank=0)
+sub = dist.new_group([0])
+groups = process_groups()
 with CommRecord() as record:
     dist.all_reduce(torch.ones(10))
+    dist.broadcast(torch.ones(3, dtype=torch.float64), src=0, group=sub)
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
 for _ in range(2):
     model(torch.ones(3, 4)).sum().backward()
-print(json.dumps({"ops": [(o.op, o.nbytes, o.group_size) for o in record.ops],
+print(json.dumps({"ops": [(o.op, o.nbytes, o.group_size, o.root) for o in record.ops],
+                  "groups": [dist.group.WORLD in groups, sub in groups, len(groups)],
                   "bytes": bytes_sent(record.ops[0]),
                   "logged": [(c["op"], c["bytes"]) for c in read_collectives("collectives-0.jsonl")["collectives"]],
                   "buckets": model._get_ddp_logging_data().get("num_buckets_reduced")}))
@@ -69,12 +73,13 @@ dist.destroy_process_group()
 """
 
 
-def test_a_collective_is_seen_by_the_dispatcher_the_pre_hook_and_ddps_log(tmp_path):
+def test_a_collective_is_seen_by_the_pre_hooks_and_ddps_log(tmp_path):
     done = subprocess.run([sys.executable, "-c", WORLD_OF_ONE], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["ops"] == [["all_reduce", 40, 1]]  # the dispatcher, the group unboxed
+    assert seen["ops"] == [["all_reduce", 40, 1, None], ["broadcast", 24, 1, 0]]  # each group's pre-hook
+    assert seen["groups"] == [True, True, 2]  # torch's registry: the world and the subgroup
     assert seen["bytes"] == 0  # a group of one sends nothing
     assert ["all_reduce", 40] in [list(x) for x in seen["logged"]]  # the process group's pre-hook
     assert seen["buckets"] == 1  # DDP's own log of its last iteration

@@ -29,10 +29,9 @@ A `Strategy` has three parts, each its own section below:
 
 2. How it is COUNTED: not by the method. The loop records every torch.distributed call
    torch runs during a step (labkit/training/comm_record.py: the method's own, DDP's and
-   FSDP's inside backward, subgroups and point-to-point included) and turns each into the
-   bytes the backend's algorithm sends, in one place. A method file holds no counting line;
-   what the recorder cannot see (PowerSGD's callbacks on the backend's threads) is declared
-   once, in `unseen_ops`.
+   FSDP's inside backward, a comm hook's on the backend's threads, subgroups and
+   point-to-point included) and turns each into the bytes the backend's algorithm sends, in
+   one place. A method file holds no counting line.
    Only its own passes over its buffers (copy in, ÷n, copy out: the cost model's γ term,
    no wire) are said on `self.wire.local(...)`.
 
@@ -202,11 +201,6 @@ class Strategy:
 
     def after_step(self, model):
         """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
-
-    def unseen_ops(self, seen: list) -> list:
-        """Collectives this step made that the loop's recorder could not see (`seen`: the ops it
-        did see, comm_record.Op), declared as comm_record.Op; every other method: none."""
-        return []
 
     def step_record(self) -> dict:
         """Figures of this method's own for this rank's step record (plain JSON types), merged

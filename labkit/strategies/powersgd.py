@@ -57,24 +57,6 @@ class PowerSGD(TorchDDP):
                                             start_powerSGD_iter=self.options.powersgd_start_iter)
         hook = powersgd.powerSGD_hook if dist.get_backend() == "nccl" else one_bucket_at_a_time
         ddp.register_comm_hook(self.state, hook)
-        self.tallied = 0  # values the hook said it sent, so far
-        self.grad_dtype = next(ddp.parameters()).dtype  # the dtype its values travel in
-
-    def unseen_ops(self, seen):
-        """Declared, as the recorder cannot see them: once compressing, each bucket's P and Q
-        all-reduces are issued from callbacks on the backend's own threads. The hook tallies every
-        value it sends; what the recorder saw (each bucket's uncompressed vectors) is taken off."""
-        from labkit.training.comm_record import Op
-
-        values, self.tallied = self.state.total_numel_after_compression - self.tallied, \
-            self.state.total_numel_after_compression
-        reduces = [op for op in seen if op.op == "all_reduce" and op.group_size == self.world]
-        unseen = values * self.grad_dtype.itemsize - sum(op.nbytes for op in reduces)
-        if not values or unseen <= 0:  # before powersgd_start_iter: plain all-reduces, all seen
-            return []
-        size = unseen / (2 * len(reduces))  # P, then Q, for each bucket
-        return [Op(op="all_reduce", c10d="declared", nbytes=int(size), dtype=str(self.grad_dtype).removeprefix("torch."), shapes=[],
-                   group_size=self.world, group_rank=self.rank) for _ in range(2 * len(reduces))]
 
 
 def one_bucket_at_a_time(state, bucket):

@@ -1,20 +1,23 @@
 """What a step sent, counted from what torch ran: every torch.distributed call made inside a
 block, and the bytes each one puts on the wire by the algorithm the backend really runs.
 
-Every torch.distributed call reaches a ProcessGroup through torch's dispatcher as a c10d op
-(`dist.all_reduce` → c10d.allreduce_, `dist.send` → c10d.send, …). A `TorchDispatchMode` sees
-each one with its tensors and its group, whoever made the call:
+Every collective and point-to-point call reaches a ProcessGroup, which calls the hooks
+registered on it (`ProcessGroup.register_pre_hook`) as the call is issued, with its tensors,
+its root or peer and the name of the operation — whoever made the call:
 
-- a method's own `dist.*` calls, subgroups included, and batch_isend_irecv's sends and receives
-  (on gloo they run as plain c10d.send / c10d.recv_);
-- DDP's C++ reducer: its bucket all-reduces go through `ProcessGroup::allreduce`, which calls
-  the dispatcher too. Modes are thread-local, but the autograd engine carries the caller's
-  thread-local state (ATen's ThreadLocalState holds the dispatch-mode stack) into whatever
-  thread runs backward, so a mode entered around forward + backward sees them;
+- a method's own `dist.*` calls, subgroups included (each group is hooked as it appears), and
+  batch_isend_irecv's sends and receives (on gloo they run as plain sends and receives);
+- DDP's C++ reducer: its bucket all-reduces go through `ProcessGroup::allreduce`, hooks and all;
+- a DDP comm hook's all-reduces, even those issued from callbacks on gloo's own threads
+  (PowerSGD's P and Q): the hook is the process group's, not the thread's;
 - FSDP2's all-gathers and reduce-scatters (dist.all_gather_into_tensor / reduce_scatter_tensor).
 
 It does not see traffic that is no collective: the TCP store (rendezvous, barriers of the
 launcher) and gloo's own connection set-up. Those are small and not per step.
+
+Why hooks and not a TorchDispatchMode (which sees the same c10d ops): a dispatch mode is called
+in Python for every aten op of forward and backward too — measured +37 % on a simple_cnn step
+(docs/BENCHMARKS.md) — where a hook costs microseconds per collective and nothing per op.
 
 The loop keeps one entered around every step (training/recorder.py) and writes `step_counts`
 into the step record: no method counts what it sends. tests/test_counted_carried.py holds the
@@ -31,34 +34,25 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 
-import torch
-from torch.distributed import ProcessGroup
+import torch.distributed as dist
 from torch.distributed.distributed_c10d import batch_isend_irecv
-from torch.utils._python_dispatch import TorchDispatchMode
 
 BATCH_CODE = batch_isend_irecv.__code__
+HOOK_ID = 1  # on each process group (collective_log.py's hook is 0)
 
-# c10d op → (the collective it is, the argument holding S, whether S is all of it or one list entry)
-C10D_OPS = {
-    "allreduce_": ("all_reduce", "tensors"),
-    "allreduce_coalesced_": ("all_reduce", "tensors"),
-    "_reduce_scatter_base_": ("reduce_scatter", "input_tensor"),
-    "reduce_scatter_tensor_coalesced_": ("reduce_scatter", "inputs"),
-    "reduce_scatter_": ("reduce_scatter", "input_tensors"),
-    "_allgather_base_": ("all_gather", "output_tensor"),
-    "allgather_into_tensor_coalesced_": ("all_gather", "outputs"),
-    "allgather_": ("all_gather", "output_tensors"),
-    "allgather_coalesced_": ("all_gather", "output_lists"),
-    "broadcast_": ("broadcast", "tensors"),
-    "reduce_": ("reduce", "tensors"),
-    "send": ("send", "tensors"),
-    "recv_": ("recv", "tensors"),
-    "recv_any_source_": ("recv", "tensors"),
-    "gather_": ("gather", "input_tensors"),
-    "scatter_": ("scatter", "output_tensors"),
-    "alltoall_base_": ("all_to_all", "input"),
-    "alltoall_": ("all_to_all", "input_tensors"),
-    "barrier": ("barrier", None),
+# torch's name for the operation → (the collective it is, where S is: the call's inputs or outputs)
+HOOK_OPS = {
+    "ALLREDUCE": ("all_reduce", "input_tensors"),
+    "REDUCE_SCATTER": ("reduce_scatter", "input_tensors"),
+    "ALLGATHER": ("all_gather", "output_tensors"),
+    "BROADCAST": ("broadcast", "input_tensors"),
+    "REDUCE": ("reduce", "input_tensors"),
+    "SEND": ("send", "input_tensors"),
+    "RECV": ("recv", "output_tensors"),
+    "GATHER": ("gather", "input_tensors"),
+    "SCATTER": ("scatter", "output_tensors"),
+    "ALLTOALL": ("all_to_all", "input_tensors"),
+    "BARRIER": ("barrier", None),
 }
 
 
@@ -67,7 +61,7 @@ class Op:
     """One collective or point-to-point call as torch ran it."""
 
     op: str  # all_reduce, reduce_scatter, all_gather, broadcast, reduce, send, recv, ...
-    c10d: str  # the c10d op torch dispatched, e.g. "_reduce_scatter_base_"
+    c10d: str  # torch's name for it, e.g. "REDUCE_SCATTER"
     nbytes: int  # S: the buffer the collective is about (numel × element_size)
     dtype: str
     shapes: list  # the shapes of the tensors that make S
@@ -77,66 +71,80 @@ class Op:
     batch: int | None = None  # send/recv: the batch_isend_irecv call that posted it (None: on its own)
 
 
-def _tensors(value) -> list[torch.Tensor]:
-    """The tensors in an argument: a tensor, a list of them, or a list of lists."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors(item)]
-    return []
+def process_groups() -> list:
+    """Every process group of this process: the world and each subgroup made since. torch keeps
+    them in its private registry (distributed_c10d._world.pg_map); this is the one place that
+    reads it (tests/test_torch_internals.py fails loudly when torch moves it)."""
+    from torch.distributed import distributed_c10d
+
+    return list(distributed_c10d._world.pg_map)
 
 
-def record_of(func, args, kwargs) -> Op | None:
-    """The Op for one dispatched call, or None if it is no c10d op."""
-    if func.namespace != "c10d" or func._schema.name.split("::")[-1] not in C10D_OPS:
-        return None
-    name = func._schema.name.split("::")[-1]
-    bound = {a.name: v for a, v in zip(func._schema.arguments, args)} | dict(kwargs or {})
-    op, holder = C10D_OPS[name]
-    group = ProcessGroup.unbox(bound["process_group"])  # the dispatcher hands it over boxed (a ScriptObject)
-    tensors = _tensors(bound[holder]) if holder else []
-    if op in ("all_reduce", "broadcast", "reduce", "gather") and name != "allreduce_coalesced_":
-        tensors = tensors[:1]  # one tensor per call; a longer list holds copies of it (one per device)
-    root = bound.get("root_rank", bound.get("dst", bound.get("src")))
-    return Op(op=op, c10d=name, nbytes=sum(t.numel() * t.element_size() for t in tensors),
-              dtype=str(tensors[0].dtype).removeprefix("torch.") if tensors else "",
-              shapes=[list(t.shape) for t in tensors], group_size=group.size(), group_rank=group.rank(),
-              root=root)
+_ACTIVE: list["CommRecord"] = []  # the records entered now, on any thread
+_HOOKED: list = []  # the groups our hook is on (held: an id could be reused by a later group)
 
 
-class CommRecord(TorchDispatchMode):
-    """`with CommRecord() as record:` … `record.ops`: every c10d op torch ran inside the block,
-    on this thread and in the backward it starts (DDP's reducer included). `take()` returns the
-    ops so far and starts a new list (one list per step)."""
+def _hook_every_group() -> None:
+    for group in process_groups():
+        if not any(group is hooked for hooked in _HOOKED):
+            group.register_pre_hook(HOOK_ID, lambda args, n=group.size(), r=group.rank(): _issued(args, n, r))
+            _HOOKED.append(group)
+
+
+def _issued(args, n: int, r: int) -> None:
+    """The pre-hook: the process group is issuing a call (it has not run yet)."""
+    if not _ACTIVE or args.name.name not in HOOK_OPS:
+        return
+    op, holder = HOOK_OPS[args.name.name]
+    tensors = list(getattr(args, holder)) if holder else []
+    record = Op(op=op, c10d=args.name.name, nbytes=sum(t.numel() * t.element_size() for t in tensors),
+                dtype=str(tensors[0].dtype).removeprefix("torch.") if tensors else "",
+                shapes=[list(t.shape) for t in tensors], group_size=n, group_rank=r,
+                root=args.root if args.root >= 0 else None)
+    if op in ("send", "recv"):
+        record.batch = _batch_of(sys._getframe(1))
+    for active in _ACTIVE:
+        active.ops.append(record)
+
+
+_batch = {"frame": None, "count": 0}  # the batch_isend_irecv call seen last
+
+
+def _batch_of(frame) -> int | None:
+    """Which batch_isend_irecv call posted this send or receive (its messages go together),
+    from the Python frames above it; None when it was posted on its own."""
+    for _ in range(16):
+        if frame is None:
+            return None
+        if frame.f_code is BATCH_CODE:
+            if frame is not _batch["frame"]:  # a reference held: the same object is the same call
+                _batch["frame"], _batch["count"] = frame, _batch["count"] + 1
+            return _batch["count"]
+        frame = frame.f_back
+    return None
+
+
+class CommRecord:
+    """`with CommRecord() as record:` … `record.ops`: every call the process groups issued while
+    it was entered (DDP's reducer and comm hooks included). `take()` returns the ops so far and
+    starts a new list (one list per step). Enter it again after a subgroup is made: entering
+    hooks every group there is."""
 
     def __init__(self):
-        super().__init__()
         self.ops: list[Op] = []
-        self.batch_frame, self.batches = None, 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        op = record_of(func, args, kwargs)
-        if op is not None:
-            if op.op in ("send", "recv"):
-                op.batch = self.batch_of(sys._getframe(1))
-            self.ops.append(op)
-        return func(*args, **(kwargs or {}))
+    def __enter__(self) -> "CommRecord":
+        if dist.is_initialized():
+            _hook_every_group()
+        _ACTIVE.append(self)
+        return self
 
-    def batch_of(self, frame) -> int | None:
-        """Which batch_isend_irecv call posted this send or receive (its messages go together),
-        from the Python frames above it; None when it was posted on its own."""
-        for _ in range(16):
-            if frame is None:
-                return None
-            if frame.f_code is BATCH_CODE:
-                if frame is not self.batch_frame:  # a reference held: the same object is the same call
-                    self.batch_frame, self.batches = frame, self.batches + 1
-                return self.batches
-            frame = frame.f_back
-        return None
+    def __exit__(self, *exc) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
 
     def take(self) -> list[Op]:
-        ops, self.ops, self.batch_frame = self.ops, [], None
+        ops, self.ops, _batch["frame"] = self.ops, [], None
         return ops
 
 

@@ -13,8 +13,8 @@ It writes the per-step records (state.steps → steps.jsonl, result.json) and, o
 progress.jsonl; start_epoch / end_epoch keep each epoch's clock and mean train loss.
 
 What a step sent is counted here, in one place, not by the method: from `before` to `after`
-a `CommRecord` (comm_record.py) sees every torch.distributed call torch runs — the method's
-own, DDP's and FSDP's inside backward — and `step_counts` turns them into the bytes each
+a `CommRecord` (comm_record.py) sees every torch.distributed call the process groups issue —
+the method's own, DDP's and FSDP's inside backward, a comm hook's — and `step_counts` turns them into the bytes each
 puts on the wire by the algorithm the backend runs (bytes_sent, bytes_received, collectives,
 ops in the step record). Only the method's own passes over its buffers (the cost model's γ,
 `local_ops`) are still said by the method, on `strategy.wire`.
@@ -120,7 +120,7 @@ class StepRecorder:
             return step_counts([])
         self.comm.__exit__(None, None, None)
         seen = self.comm.take()
-        return step_counts(seen + self.strategy.unseen_ops(seen), self.backend)
+        return step_counts(seen, self.backend)
 
     def end_epoch(self) -> dict:
         """The epoch's figures: its train loss averaged over every data rank, its time and throughput."""
