@@ -130,6 +130,19 @@ def test_students_see_one_spelling_of_the_contract():
     assert not found, "\n".join(found)
 
 
+def test_the_guide_says_every_name_of_the_contract():
+    """docs/EXPERIMENT_GUIDE.md's "Adding a method" names each public name of Strategy (and
+    says how many there are): a name added to the contract without a word there fails here."""
+    from labkit.strategies.base import Strategy
+
+    guide = (REPO / "docs" / "EXPERIMENT_GUIDE.md").read_text()
+    section = guide[guide.index("## Adding a method"):guide.index("### Counted from what torch ran")]
+    names = [name for name in vars(Strategy) if not name.startswith("_")]
+    missing = [name for name in names if not re.search(rf"`[^`]*\b{name}\b[^`]*`", section)]  # in a code span
+    assert not missing, f"Adding a method does not name {missing}"
+    assert f"{len(names)} public names" in section, f"say the contract's size: {len(names)} public names"
+
+
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory):
     """A method written outside the repository, as a student would."""
