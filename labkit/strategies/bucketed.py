@@ -30,9 +30,9 @@ class Bucketed(Strategy):
         for bucket in self.buckets:
             grads = [p.grad for p in bucket]
             flat = flatten(grads)
-            wire = to_wire(flat, self.world, self.options.compress, self.wire)
-            dist.all_reduce(wire, op=dist.ReduceOp.SUM)
-            unflatten_into(wire, grads)  # copy_ casts back to the gradients' dtype
+            sent = to_wire(flat, self.world, self.options.compress, self.wire)
+            dist.all_reduce(sent, op=dist.ReduceOp.SUM)
+            unflatten_into(sent, grads)  # copy_ casts back to the gradients' dtype
             # its own passes (the γ term): flatten's copy in (fresh), the copy out (in place)
             self.wire.local(nbytes(flat), fresh=True)
             self.wire.local(nbytes(flat))

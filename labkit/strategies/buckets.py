@@ -36,16 +36,17 @@ def compressed_label(cls, cfg) -> str:
     return cfg.strategy_name + ("" if compress == "none" else f" {compress}")
 
 
-def to_wire(flat: torch.Tensor, world: int, compress: str, wire=None) -> torch.Tensor:
+def to_wire(flat: torch.Tensor, world: int, compress: str, passes_counter=None) -> torch.Tensor:
     """Divide by the world size *before* summing: the sum of n fp16 gradients can
     overflow (fp16 tops out at 65504) where the sum of n averages-to-be cannot.
     (DDP's fp16 hook casts first and then divides, still before the all-reduce sums.)
     fp16 keeps 10 bits of mantissa but a narrow range; bf16 keeps float32's range
     with only 7 bits of mantissa: coarser, but it never overflows where float32 does not.
-    `wire`: where to count these passes (each writes a fresh buffer: the cost model's γ term)."""
+    `passes_counter` (a method's self.wire): where to count these passes (each writes a fresh
+    buffer: the cost model's γ term)."""
     dtype = WIRE_DTYPES[compress]
-    if wire is not None:  # ÷n, and the cast: each a pass over the float32 buffer
+    if passes_counter is not None:  # ÷n, and the cast: each a pass over the float32 buffer
         passes = 1 if dtype is None else 2
-        wire.local(passes * flat.numel() * flat.element_size(), passes=passes, fresh=True)
+        passes_counter.local(passes * flat.numel() * flat.element_size(), passes=passes, fresh=True)
     flat = flat / world
     return flat if dtype is None else flat.to(dtype)

@@ -37,7 +37,7 @@ class Overlap(Strategy):
         self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
         self.names = {id(p): name for name, p in model.named_parameters()}
         self.arrived = [0] * len(self.buckets)
-        self.in_flight = []  # (bucket index, wire buffer, async work handle)
+        self.in_flight = []  # (bucket index, the buffer sent, async work handle)
         for index, bucket in enumerate(self.buckets):
             for p in bucket:
                 p.register_post_accumulate_grad_hook(functools.partial(self.on_grad_ready, index))
@@ -51,9 +51,9 @@ class Overlap(Strategy):
             self.launch(index)
 
     def launch(self, index):
-        wire = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.options.compress)
-        work = dist.all_reduce(wire, op=dist.ReduceOp.SUM, async_op=True)
-        self.in_flight.append((index, wire, work))
+        sent = to_wire(flatten([p.grad for p in self.buckets[index]]), self.world, self.options.compress)
+        work = dist.all_reduce(sent, op=dist.ReduceOp.SUM, async_op=True)
+        self.in_flight.append((index, sent, work))
 
     @contextlib.contextmanager
     def no_sync(self, model):
@@ -70,8 +70,8 @@ class Overlap(Strategy):
                 missing = [self.names[id(p)] for p in bucket if p.grad is None] or [self.names[id(bucket[0])]]
                 raise RuntimeError(f"overlap: parameter {missing[0]} received no gradient in backward, so its "
                                    f"bucket was never all-reduced; every parameter must take part in the loss")
-        for index, wire, work in self.in_flight:
+        for index, sent, work in self.in_flight:
             work.wait()
-            unflatten_into(wire, [p.grad for p in self.buckets[index]])
+            unflatten_into(sent, [p.grad for p in self.buckets[index]])
         self.arrived = [0] * len(self.buckets)
         self.in_flight = []
