@@ -32,8 +32,8 @@ import os
 
 import torch.distributed as dist
 
-OP_NAMES = {"ALLREDUCE": "all_reduce", "ALLGATHER": "all_gather", "REDUCE_SCATTER": "reduce_scatter",
-            "ALLTOALL": "all_to_all"}  # torch's hook names → the names dist calls them by
+from labkit.training.comm_record import HOOK_OPS  # torch's hook names → the names dist calls them by
+
 KEEP = 64  # collectives kept: a few steps of a small model's sequence
 LINE = 160  # bytes per line, padded: line i of the ring sits at a fixed offset
 
@@ -56,7 +56,7 @@ class CollectiveLog:
         self.seq += 1
         tensors = args.input_tensors
         entry = self.issued[args.op_id] = {
-            "seq": self.seq, "op": OP_NAMES.get(args.name.name, args.name.name.lower()), "step": self.step,
+            "seq": self.seq, "op": HOOK_OPS.get(args.name.name, (args.name.name.lower(),))[0], "step": self.step,
             "bytes": sum(t.numel() * t.element_size() for t in tensors),
             "dtype": str(tensors[0].dtype).removeprefix("torch.") if tensors else None}
         self._write(1 + self.seq % KEEP, entry)
