@@ -12,7 +12,7 @@ temporary folder ($LABKIT_RESULTS), never to the checkout's results/.
 
 Prints one JSON line per run: the wall time and when each of these was first seen, in seconds
 from the command's start: the agent (the CLI has made the config and started the job; or, since
-the CLI starts torchrun while it checks the config, torchrun, labkit.jobs.launch.prestart), the
+the CLI starts torchrun while it checks the config, torchrun, labkit.jobs.job.prestart), the
 forkserver, the first and last rank forked, heartbeat-0 (rank 0 is about to take its first step:
 process group, model, calibration and loaders done), each progress line (a step done), steps.jsonl
 and checkpoint.pt (the epoch's end: validation, then the checkpoint), result.json, the last rank
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from labkit.jobs.launcher import TORCHRUN_MODULE
+from labkit.jobs.command import TORCHRUN_MODULE
 
 POLL_S = 0.02
 

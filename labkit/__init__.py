@@ -12,7 +12,7 @@ from labkit.config import ConfigError, RunConfig
 
 # name → module that defines it, imported on first use
 _LAZY = {
-    "Job": "labkit.jobs.launch", "RunFailed": "labkit.jobs.launch",
+    "Job": "labkit.jobs.job", "RunFailed": "labkit.jobs.job",
     "PROFILES": "labkit.profiles", "make_config": "labkit.profiles", "resume_config": "labkit.profiles",
     "STRATEGIES": "labkit.strategies", "load_strategy": "labkit.strategies",
     "check": "labkit.assignments.check", "hint": "labkit.notebook.hints",
@@ -29,7 +29,7 @@ def __getattr__(name):
 
 def launch(config: RunConfig | None = None, profile: str = "auto", **overrides):
     """Start a run in the background and return its Job at once."""
-    from labkit.jobs.launch import Job
+    from labkit.jobs.job import Job
     from labkit.profiles import make_config
 
     cfg = config if config is not None else make_config(profile, **overrides)
@@ -38,14 +38,14 @@ def launch(config: RunConfig | None = None, profile: str = "auto", **overrides):
 
 def resume(run_dir):
     """Continue a failed or interrupted run from its last checkpoint, in the background."""
-    from labkit.jobs.launch import Job
+    from labkit.jobs.job import Job
     from labkit.profiles import resume_config
 
     return Job(resume_config(run_dir)).start()
 
 
 def run(config: RunConfig | None = None, profile: str = "auto", progress: bool = True, **overrides) -> dict:
-    """Launch, wait (showing progress), and return the parsed result.json."""
+    """`launch`, wait (showing progress), and return the parsed result.json."""
     job = launch(config, profile, **overrides)
     job.wait(progress=progress)
     return job.result()

@@ -67,7 +67,7 @@ def stop_like_ctrl_c():
 
 
 def cmd_run(args) -> int:
-    from labkit.jobs.launch import Job, describe_failure, prestart
+    from labkit.jobs.job import Job, describe_failure, prestart
     from labkit.profiles import make_config, resume_config
 
     prestarted = None

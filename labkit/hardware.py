@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# torch is imported inside the functions that ask it (seconds): the launcher reads the cores
-# from here before any of its processes has imported torch (labkit.jobs.launch).
+# torch is imported inside the functions that ask it (seconds): a Job reads the cores from
+# here before any of its processes has imported torch (labkit.jobs.job).
 from labkit import system as this_system  # "system" is the NVIDIA GPUs below
 from labkit.config import LAB_ROOT, ConfigError
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def processes_of(folder) -> list[psutil.Process]:
     """Every live process of the runs in `folder` (a run's folder or one above it): its command
-    line names the folder, or its LABKIT_RUN_DIR does (every process the launcher starts
+    line names the folder, or its LABKIT_RUN_DIR does (every process labkit.jobs.command starts
     carries it; a rank forked from torchrun's forkserver shows only that)."""
     folder = str(folder)
     found = []

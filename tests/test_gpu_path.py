@@ -150,13 +150,13 @@ def test_bench_waits_for_the_gpu_lock_and_checks_ranks(one_gpu, tmp_path, monkey
 
     with pytest.raises(ConfigError, match="--nproc 1"):
         bench.check_ranks(2)
-    from labkit.jobs.launcher import Launch, command
+    from labkit.jobs.command import Command, command_line
 
     lock = bench.gpu_lock()
     assert lock == tmp_path / ".cuda.lock"
-    launch = Launch("labkit.measure.collectives", ["x"], nproc=1, run_dir=tmp_path)
-    queued = command(dataclasses.replace(launch, queue_lock=lock))
-    assert queued[1].endswith("agent.py") and queued[3] == str(lock) and queued[6:] == command(launch)
+    command = Command("labkit.measure.collectives", ["x"], nproc=1, run_dir=tmp_path)
+    queued = command_line(dataclasses.replace(command, queue_lock=lock))
+    assert queued[1].endswith("agent.py") and queued[3] == str(lock) and queued[6:] == command_line(command)
     monkeypatch.setattr(hardware, "gpu_count", lambda: 0)
     assert bench.gpu_lock() is None
 

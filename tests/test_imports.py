@@ -128,3 +128,11 @@ def test_config_loads_without_the_strategies():
     code = "import sys, labkit.config; print(sorted(m for m in sys.modules if m.startswith('labkit')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "labkit.strategies" not in loaded and "torch" not in loaded, loaded
+
+
+def test_starting_processes_knows_nothing_of_the_job():
+    # labkit.jobs.command starts any command (a run, the student check, the primer, a benchmark), and
+    # labkit.jobs.cluster one per emulated node: the Job (labkit.jobs.job) uses them, never the reverse.
+    assert "labkit.jobs.command" in GRAPH["labkit.jobs.job"]
+    for name in ("labkit.jobs.command", "labkit.jobs.cluster"):
+        assert "labkit.jobs.job" not in GRAPH[name], f"{name} imports labkit.jobs.job"

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 import labkit
-from labkit.jobs.launcher import Launch, start
+from labkit.jobs.command import Command, start
 from conftest import REPO, processes_of, ranks_of
 
 # A run far longer than any test waits (an epoch of the tiny set takes seconds): whatever is
@@ -129,9 +129,9 @@ def test_on_a_chosen_interface_every_store_binds_to_its_address_only(tmp_path):
                      f"pathlib.Path({str(tmp_path)!r}, 'ready-' + os.environ['RANK']).touch()\n"
                      f"while not pathlib.Path({str(tmp_path)!r}, 'stop').exists(): time.sleep(0.2)\n"
                      "dist.barrier(); dist.destroy_process_group()\n")
-    job = start(Launch(str(probe), nproc=2, run_dir=tmp_path, run_id="probe", rdzv_endpoint=f"{address}:0",
-                       rdzv_conf="is_host=1", local_addr=address, fork_ranks=False, cwd=REPO,
-                       env={"GLOO_SOCKET_IFNAME": interface}))
+    job = start(Command(str(probe), nproc=2, run_dir=tmp_path, run_id="probe", rdzv_endpoint=f"{address}:0",
+                        rdzv_conf="is_host=1", local_addr=address, fork_ranks=False, cwd=REPO,
+                        env={"GLOO_SOCKET_IFNAME": interface}))
     try:
         deadline = time.time() + 120
         while len(list(tmp_path.glob("ready-*"))) < 2 and job.poll() is None and time.time() < deadline:

@@ -19,7 +19,7 @@ import pytest
 import labkit
 from conftest import REPO, max_param_diff, processes_of, run_to
 from labkit.jobs import cluster
-from labkit.jobs.launcher import Launch
+from labkit.jobs.command import Command
 
 TIGHT = 1e-9  # float64: the exact methods agree with DDP to rounding (~1e-15)
 EXACT = ("model=simple_cnn", "augment=false", "batch_size=4", "workers=0", "dtype=float64", "lr_warmup_steps=0")
@@ -103,7 +103,7 @@ def test_a_shaped_link_caps_all_reduce_bandwidth(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(BUSBW_PROBE)
     links = host_links()
-    job = cluster.EmulatedCluster(Launch(str(probe), nproc=1, run_dir=tmp_path, fork_ranks=False, cwd=REPO),
+    job = cluster.EmulatedCluster(Command(str(probe), nproc=1, run_dir=tmp_path, fork_ranks=False, cwd=REPO),
                                   nodes=2, link="100mbit")
     try:
         assert job.wait(timeout=180) == 0, [h.output() for h in job.handles]
@@ -226,6 +226,22 @@ def test_off_linux_the_cluster_says_it_needs_linux(monkeypatch):
         and "notebook 07 shows its stored reference run" in why
 
 
+def test_a_job_holds_a_process_tree_or_an_emulated_cluster_with_the_same_face():
+    """Job.handle is a StartedProcesses (labkit.jobs.job): one ProcessTree, or an EmulatedCluster
+    of them; each has every name it declares (`started` is set in __init__)."""
+    import inspect
+
+    from labkit.jobs.command import ProcessTree
+    from labkit.jobs.job import StartedProcesses
+
+    asked = {name for name in vars(StartedProcesses) if not name.startswith("_")} | set(StartedProcesses.__annotations__)
+    assert {"pid", "returncode", "poll", "wait", "stop", "leftovers", "close", "failure", "started"} <= asked
+    for kind in (ProcessTree, cluster.EmulatedCluster):
+        missing = [name for name in sorted(asked)
+                   if not hasattr(kind, name) and f"self.{name} =" not in inspect.getsource(kind)]
+        assert not missing, f"{kind.__name__} lacks {missing}"
+
+
 def test_check_says_which_mode_this_machine_has():
     from conftest import labkit_cli
 
@@ -254,11 +270,11 @@ ROOTLESS_PROBE = """
 import sys
 from pathlib import Path
 from labkit.jobs import cluster
-from labkit.jobs.launcher import Launch
+from labkit.jobs.command import Command
 
 print("mode", cluster.mode()[0].replace(" ", "_"), "effective", hex(cluster.effective_capabilities()), flush=True)
 out = Path(sys.argv[2])
-job = cluster.EmulatedCluster(Launch(sys.argv[1], nproc=1, run_dir=out, fork_ranks=False), nodes=2, link="100mbit")
+job = cluster.EmulatedCluster(Command(sys.argv[1], nproc=1, run_dir=out, fork_ranks=False), nodes=2, link="100mbit")
 print("namespaces", len(cluster.namespaces()), flush=True)
 try:
     assert job.wait(timeout=180) == 0, [h.output() for h in job.handles]

@@ -34,11 +34,11 @@ def test_the_loopback_interface_is_asked_of_the_system(monkeypatch):
 
 def test_torchrun_binds_gloo_to_the_loopback_the_system_names(tmp_path):
     """A one-node job on this machine: GLOO_SOCKET_IFNAME is what loopback_interface() says."""
-    from labkit.jobs.launcher import Launch, run
+    from labkit.jobs.command import Command, run
 
     probe = tmp_path / "probe.py"
     probe.write_text("import os; print('ifname', os.environ.get('GLOO_SOCKET_IFNAME'), flush=True)\n")
-    handle = run(Launch(str(probe), nproc=1, run_dir=tmp_path, fork_ranks=False, cwd=REPO), timeout_s=120)
+    handle = run(Command(str(probe), nproc=1, run_dir=tmp_path, fork_ranks=False, cwd=REPO), timeout_s=120)
     assert f"ifname {system.loopback_interface()}" in handle.output()
 
 

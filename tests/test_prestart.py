@@ -1,4 +1,4 @@
-"""A run's torchrun started while its config is checked (labkit.jobs.launch.prestart): the
+"""A run's torchrun started while its config is checked (labkit.jobs.job.prestart): the
 methods known to run without torchrun, and a refusal after the start that leaves nothing behind."""
 
 import psutil

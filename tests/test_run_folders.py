@@ -86,7 +86,7 @@ def test_an_empty_folder_is_taken_and_nothing_of_the_lab_is_left_anywhere(tmp_pa
 def test_a_long_temp_path_falls_back_to_the_systems(monkeypatch, tmp_path):
     import tempfile
 
-    from labkit.jobs.launcher import job_temp_dir
+    from labkit.jobs.command import job_temp_dir
 
     short = job_temp_dir()
     assert short and Path(short).is_dir()
@@ -118,7 +118,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
         line = refused(capsys, "run", *QUICK, "--set", "seed=7", "--out", out)
         assert "a run in progress" in line and str(os.getpid()) in line
         with pytest.raises(ConfigError, match="in use by another run"):  # the API too, even past make_config
-            from labkit.jobs.launch import Job
+            from labkit.jobs.job import Job
 
             Job(job.cfg).start()
         assert json.loads((out / "config.json").read_text())["seed"] == 0
@@ -191,7 +191,7 @@ def test_sigterm_and_sighup_stop_a_run_as_ctrl_c_does(sig, tmp_path):
 
 def test_wait_with_a_timeout_leaves_the_run_running(tmp_path):
     import labkit
-    from labkit.jobs.launch import StillRunning
+    from labkit.jobs.job import StillRunning
 
     out = tmp_path / "run"
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, epochs=200, model="simple_cnn", calibration_steps=0,

@@ -62,7 +62,7 @@ SYSCTL = Path("/proc/sys")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding labkit/: the holders import from it
 
 # A namespace's holder: it dies with the launching process (SIGKILL, even when that is killed
-# outright), says it is ready, and waits until the job closes its stdin. argv: launcher pid, name.
+# outright), says it is ready, and waits until the job closes its stdin. argv: the launching process's pid, name.
 HOLD = ("import signal, sys\n"
         "from labkit.jobs.processes import die_with_parent\n"
         "die_with_parent(int(sys.argv[1]), signal.SIGKILL)\n"
@@ -340,13 +340,14 @@ class UserNetwork(Network):
 
 
 class EmulatedCluster:
-    """A started emulated job: one torchrun agent per node namespace; the same face as the
-    launcher's `Torchrun` handle (poll, wait, stop, kill, leftovers, close, failure)."""
+    """A started emulated job: one torchrun agent per node namespace, each a `ProcessTree`
+    (labkit.jobs.command) in `handles`; the same face as one (pid, returncode, poll, wait, stop, kill,
+    leftovers, close, failure: what labkit.jobs.job.StartedProcesses names)."""
 
     FAILED_PEER_GRACE_S = 30.0  # after one node failed, the others get this long to notice
 
-    def __init__(self, launch, nodes: int, link: str):
-        from labkit.jobs.launcher import start
+    def __init__(self, command, nodes: int, link: str):
+        from labkit.jobs.command import start
 
         how, why = mode()
         if how == NONE:
@@ -362,11 +363,11 @@ class EmulatedCluster:
         try:
             for k, ns in enumerate(self.network.node_ns):
                 self.handles.append(start(dataclasses.replace(
-                    launch, nnodes=nodes, node_rank=k, enter=tuple(self.network.enter(ns, launch.cwd)),
+                    command, nnodes=nodes, node_rank=k, enter=tuple(self.network.enter(ns, command.cwd)),
                     rdzv_endpoint=f"{self.network.address(0)}:{RDZV_PORT}",
                     local_addr=self.network.address(k), rdzv_conf=f"is_host={int(k == 0)}",
-                    log_dir=Path(launch.logs) / f"node-{k}", queue_lock=launch.queue_lock if k == 0 else None,
-                    env={**launch.env, "GLOO_SOCKET_IFNAME": "eth0"})))
+                    log_dir=Path(command.logs) / f"node-{k}", queue_lock=command.queue_lock if k == 0 else None,
+                    env={**command.env, "GLOO_SOCKET_IFNAME": "eth0"})))
         except BaseException:
             self.kill()
             raise

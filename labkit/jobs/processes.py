@@ -5,7 +5,7 @@ Two kinds of stop:
   then SIGKILL whatever is still alive;
 - `kill_tree(pid)`: SIGKILL the root and every descendant at once (nothing there to save).
 After either, `kill_group(pid)` kills what is left of the job's own process group (the root
-started one: it is the launcher's `start_new_session`), and says what that was.
+started one: labkit.jobs.command's `start_new_session`), and says what that was.
 
 And one way to die with a parent: `die_with_parent` (Linux's PR_SET_PDEATHSIG; on macOS, which
 has no such signal, a thread that watches the parent). The agent, torchrun, its forkserver,
@@ -83,8 +83,8 @@ def kill_tree(pid: int) -> None:
 
 
 def kill_group(group: int) -> list[str]:
-    """SIGKILL what is left of process group `group` (the launcher's child started it) and
-    return what that was, the resource tracker aside (it is spared, see kill_all)."""
+    """SIGKILL what is left of process group `group` (led by the root that labkit.jobs.command
+    started) and return what that was, the resource tracker aside (it is spared, see kill_all)."""
     members = []
     for proc in psutil.process_iter(["cmdline"]):
         try:

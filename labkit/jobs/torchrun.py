@@ -11,7 +11,7 @@ the chosen interface's address for a job on several nodes.
 When that address is loopback the ranks' own sockets stay there too: gloo and NCCL would
 otherwise pick the interface the host name resolves to.
 
-torchrun's own arguments, as labkit.jobs.launcher writes them (the one place that does). This
+torchrun's own arguments, as labkit.jobs.command writes them (the one place that does). This
 module imports only the standard library at the top: `main` starts the ranks' forkserver
 before importing torch itself, so the two imports run side by side.
 """
@@ -118,10 +118,11 @@ def launch_and_report(argv: list[str]) -> int:
 
 
 def wait_at_gate() -> None:
-    """Started ahead of its job (labkit.jobs.launcher.Prestarted): wait here, imports done and
-    nothing written, until the launcher has accepted the run's config. It then sends "go" with
-    the job's log (our stdout and stderr from now on) and its run folder's lock, which we hold
-    till we exit; a gate closed without a word means the config was refused: end quietly."""
+    """Started ahead of its job (labkit.jobs.command.Prestarted): wait here, imports done and
+    nothing written, until the process that started us has accepted the run's config. It then
+    sends "go" with the job's log (our stdout and stderr from now on) and its run folder's lock,
+    which we hold till we exit; a gate closed without a word means the config was refused: end
+    quietly."""
     fd = os.environ.pop("LABKIT_GATE_FD", None)
     if fd is None:
         return

@@ -5,7 +5,7 @@
 - `labkit bench harness`: labkit's DDP against a plain DDP script (bench/plain_ddp.py),
   alternated over repeats: is labkit's measuring free?
 
-Each starts its torchrun through labkit.jobs.launcher, as every run does.
+Each starts its torchrun through labkit.jobs.command, as every run does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 
 from labkit.config import LAB_ROOT, results_root
-from labkit.jobs.launcher import Launch, run
+from labkit.jobs.command import Command, run
 
 
 def default_ranks() -> int:
@@ -37,7 +37,7 @@ def check_ranks(nproc: int) -> None:
 
 
 def gpu_lock() -> Path | None:
-    """On a GPU machine the lock every labkit run takes (labkit.jobs.launch), so that a benchmark
+    """On a GPU machine the lock every labkit run takes (labkit.jobs.job), so that a benchmark
     never shares the GPUs with a run; on CPU (each job its own cores) none."""
     from labkit import hardware
 
@@ -60,12 +60,12 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     check_ranks(nproc)
     path = out_dir / "collectives.json"
     args = [str(path), str(max_mb), str(min_kb), "2", str(repeats), ",".join(ops or OPS)]
-    launch = Launch("labkit.measure.collectives", args, nproc=nproc // nodes, run_dir=out_dir, run_id="collectives",
-                    queue_lock=gpu_lock(), cwd=LAB_ROOT)
+    command = Command("labkit.measure.collectives", args, nproc=nproc // nodes, run_dir=out_dir,
+                      run_id="collectives", queue_lock=gpu_lock(), cwd=LAB_ROOT)
     if nodes > 1:
-        run_emulated(launch, nodes, link)
+        run_emulated(command, nodes, link)
     else:
-        run(launch)
+        run(command)
     bench = json.loads(path.read_text())
     bench.update(nodes=nodes, link=link or None)
     bench["fits"] = fit(bench)
@@ -74,13 +74,13 @@ def run_collectives(nproc: int, out_dir: Path, max_mb: float = 128, repeats: int
     return bench
 
 
-def run_emulated(launch: Launch, nodes: int, link: str, timeout_s: float = 1800) -> None:
+def run_emulated(command: Command, nodes: int, link: str, timeout_s: float = 1800) -> None:
     from labkit.config import parse_rate
     from labkit.jobs.cluster import EmulatedCluster
 
     if link:
         parse_rate(link)  # a one-line error for a rate tc cannot read, before any namespace is made
-    job = EmulatedCluster(launch, nodes, link)
+    job = EmulatedCluster(command, nodes, link)
     try:
         code = job.wait(timeout_s)
     finally:
@@ -122,11 +122,11 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None =
     data = "synthetic" if gpu else str(make_tiny(LAB_ROOT / "data" / "tiny"))
     extra = [gpu["amp"], str(gpu["channels_last"]).lower()] if gpu else []
     out_dir = out_dir or results_root() / "bench" / "harness"
-    # The same launcher as labkit's runs (a fair ratio), but a plain script: a fresh interpreter per rank.
-    handle = run(Launch(str(LAB_ROOT / "bench" / "plain_ddp.py"), [data, str(steps), str(warmup), *extra],
-                        nproc=nproc, run_dir=out_dir, log_name="plain-ddp.log", run_id="plain-ddp", fork_ranks=False,
-                        queue_lock=gpu_lock(), cwd=LAB_ROOT))
-    return float(handle.output(10_000).split("throughput_img_s")[-1].split()[0])
+    # Started as labkit's runs are (a fair ratio), but a plain script: a fresh interpreter per rank.
+    tree = run(Command(str(LAB_ROOT / "bench" / "plain_ddp.py"), [data, str(steps), str(warmup), *extra],
+                       nproc=nproc, run_dir=out_dir, log_name="plain-ddp.log", run_id="plain-ddp", fork_ranks=False,
+                       queue_lock=gpu_lock(), cwd=LAB_ROOT))
+    return float(tree.output(10_000).split("throughput_img_s")[-1].split()[0])
 
 
 def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: dict | None = None) -> float:

@@ -26,12 +26,12 @@ class Ranks:
     def __init__(self, n: int = 4, timeout_s: float = 15.0, start_timeout_s: float = 180.0):
         self.n, self.timeout_s, self.k = n, timeout_s, 0
         self.dir = Path(tempfile.mkdtemp(prefix="labkit-ranks-"))
-        from labkit.jobs.launcher import Launch, start
+        from labkit.jobs.command import Command, start
 
         # Fresh interpreters (not forked): each rank runs serve() below until closed.
-        self.handle = start(Launch("labkit.notebook.primer", [str(self.dir), str(os.getpid())], nproc=n,
-                                   run_dir=self.dir, run_id="primer", monitor_interval_s=0.1, fork_ranks=False,
-                                   env={"OMP_NUM_THREADS": "1"}))
+        self.handle = start(Command("labkit.notebook.primer", [str(self.dir), str(os.getpid())], nproc=n,
+                                    run_dir=self.dir, run_id="primer", monitor_interval_s=0.1, fork_ranks=False,
+                                    env={"OMP_NUM_THREADS": "1"}))
         atexit.register(self.close)
         self._wait([self.dir / f"ready-{r}" for r in range(n)], start_timeout_s, "start")
 

@@ -1,4 +1,4 @@
-"""Every torchrun the lab starts is built and started by labkit/jobs/launcher.py: a labkit run,
+"""Every torchrun the lab starts is built and started by labkit/jobs/command.py: a labkit run,
 the student check, the primer's ranks, the benchmarks, the tests. Anything else that spells out
 a torchrun command line fails here."""
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 from conftest import REPO
 
-LAUNCHER = REPO / "labkit" / "jobs" / "launcher.py"
+BUILDER = REPO / "labkit" / "jobs" / "command.py"  # the one module that writes torchrun's command line
 # torchrun itself (it reads those arguments), this test (it names them) and test_torch_internals
 # (it hands them to torch's own parser, starting nothing) may say them too.
-ALLOWED = {LAUNCHER, REPO / "labkit" / "jobs" / "torchrun.py", Path(__file__).resolve(),
+ALLOWED = {BUILDER, REPO / "labkit" / "jobs" / "torchrun.py", Path(__file__).resolve(),
            Path(__file__).resolve().with_name("test_torch_internals.py")}
 # Words that only a torchrun command line holds (as a string or an f-string's start, not in a
 # docstring or comment). Not --rdzv-endpoint: `labkit run` has that flag too (several nodes).
@@ -35,9 +35,9 @@ def test_the_scan_finds_a_torchrun_command():
         (2, "torch.distributed.run"), (2, "--nproc-per-node=2"), (2, "--rdzv-backend=")]
 
 
-def test_nothing_but_the_launcher_builds_a_torchrun_command():
+def test_nothing_but_jobs_command_builds_a_torchrun_command():
     files = [p for folder in ("labkit", "tests", "bench", "assignments") for p in (REPO / folder).rglob("*.py")]
     found = {str(p.relative_to(REPO)): hits for p in files if p not in ALLOWED
              and (hits := torchrun_strings(p.read_text()))}
-    assert not found, f"torchrun started outside labkit/jobs/launcher.py: {found}"
-    assert torchrun_strings(LAUNCHER.read_text()), "the launcher itself should be found by the scan"
+    assert not found, f"torchrun started outside labkit/jobs/command.py: {found}"
+    assert torchrun_strings(BUILDER.read_text()), "labkit/jobs/command.py itself should be found by the scan"

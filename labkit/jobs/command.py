@@ -1,22 +1,25 @@
-"""The one place that builds and starts torchrun: labkit runs, the student check, the
-primer's ranks and the benchmarks all describe their job as a `Launch` and `start` it.
+"""The one place that builds torchrun's command line and starts it: labkit runs, the student
+check, the primer's ranks and the benchmarks all describe what to run as a `Command` and `start`
+it, which returns the `ProcessTree` it started (torchrun, or one plain process, and every process
+under it).
 
-    handle = start(Launch("labkit.training.worker", [config], nproc=4, run_dir=out))
-    handle.wait(); handle.failure()      # None, or {rank, exit_code, signal, error_file, exception, traceback}
-    handle.stop()                        # or kill(): nothing of the job is left afterwards
+    tree = start(Command("labkit.training.worker", [config], nproc=4, run_dir=out))
+    tree.wait(); tree.failure()          # None, or {rank, exit_code, signal, error_file, exception, traceback}
+    tree.stop()                          # or kill(): nothing of the job is left afterwards
 
 What every job gets, whoever starts it:
 - **Loopback on one node.** The rendezvous store, the ranks' store and gloo/NCCL's sockets
   bind 127.0.0.1 only (labkit.jobs.torchrun). On several nodes the same fields name the
   rendezvous endpoint and this node's address on the chosen interface instead (real nodes:
-  labkit.jobs.launch; nodes emulated in network namespaces: labkit.jobs.cluster).
+  labkit.jobs.job; nodes emulated in network namespaces: labkit.jobs.cluster).
 - **Ranks forked from a forkserver** that imported the program (torch, torchvision) once,
   each rank dying with it, and it with torchrun (the PDEATHSIG chain: labkit.jobs.rank).
 - **Structured failures.** torchrun here runs through torch's own launcher API
   (`elastic_launch`); its `ChildFailedError.failures` are written to failures.json beside
   the log, and labkit.jobs.failures reads them with each rank's error file.
-- **A process group of its own** (start_new_session): stopping the job stops all of it,
-  and whatever outlived torchrun is killed and named (`leftovers`).
+- **A process group of its own** (the operating system's, by start_new_session; not a
+  torch.distributed group): stopping the job stops all of it, and whatever outlived torchrun is
+  killed and named (`leftovers`).
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ TORCHRUN_MODULE = "labkit.jobs.torchrun"
 
 
 @dataclass
-class Launch:
-    """One job: `program` (a module, or a script ending in .py) on `nproc` ranks per node."""
+class Command:
+    """What to run: `program` (a module, or a script ending in .py) on `nproc` ranks per node under
+    torchrun, or as one plain process (`torchrun=False`)."""
 
     program: str
     args: list[str] = field(default_factory=list)
@@ -85,36 +89,37 @@ class Launch:
         return self.log_path.with_name("failures.json")
 
 
-def command(launch: Launch) -> list[str]:
-    """The command line that runs `launch` (what `start` executes)."""
-    program = [launch.program] if launch.program.endswith(".py") else ["-m", launch.program]
-    if not launch.torchrun:
-        cmd = [sys.executable, *program, *launch.args]
+def command_line(command: Command) -> list[str]:
+    """The command line that runs `command` (what `start` executes)."""
+    program = [command.program] if command.program.endswith(".py") else ["-m", command.program]
+    if not command.torchrun:
+        argv = [sys.executable, *program, *command.args]
     else:
-        cmd = [sys.executable, "-m", TORCHRUN_MODULE, f"--nnodes={launch.nnodes}",
-               "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--local-addr={launch.local_addr}",
-               f"--rdzv-id={launch.run_id}", f"--nproc-per-node={launch.nproc}", f"--max-restarts={launch.max_restarts}"]
-        if launch.nnodes > 1:
-            cmd.append(f"--node-rank={launch.node_rank}")
-        if launch.rdzv_conf:
-            cmd.append(f"--rdzv-conf={launch.rdzv_conf}")
-        if launch.monitor_interval_s is not None:
-            cmd.append(f"--monitor-interval={launch.monitor_interval_s}")
-        if launch.rank_logs:
-            cmd += [f"--log-dir={launch.logs}", "--redirects=3"]
-        if launch.fork_ranks:  # rank.py runs the module afresh in each forked rank (labkit.jobs.torchrun)
-            cmd += ["--start-method=forkserver", "--run-path", str(RANK_SCRIPT), launch.program]
-        elif launch.program.endswith(".py"):
-            cmd.append(launch.program)
+        argv = [sys.executable, "-m", TORCHRUN_MODULE, f"--nnodes={command.nnodes}",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint={command.rdzv_endpoint}",
+                f"--local-addr={command.local_addr}", f"--rdzv-id={command.run_id}",
+                f"--nproc-per-node={command.nproc}", f"--max-restarts={command.max_restarts}"]
+        if command.nnodes > 1:
+            argv.append(f"--node-rank={command.node_rank}")
+        if command.rdzv_conf:
+            argv.append(f"--rdzv-conf={command.rdzv_conf}")
+        if command.monitor_interval_s is not None:
+            argv.append(f"--monitor-interval={command.monitor_interval_s}")
+        if command.rank_logs:
+            argv += [f"--log-dir={command.logs}", "--redirects=3"]
+        if command.fork_ranks:  # rank.py runs the module afresh in each forked rank (labkit.jobs.torchrun)
+            argv += ["--start-method=forkserver", "--run-path", str(RANK_SCRIPT), command.program]
+        elif command.program.endswith(".py"):
+            argv.append(command.program)
         else:  # a fresh interpreter per rank, still dying with torchrun
-            cmd += ["-m", "labkit.jobs.rank", launch.program]
-        cmd += launch.args
-    if launch.queue_lock is not None or launch.started_file is not None:
-        cmd = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(launch.queue_lock or "-"),
-               str(launch.started_file or "-"), "--", *cmd]
-    if launch.enter:  # `ip netns exec NS` or `nsenter ...` execs the command: the same process, in the node
-        cmd = [*launch.enter, *cmd]
-    return cmd
+            argv += ["-m", "labkit.jobs.rank", command.program]
+        argv += command.args
+    if command.queue_lock is not None or command.started_file is not None:
+        argv = [sys.executable, str(AGENT_SCRIPT), str(os.getpid()), str(command.queue_lock or "-"),
+                str(command.started_file or "-"), "--", *argv]
+    if command.enter:  # `ip netns exec NS` or `nsenter ...` execs the command: the same process, in the node
+        argv = [*command.enter, *argv]
+    return argv
 
 
 SOCKET_PATH_SPARE = 40  # what multiprocessing adds under TMPDIR for its listener: pymp-XXXXXXXX/listener-XXXXXXXX
@@ -132,12 +137,12 @@ def job_temp_dir() -> str | None:
     return folder
 
 
-def environment(launch: Launch, tmp_dir: str | None) -> dict:
+def environment(command: Command, tmp_dir: str | None) -> dict:
     path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **launch.env,
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **command.env,
             **({"TMPDIR": tmp_dir} if tmp_dir else {}),
-            "LABKIT_RUN_DIR": str(launch.run_dir),  # how a job's forked ranks are found (ps shows the forkserver)
-            "LABKIT_FAILURES": str(launch.failures_path),
+            "LABKIT_RUN_DIR": str(command.run_dir),  # how a job's forked ranks are found (ps shows the forkserver)
+            "LABKIT_FAILURES": str(command.failures_path),
             "LABKIT_LAUNCHER_PID": str(os.getpid())}  # torchrun dies with us (labkit.jobs.torchrun)
 
 
@@ -148,33 +153,33 @@ class Prestarted:
     side instead of one after the other (docs/BENCHMARKS.md, "A short run's fixed cost").
 
     torchrun waits at a gate, its imports done, before its rendezvous (labkit.jobs.torchrun); it
-    has written nothing anywhere. `Torchrun(launch, prestarted)` opens the gate, handing it the
-    job's log and its run folder's lock, when `launch` is the one it was started for; otherwise,
+    has written nothing anywhere. `ProcessTree(command, prestarted)` opens the gate, handing it the
+    job's log and its run folder's lock, when `command` is the one it was started for; otherwise,
     and on `cancel()` (the config was refused), it is killed and leaves nothing behind. Only for a
     job without a queue lock: the agent that waits for one would hold the gate closed itself."""
 
-    def __init__(self, launch: Launch):
-        self.launch = launch
+    def __init__(self, command: Command):
+        self.command = command
         self.tmp_dir = job_temp_dir()
         self.gate, theirs = socket.socketpair()
-        env = {**environment(launch, self.tmp_dir), "LABKIT_GATE_FD": str(theirs.fileno())}
+        env = {**environment(command, self.tmp_dir), "LABKIT_GATE_FD": str(theirs.fileno())}
         # Until the gate opens its output has no log to go to (nothing is printed there);
         # from then on torchrun writes into the job's log, the ranks into their own (rank_logs).
-        self.proc = subprocess.Popen(command(dataclasses.replace(launch, queue_lock=None, started_file=None)),
-                                     cwd=launch.cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(command_line(dataclasses.replace(command, queue_lock=None, started_file=None)),
+                                     cwd=command.cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
 
-    def fits(self, launch: Launch) -> bool:
+    def fits(self, command: Command) -> bool:
         """Started for this very job (its folder lock aside, which it is handed) and still waiting."""
-        return self.proc.poll() is None and dataclasses.replace(launch, keep_fds=()) == self.launch
+        return self.proc.poll() is None and dataclasses.replace(command, keep_fds=()) == self.command
 
     def go(self, log, keep_fds: tuple[int, ...]) -> subprocess.Popen:
         """Open the gate: torchrun takes `log` as its stdout and stderr, and holds `keep_fds` till it ends."""
         socket.send_fds(self.gate, [b"go"], [log.fileno(), *keep_fds])
         self.gate.close()
-        if self.launch.started_file is not None:
-            self.launch.started_file.touch()  # what the agent does for a job started the usual way
+        if self.command.started_file is not None:
+            self.command.started_file.touch()  # what the agent does for a job started the usual way
         return self.proc
 
     def cancel(self) -> None:
@@ -188,24 +193,26 @@ class Prestarted:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-class Torchrun:
-    """A started job: wait for it, stop it, read how it failed."""
+class ProcessTree:
+    """A started `Command`: its root process (torchrun, or the one plain process; behind the agent
+    while that waits for the queue lock) and every process under it, in a session of its own.
+    Wait for it, stop it, read how it failed."""
 
-    def __init__(self, launch: Launch, prestarted: Prestarted | None = None):
-        self.launch = launch
-        launch.logs.mkdir(parents=True, exist_ok=True)
-        launch.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
-        self.log = open(launch.log_path, "ab")
+    def __init__(self, command: Command, prestarted: Prestarted | None = None):
+        self.command = command
+        command.logs.mkdir(parents=True, exist_ok=True)
+        command.failures_path.unlink(missing_ok=True)  # from an earlier attempt in the same folder
+        self.log = open(command.log_path, "ab")
         self.started = time.time()
-        if prestarted is not None and prestarted.fits(launch):
-            self.tmp_dir, self.proc = prestarted.tmp_dir, prestarted.go(self.log, launch.keep_fds)
+        if prestarted is not None and prestarted.fits(command):
+            self.tmp_dir, self.proc = prestarted.tmp_dir, prestarted.go(self.log, command.keep_fds)
             return
         if prestarted is not None:  # started for another job than this one
             prestarted.cancel()
         self.tmp_dir = job_temp_dir()
-        self.proc = subprocess.Popen(command(launch), cwd=launch.cwd, env=environment(launch, self.tmp_dir),
+        self.proc = subprocess.Popen(command_line(command), cwd=command.cwd, env=environment(command, self.tmp_dir),
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     pass_fds=launch.keep_fds,
+                                     pass_fds=command.keep_fds,
                                      start_new_session=True)  # Ctrl-C in a terminal reaches us, not torchrun
 
     @property
@@ -224,19 +231,19 @@ class Torchrun:
         return self.proc.wait(timeout)
 
     def stop(self, grace_s: float = 10.0) -> list[str]:
-        """SIGTERM torchrun (it stops its ranks), SIGKILL what remains; returns leftovers()."""
+        """SIGTERM the root (torchrun stops its ranks), SIGKILL what remains; returns leftovers()."""
         processes.stop_tree(self.pid, grace_s)
         self.proc.wait()
         return self.leftovers()
 
     def kill(self) -> list[str]:
-        """SIGKILL torchrun and every process under it at once; returns leftovers()."""
+        """SIGKILL the root and every process under it at once; returns leftovers()."""
         processes.kill_tree(self.pid)
         self.proc.wait()
         return self.leftovers()
 
     def leftovers(self) -> list[str]:
-        """Once torchrun has exited: kill what is left of the job's process group, write each
+        """Once the root has exited: kill what is left of the job's process group, write each
         to the log and return them (ranks die with torchrun, so this should be empty)."""
         killed = processes.kill_group(self.pid)
         for line in killed:
@@ -254,30 +261,31 @@ class Torchrun:
         """The rank that brought the job down, or None (labkit.jobs.failures)."""
         from labkit.jobs.failures import read_failure
 
-        return read_failure(self.launch.logs, since=self.started)
+        return read_failure(self.command.logs, since=self.started)
 
     def output(self, chars: int = 3000) -> str:
-        """The end of torchrun's log (its own lines and the ranks' unredirected output)."""
+        """The end of the log (torchrun's own lines and the ranks' unredirected output, or the plain
+        process's output)."""
         if not self.log.closed:
             self.log.flush()
-        return self.launch.log_path.read_text(errors="replace")[-chars:]
+        return self.command.log_path.read_text(errors="replace")[-chars:]
 
 
-def start(launch: Launch, prestarted: Prestarted | None = None) -> Torchrun:
-    """Start the job in the background (through `prestarted`, when it was started for this job)."""
-    return Torchrun(launch, prestarted)
+def start(command: Command, prestarted: Prestarted | None = None) -> ProcessTree:
+    """Start the command in the background (through `prestarted`, when it was started for this one)."""
+    return ProcessTree(command, prestarted)
 
 
-def run(launch: Launch, timeout_s: float | None = None) -> Torchrun:
-    """Start the job and wait for it; a failure (or a timeout) raises with the log's end.
+def run(command: Command, timeout_s: float | None = None) -> ProcessTree:
+    """Start the command and wait for it; a failure (or a timeout) raises with the log's end.
     The job never outlives this call."""
-    handle = start(launch)
+    tree = start(command)
     try:
-        handle.wait(timeout_s)
+        tree.wait(timeout_s)
     finally:
-        handle.kill()  # already ended, normally: then this only reaps what outlived torchrun
-        handle.close()
-    if handle.returncode != 0:
-        raise RuntimeError(f"{launch.program} on {launch.nproc} rank(s) failed (exit code {handle.returncode}):\n"
-                           f"{handle.output()}")
-    return handle
+        tree.kill()  # already ended, normally: then this only reaps what outlived torchrun
+        tree.close()
+    if tree.returncode != 0:
+        raise RuntimeError(f"{command.program} on {command.nproc} rank(s) failed (exit code {tree.returncode}):\n"
+                           f"{tree.output()}")
+    return tree

@@ -1,4 +1,5 @@
-"""Job: one training run as a background `torchrun`, with progress, logs and teardown.
+"""Job: one training run as a background `torchrun` (or one plain process, for a method without a
+process group), with progress, logs and teardown.
 
     job = Job(cfg).start()      # returns at once
     job.progress()              # {'epoch', 'step', 'total_steps', 'loss', 'img_s'}
@@ -7,9 +8,10 @@
 
 The run folder (cfg.out_dir) holds config.json, progress.jsonl (rank 0, a line a
 step), result.json, checkpoint.pt and logs/ (torchrun's per-rank logs and error
-files). labkit.jobs.launcher starts it (the agent, which becomes torchrun, in a process
-group of its own); stopping a job is the launcher's stop: SIGTERM, wait, kill what is left,
-and once torchrun has exited, whatever is left of its group.
+files). labkit.jobs.command starts it (the agent, which becomes torchrun, in a process
+group of its own: a `ProcessTree`; on emulated nodes an `EmulatedCluster` of them, one per node);
+stopping a job is that tree's stop: SIGTERM, wait, kill what is left, and once torchrun has
+exited, whatever is left of its group.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -27,7 +30,7 @@ from labkit.config import LAB_ROOT, ConfigError, RunConfig, results_root
 from labkit.files import write_json
 from labkit.jobs.failures import collective_story, describe_failure
 from labkit import run_folder as folder
-from labkit.jobs.launcher import Launch, Prestarted, Torchrun, start
+from labkit.jobs.command import Command, Prestarted, start
 
 
 class RunFailed(RuntimeError):
@@ -48,11 +51,29 @@ SILENT_RANK_S = 20.0
 ALIVE_FRESH_S = 5.0
 
 
-def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
-    """The run as the launcher takes it. The ranks are forked from torchrun's forkserver, which
-    has imported torch, torchvision and the worker once: four fresh interpreters would each
-    import them, ~7 s of CPU apiece, ~15 s a job on 2 cores. GPU jobs take turns on one lock
-    (CPU jobs share the cores and never wait)."""
+class StartedProcesses(Protocol):
+    """What a started Job holds (`Job.handle`) and asks of it: a `ProcessTree` (labkit.jobs.command)
+    or an `EmulatedCluster` of them, one per node (labkit.jobs.cluster)."""
+
+    started: float  # time.time() at the start
+
+    @property
+    def pid(self) -> int: ...  # the root process (on emulated nodes, node 0's)
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def stop(self, grace_s: float = 10.0) -> list[str]: ...
+    def leftovers(self) -> list[str]: ...
+    def close(self) -> None: ...
+    def failure(self) -> dict | None: ...
+
+
+def worker_command(cfg: RunConfig, config_path: Path) -> Command:
+    """The run as a Command: the training worker on this config. The ranks are forked from
+    torchrun's forkserver, which has imported torch, torchvision and the worker once: four fresh
+    interpreters would each import them, ~7 s of CPU apiece, ~15 s a job on 2 cores. GPU jobs
+    take turns on one lock (CPU jobs share the cores and never wait)."""
     lock = results_root() / ".cuda.lock" if cfg.device == "cuda" else None  # CPU jobs never wait
     if lock is not None:
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -67,27 +88,27 @@ def launch_of(cfg: RunConfig, config_path: Path) -> Launch:
     if not cfg.torchrun:  # torchrun sets this for its workers; a plain process needs it set
         (out / "logs" / "0").mkdir(parents=True, exist_ok=True)
         env["TORCHELASTIC_ERROR_FILE"] = str(out / "logs" / "0" / "error.json")
-    launch = Launch("labkit.training.worker", [str(config_path)], nproc=cfg.ranks_per_node, run_dir=out,
-                    log_dir=out / "logs", log_name="launcher.log", rank_logs=True, run_id=cfg.name,
-                    max_restarts=cfg.max_restarts, torchrun=cfg.torchrun, queue_lock=lock,
-                    started_file=out / "started", env=env, cwd=LAB_ROOT)
+    command = Command("labkit.training.worker", [str(config_path)], nproc=cfg.ranks_per_node, run_dir=out,
+                      log_dir=out / "logs", log_name="launcher.log", rank_logs=True, run_id=cfg.name,
+                      max_restarts=cfg.max_restarts, torchrun=cfg.torchrun, queue_lock=lock,
+                      started_file=out / "started", env=env, cwd=LAB_ROOT)
     if cfg.nodes > 1 and not cfg.emulated:  # a real node: torchrun's c10d rendezvous on node 0
-        launch = dataclasses.replace(launch, nnodes=cfg.nodes, node_rank=cfg.node_rank,
-                                     rdzv_endpoint=cfg.rdzv_endpoint, local_addr=interface_address(cfg.interface),
-                                     # node 0 hosts the rendezvous store; said outright, since torch's guess
-                                     # (does the endpoint name this machine?) is yes for every node on one machine
-                                     rdzv_conf=f"is_host={int(cfg.node_rank == 0)}",
-                                     log_dir=out / "logs" / f"node-{cfg.node_rank}",  # each node its own logs
-                                     env={**env, **interface_env(cfg.interface)})
-    return launch
+        command = dataclasses.replace(command, nnodes=cfg.nodes, node_rank=cfg.node_rank,
+                                      rdzv_endpoint=cfg.rdzv_endpoint, local_addr=interface_address(cfg.interface),
+                                      # node 0 hosts the rendezvous store; said outright, since torch's guess
+                                      # (does the endpoint name this machine?) is yes for every node on one machine
+                                      rdzv_conf=f"is_host={int(cfg.node_rank == 0)}",
+                                      log_dir=out / "logs" / f"node-{cfg.node_rank}",  # each node its own logs
+                                      env={**env, **interface_env(cfg.interface)})
+    return command
 
 
 def prestart(profile: str, overrides: dict) -> Prestarted | None:
-    """Start the job's torchrun now, held at its gate (labkit.jobs.launcher.Prestarted), from what
+    """Start the job's torchrun now, held at its gate (labkit.jobs.command.Prestarted), from what
     is known before torch is imported: the values given and the profile's. `make_config` then
     checks the run (its method's file imports torch) while torchrun and its forkserver import
     theirs, and `Job(cfg).start(prestarted)` lets it go on, or starts afresh when the config turned
-    out to need another launch. None where the guess is unlikely to hold or prestarting cannot
+    out to need another command. None where the guess is unlikely to hold or prestarting cannot
     help: a method of one plain process (no torchrun), a method from a file, several nodes, a
     resumed run, a GPU run (it queues for the GPUs), an `auto` profile torch must decide.
     Every refusal of the values given comes from here, in one line, as make_config's would."""
@@ -103,7 +124,7 @@ def prestart(profile: str, overrides: dict) -> Prestarted | None:
         return None
     out = Path(draft.out_dir or results_root() / "runs" / draft.name).expanduser().resolve()
     draft = dataclasses.replace(draft, out_dir=str(out))
-    return Prestarted(launch_of(draft, out / "config.json"))
+    return Prestarted(worker_command(draft, out / "config.json"))
 
 
 def interface_address(interface: str) -> str:
@@ -129,9 +150,9 @@ class Job:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        self.handle: Torchrun | None = None
+        self.handle: StartedProcesses | None = None
         self.lock: folder.FolderLock | None = None
-        self.ended: dict | None = None  # how it ended, as written into result.json by the launcher
+        self.ended: dict | None = None  # how it ended, as this Job wrote it into result.json
         self._status = "queued"
 
     # -- starting --------------------------------------------------------------------
@@ -169,13 +190,13 @@ class Job:
             # Node 0's config is the run's; another node on the same disk keeps its own copy.
             config_path = self.out / ("config.json" if self.cfg.node_rank == 0 else f"config-node{self.cfg.node_rank}.json")
             self.cfg.save(config_path)  # on --resume: the run's own config, marked resumed (and its max_restarts)
-            launch = dataclasses.replace(launch_of(self.cfg, config_path), keep_fds=(self.lock.fd,))
+            command = dataclasses.replace(worker_command(self.cfg, config_path), keep_fds=(self.lock.fd,))
             if self.cfg.emulated:  # one agent per node namespace (labkit.jobs.cluster)
                 from labkit.jobs.cluster import EmulatedCluster
 
-                self.handle = EmulatedCluster(launch, self.cfg.nodes, self.cfg.link)
+                self.handle = EmulatedCluster(command, self.cfg.nodes, self.cfg.link)
             else:
-                self.handle, prestarted = start(launch, prestarted), None
+                self.handle, prestarted = start(command, prestarted), None
         except BaseException:
             if prestarted is not None:
                 prestarted.cancel()
@@ -219,7 +240,7 @@ class Job:
         return last_progress(self.out / "progress.jsonl")  # skips a half-written line, reads nan
 
     def tail(self, n: int = 20) -> list[str]:
-        """The last n lines of the launcher's and every rank's log."""
+        """The last n lines of launcher.log (torchrun's own output) and of every rank's log."""
         lines = []
         for path in sorted((self.out / "logs").rglob("*.log")):
             text = path.read_text(errors="replace").splitlines()[-n:]
