@@ -266,7 +266,7 @@ to 0 bytes, as FSDP2 does) while its shape, its views and what autograd saved of
 On this torch the collectives are `dist.all_gather_single` and `dist.reduce_scatter_single`
 (the older names `all_gather_into_tensor` and `reduce_scatter_tensor` still run but warn that
 they are deprecated); gloo runs both on the CPU, so no all-reduce-then-slice is needed. The
-check compares your parameters with DDP's (gathered whole by the given `full_parameters`), and
+check compares your parameters with DDP's (gathered whole by the given `whole_model`), and
 weighs what a rank holds: when each layer's forward starts, no layer whose forward is done may
 still be whole; between steps, the model may hold no more than one shard's bytes.
 

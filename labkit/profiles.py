@@ -48,7 +48,7 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     method = load_strategy(strategy)
     # Keys the lab knows are config fields; the rest must be options the method declares,
     # and a method may not declare a name the lab already uses (`--set` could not tell them apart).
-    option_names = {option.name for option in method.options}
+    option_names = {option.name for option in method.about.options}
     clash = sorted(option_names & set(field_types()))
     if clash:
         raise ConfigError(f"{strategy}: {method.__name__} declares option(s) {clash} that the lab already uses; "
@@ -58,7 +58,7 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
         raise ConfigError(f"unknown config key(s) {sorted(unknown)}; the lab's keys: {', '.join(sorted(field_types()))}; "
                           f"options of '{strategy}': {', '.join(sorted(option_names)) or 'none'}")
     given = {**overrides.pop("options", {}), **{k: overrides.pop(k) for k in list(overrides) if k in option_names}}
-    options = method.option_values(given)
+    options = method.about.option_values(given)
     if profile == "auto":
         profile, _ = hardware().auto_profile()
     if profile not in PROFILES:
@@ -66,20 +66,22 @@ def make_config(profile: str = "auto", **overrides) -> RunConfig:
     values = dict(PROFILES[profile], profile=profile)
     if profile != "cpu" and "nproc" not in overrides and hardware().gpu_count():
         values["nproc"] = hardware().gpu_count()  # one rank per GPU
-    values.update(method.defaults)  # what the method prefers (single: one process)...
+    values.update(method.about.defaults)  # what the method prefers (single: one process)...
     values.update(overrides)        # ...unless the user said otherwise
     cfg = RunConfig(**values, options=options)
-    cfg.data_ranks, cfg.torchrun = method.data_ranks(cfg), method.needs_process_group
+    about = method.about.of(cfg)  # what the method says it is, for this config
+    cfg.data_ranks, cfg.torchrun = cfg.nproc - about.servers, not about.plain_process
     if cfg.global_batch_size and "batch_size" not in overrides:  # the recipe's global batch, whatever
         # the rank count (single: all) and the micro-batches of a step (accumulate)
         cfg.batch_size = max(1, cfg.global_batch_size // max(1, cfg.data_ranks * cfg.accumulate))
     resolve(cfg)
     validate(cfg)
-    method.check(cfg)
-    if cfg.sync_bn and (why := method.refuses_sync_bn(cfg)):
+    about = method.about.of(cfg)  # again: its refusals read the final config
+    if about.refusal:
+        raise ConfigError(about.refusal)
+    if cfg.sync_bn and (why := sync_bn_refusal(about, cfg)):
         raise ConfigError(f"sync_bn=true does not apply to {cfg.strategy_name}: {why}; leave sync_bn off")
-    check_accumulate(cfg, method)
-    check_precision(cfg, method)
+    check_precision(cfg, about)
     return cfg
 
 
@@ -203,22 +205,26 @@ def validate(cfg: RunConfig) -> None:
         folder.check_new(Path(cfg.out_dir), **folder.run_of(cfg))
 
 
-def check_accumulate(cfg: RunConfig, method) -> None:
-    """accumulate=K: a method that communicates inside backward (hooks) must hold that back on
-    the first K−1 micro-batches with its own no_sync(model); without one, each would reduce."""
-    from labkit.strategies.base import Strategy
+def sync_bn_refusal(about, cfg: RunConfig) -> str:
+    """Why `sync_bn=true` cannot run with this method ("" when it can). SyncBatchNorm makes a
+    collective in every BatchNorm's forward and backward, so it needs every rank running the same
+    model's forward in the same step, synchronizing every step."""
+    if about.plain_process:
+        return "it runs one process, with no other rank to normalize with"
+    if about.servers:
+        return "its server ranks run no forward, so the workers' BatchNorm collectives would wait for them forever"
+    if about.sync_every > 1:
+        return (f"its ranks train apart for {about.sync_every} steps between synchronizations, and "
+                f"SyncBatchNorm would make them communicate in every BatchNorm of every step")
+    return ""
 
-    if cfg.accumulate > 1 and method.overlaps_backward and method.no_sync is Strategy.no_sync:
-        raise ConfigError(f"accumulate={cfg.accumulate}: {cfg.strategy_name} communicates inside backward and "
-                          f"has no no_sync(model) to hold that back on all but the last micro-batch; use accumulate=1")
 
-
-def check_precision(cfg: RunConfig, method) -> None:
+def check_precision(cfg: RunConfig, about) -> None:
     """param_dtype / reduce_dtype: only a method that declares mixed_precision reads them (fsdp);
     any other would silently train in fp32 and count fp32 bytes."""
     lowered = [f"{key}={value}" for key, value in (("param_dtype", cfg.param_dtype), ("reduce_dtype", cfg.reduce_dtype))
                if value not in ("", "fp32")]
-    if lowered and not method.mixed_precision:
+    if lowered and not about.mixed_precision:
         raise ConfigError(f"{', '.join(lowered)}: {cfg.strategy_name} does not take param_dtype or reduce_dtype (a "
                           f"method that gathers its parameters in a lower precision does: fsdp); use --strategy fsdp, "
                           f"or --set amp=bf16 for bf16 compute")

@@ -1,10 +1,10 @@
 """fsdp, and what torch.distributed really ran under it: a test's witness for the wire counts.
 
-FSDP2 keeps no count of its own, so fsdp.py counts from the unit sizes. This subclass
-wraps the two collectives FSDP2 calls (`dist.all_gather_single`, `dist.reduce_scatter_single`,
+The loop counts what the process group ran (training/comm_record.py). This subclass, a second
+witness, wraps the two collectives FSDP2 calls (`dist.all_gather_single`, `dist.reduce_scatter_single`,
 looked up on torch.distributed at every call) and writes, after each step, the calls and
-message bytes it saw to traced-<rank>.jsonl in the run folder — in Wire's own units
-(an all-gather's gathered buffer, a reduce-scatter's input), so a test compares the two.
+message bytes it saw to traced-<rank>.jsonl in the run folder (an all-gather's gathered buffer,
+a reduce-scatter's input), so a test compares the two.
 Run as `--strategy tests/fsdp_traced.py:TracedFSDP`.
 """
 
@@ -33,7 +33,7 @@ class TracedFSDP(FullyShardedDP):
         return super().prepare(model, optimizer)
 
     def after_step(self, model):
-        super().after_step(model)
         with open(Path(self.cfg.out_dir) / f"traced-{self.rank}.jsonl", "a") as log:
             log.write(json.dumps(self.traced) + "\n")
         self.traced = {}
+        return super().after_step(model)

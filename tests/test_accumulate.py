@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import json
+
 import pytest
 
 from conftest import REPO, max_param_diff, run_to
@@ -121,12 +123,12 @@ def test_ddp_reduces_once_per_step_by_its_own_count(tmp_path):
 
 HOOKED = '''
 import torch.distributed as dist
-from labkit.strategies.base import Strategy, nbytes
+from labkit.strategies.base import About, Strategy, nbytes
 
 
 class Hooked(Strategy):
     """All-reduces each gradient from a hook inside backward, with no no_sync to hold it back."""
-    overlaps_backward = True
+    about = About(overlaps_backward=True)
 
     def prepare(self, model, optimizer):
         for p in model.parameters():
@@ -138,18 +140,26 @@ class Hooked(Strategy):
 @pytest.mark.parametrize("sets,message", [
     (["accumulate=0"], "accumulate must be at least 1 (got 0)"),
     (["accumulate=2", "batch_size=100"], "batch_size=100 per rank × 4 ranks × accumulate=2 needs 800 training images"),
-    (["accumulate=3"], "communicates inside backward and has no no_sync(model)"),  # the student's hooked file
 ])
 def test_a_refused_accumulation_is_one_clear_line(tmp_path, capsys, sets, message):
-    strategy = "ddp"
-    if "no_sync" in message:
-        (tmp_path / "hooked.py").write_text(HOOKED)
-        strategy = f"{tmp_path / 'hooked.py'}:Hooked"
     out = tmp_path / "run"
-    code = main(["run", "--profile", "cpu", "--strategy", strategy, *[f"--set={s}" for s in sets], "--out", str(out)])
+    code = main(["run", "--profile", "cpu", "--strategy", "ddp", *[f"--set={s}" for s in sets], "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1] and err[-1].startswith(("labkit: error:", "labkit run: error:")), err
     assert not out.exists()  # refused before anything was written
+
+
+def test_a_method_that_communicates_in_backward_without_no_sync_stops_at_its_first_micro_batch(tmp_path, capsys):
+    """The contract's own no_sync (strategies/base.py) refuses for a method that declares
+    overlaps_backward: each micro-batch's backward would reduce. The run ends in one line."""
+    (tmp_path / "hooked.py").write_text(HOOKED)
+    out = tmp_path / "run"
+    code = main(["run", "--profile", "cpu", "--strategy", f"{tmp_path / 'hooked.py'}:Hooked", "--nproc", "2",
+                 "--max-steps", "1", "--set", "accumulate=3", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "Hooked communicates inside backward and has no no_sync(model)" in captured.out + captured.err
+    assert json.loads((out / "result.json").read_text())["status"] == "failed"
 
 
 def test_the_recipes_global_batch_is_kept_and_the_linear_lr_follows_k():

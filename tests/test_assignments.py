@@ -335,12 +335,15 @@ def test_fsdp_that_keeps_its_full_layers_is_told_to_free_them(tmp_path):
             "gradients (the whole model is 4,136 B, a 1/2 shard 2,072 B)") in str(report), report
 
 
-SKIPS_THE_BROADCAST = '''import torch.distributed as dist
+REDRAWS = '''import torch
+import torch.distributed as dist
 from labkit.strategies.base import Strategy, grads_of
 
 
-class Skips(Strategy):
-    broadcasts_in_prepare = True  # DDP's promise, without DDP: every rank keeps its own initial weights
+class Redraws(Strategy):
+    def prepare(self, model, optimizer):
+        torch.nn.init.normal_(next(model.parameters()))  # "re-initialize": each rank draws its own
+        return model
 
     def sync_gradients(self, model):
         for grad in grads_of(model):
@@ -349,20 +352,20 @@ class Skips(Strategy):
 '''
 
 
-def test_a_method_that_skips_the_initial_broadcast_is_told_why(tmp_path):
+def test_a_method_that_loses_the_initial_broadcast_is_told_why(tmp_path):
     """The check seeds every rank differently: averaging gradients is not enough when the
     ranks start from different weights, and the report says that, not just "differs"."""
     import labkit
 
-    mine = tmp_path / "skips.py"
-    mine.write_text(SKIPS_THE_BROADCAST)
-    report = labkit.check(f"{mine}:Skips", method="allreduce", worlds=(2,), verbose=False)
+    mine = tmp_path / "redraws.py"
+    mine.write_text(REDRAWS)
+    report = labkit.check(f"{mine}:Redraws", method="allreduce", worlds=(2,), verbose=False)
     assert not report.ok
-    assert "rank 1 did not start from rank 0's state: after prepare" in str(report)
+    assert "did not start from rank 0's state: after prepare" in str(report)  # rank 0 redrew too
     assert "relies on every rank drawing the same random numbers" in str(report)
-    # without the false promise the contract's broadcast makes it pass, and counts it as setup
-    mine.write_text(SKIPS_THE_BROADCAST.replace("    broadcasts_in_prepare = True", "    pass  #"))
-    report = labkit.check(f"{mine}:Skips", method="allreduce", worlds=(2,), verbose=False)
+    # without the redraw the loop's broadcast before prepare makes it pass, and counts it as setup
+    mine.write_text(REDRAWS.replace("        torch.nn.init.normal_", "        pass  # "))
+    report = labkit.check(f"{mine}:Redraws", method="allreduce", worlds=(2,), verbose=False)
     assert report.ok, report
     setup = report.outcomes[0].setup[0]
     assert setup["ops"] == {"broadcast": [1, setup["ops"]["broadcast"][1]]} and setup["collectives"] == 1

@@ -105,7 +105,7 @@ def test_variant_matches_ddp(strategy, option, ddp_simple, train):
 
 
 def own_passes(strategy: str, S: int, n: int, buckets: int = 1) -> dict | None:
-    """What rank 0 of a method should count with Wire.local in a step (the cost model's γ term:
+    """What rank 0 of a method should declare in About.passes for a step (the cost model's γ term:
     {kind: [passes, bytes]}) for S bytes of gradients, read from the method's own code."""
     padded = -(-S // (8 * n)) * 8 * n  # ps_sharded pads float64 values to n equal shards
     return {"bucketed": {"fresh": [2 * buckets, 2 * S], "in_place": [buckets, S]},  # flatten, ÷n; copy out

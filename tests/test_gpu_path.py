@@ -174,7 +174,8 @@ def test_checkpoint_restores_onto_the_cpu_whatever_saved_it(tmp_path, monkeypatc
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     F.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
     optimizer.step()
-    checkpoint.save(tmp_path / "checkpoint.pt", model, optimizer, scaler, checkpoint.TrainState(global_step=1), {})
+    checkpoint.save(tmp_path / "checkpoint.pt", *checkpoint.whole_state(model, optimizer), scaler,
+                    checkpoint.TrainState(global_step=1), {})
     expected = torch.rand(5)  # what the RNG draws next after the save
 
     asked = []
@@ -183,7 +184,9 @@ def test_checkpoint_restores_onto_the_cpu_whatever_saved_it(tmp_path, monkeypatc
     torch.manual_seed(1234)
     fresh = build_model("simple_cnn", 10)
     fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
-    state = checkpoint.restore(tmp_path / "checkpoint.pt", fresh, fresh_optimizer, scaler)
+    saved = checkpoint.load(tmp_path / "checkpoint.pt")
+    checkpoint.restore_model(saved, fresh)
+    state = checkpoint.restore(saved, tmp_path / "checkpoint.pt", fresh_optimizer, scaler)
     assert [str(kw.get("map_location")) for kw in asked] == ["cpu"]
     assert state.global_step == 1 and torch.equal(torch.rand(5), expected)  # the RNG continues
     assert max_param_diff({"model": model.state_dict()}, {"model": fresh.state_dict()}) == 0

@@ -101,5 +101,5 @@ def test_the_label_names_h():
     for strategy, sets, label in [("localsgd", {"sync_every": "8"}, "localsgd H=8"),
                                   ("diloco", {"sync_every": "500", "inner": "adamw"}, "diloco H=500 adamw")]:
         cfg = make_config("cpu", strategy=strategy, **sets)
-        assert load_strategy(strategy).label(cfg) == label
-        assert load_strategy(strategy).sync_period(cfg) == int(sets["sync_every"])
+        about = load_strategy(strategy).about.of(cfg)
+        assert about.label == label and about.sync_every == int(sets["sync_every"])

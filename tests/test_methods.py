@@ -15,11 +15,11 @@ MY_AVERAGE = '''
 """A student's method: average every gradient with one all-reduce per tensor."""
 import torch.distributed as dist
 
-from labkit.strategies.base import Option, Strategy
+from labkit.strategies.base import About, Option, Strategy
 
 
 class MyAverage(Strategy):
-    options = (Option("my_divisor_check", True, "divide by the world size"),)
+    about = About(options=(Option("my_divisor_check", True, "divide by the world size"),))
 
     def sync_gradients(self, model):
         for p in model.parameters():
@@ -41,7 +41,7 @@ def test_nothing_outside_strategies_names_a_method():
 
     from labkit.strategies import REGISTRY, load_strategy
 
-    words = set(REGISTRY) | {o.name for name in REGISTRY for o in load_strategy(name).options}
+    words = set(REGISTRY) | {o.name for name in REGISTRY for o in load_strategy(name).about.options}
     offenders = []
     for path in sorted((REPO / "labkit").rglob("*.py")):
         relative = path.relative_to(REPO / "labkit").as_posix()
@@ -114,8 +114,9 @@ def test_a_method_reads_its_options_one_way():
     cfg = make_config("cpu", strategy="ps", ps_server_trains="no")
     method = load_strategy("ps")
     assert method(cfg, rank=1, world=4).options.ps_server_trains is False  # a running method
-    assert method.options_of(cfg).ps_server_trains is False  # a classmethod, from the config
-    assert method.data_ranks(cfg) == 3 and method.label(cfg) == "ps (dedicated server)"
+    about = method.about.of(cfg)  # its declaration, from the config
+    assert about.options.ps_server_trains is False
+    assert about.servers == 1 and cfg.data_ranks == 3 and about.label == "ps (dedicated server)"
 
 
 # What a student reads in a method file: the contract's own names, no private helper.
@@ -130,15 +131,31 @@ def test_students_see_one_spelling_of_the_contract():
     assert not found, "\n".join(found)
 
 
-def test_the_guide_says_every_name_of_the_contract():
-    """docs/EXPERIMENT_GUIDE.md's "Adding a method" names each public name of Strategy (and
-    says how many there are): a name added to the contract without a word there fails here."""
+def contract_names() -> list[str]:
+    """Strategy's public names: its class members and what __init__ sets on an instance."""
+    from labkit.config import RunConfig
     from labkit.strategies.base import Strategy
+
+    instance = Strategy(RunConfig(), rank=0, world=1)
+    return [name for name in [*vars(Strategy), *vars(instance)] if not name.startswith("_")]
+
+
+def test_the_contract_is_read_in_one_screen():
+    """Issue 28: at most 15 public names: the hooks, the run's facts, and one declaration."""
+    names = contract_names()
+    assert len(names) <= 15, names
+
+
+def test_the_guide_says_every_name_of_the_contract():
+    """docs/EXPERIMENT_GUIDE.md's "Adding a method" names each public name of Strategy and each
+    field of About (and says how many names Strategy has): a name added without a word there fails."""
+    from labkit.strategies.base import About
 
     guide = (REPO / "docs" / "EXPERIMENT_GUIDE.md").read_text()
     section = guide[guide.index("## Adding a method"):guide.index("### Counted from what torch ran")]
-    names = [name for name in vars(Strategy) if not name.startswith("_")]
-    missing = [name for name in names if not re.search(rf"`[^`]*\b{name}\b[^`]*`", section)]  # in a code span
+    names = contract_names()
+    missing = [name for name in [*names, *About.__dataclass_fields__]
+               if not re.search(rf"`[^`]*\b{name}\b[^`]*`", section)]  # in a code span
     assert not missing, f"Adding a method does not name {missing}"
     assert f"{len(names)} public names" in section, f"say the contract's size: {len(names)} public names"
 
@@ -185,9 +202,9 @@ BAD_FILES = [
     ("class NotAStrategy:\n    pass\n", "NotAStrategy", "NotAStrategy is not a Strategy subclass"),
     (MY_AVERAGE.replace('"my_divisor_check"', '"lr"'), "MyAverage", "declares option(s) ['lr'] that the lab already uses"),
     ("import does_not_exist\n", "X", "importing it failed: ModuleNotFoundError"),
-    ("from labkit.strategies.base import Strategy\n\n\nclass Mine(Strategy):\n"
-     "    def broadcast_initial_state(self, model):\n        pass\n", "Mine",
-     "Mine overrides Strategy.broadcast_initial_state: every method starts from rank 0's state"),
+    ("from labkit.strategies.base import Option, Strategy\n\n\nclass Mine(Strategy):\n"
+     "    options = (Option('my_size', 1),)\n", "Mine",
+     "Mine sets options on the class; a method says what it is in one declaration: about = About(options=...)"),
 ]
 
 

@@ -9,7 +9,7 @@ from labkit.strategies import PLAIN_PROCESS, REGISTRY, load_strategy
 
 
 def test_plain_process_methods_are_those_without_a_process_group():
-    assert PLAIN_PROCESS == {name for name in REGISTRY if not load_strategy(name).needs_process_group}
+    assert PLAIN_PROCESS == {name for name in REGISTRY if load_strategy(name).about.plain_process}
 
 
 def test_a_refusal_after_the_prestart_leaves_no_folder_and_no_process(tmp_path, capsys):

@@ -1,11 +1,11 @@
 """My bucketed all-reduce: a few flat buffers instead of one collective per tensor."""
 import torch.distributed as dist
 
-from labkit.strategies.base import Option, Strategy, flatten, nbytes, unflatten_into
+from labkit.strategies.base import About, Option, Strategy, flatten, nbytes, unflatten_into
 
 
 class MyBucketed(Strategy):
-    options = (Option("bucket_mb", 25.0, "bucket size in MB"),)  # read it as self.options.bucket_mb
+    about = About(options=(Option("bucket_mb", 25.0, "bucket size in MB"),))  # read it as self.options.bucket_mb
 
     def prepare(self, model, optimizer):
         """Once: build self.buckets, a list of lists of trainable parameters, filled as DDP

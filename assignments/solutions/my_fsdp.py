@@ -16,8 +16,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
-from labkit.strategies.base import Strategy, flatten, optimizer_state_tensors
+from labkit.strategies.base import About, Strategy, flatten, optimizer_state_tensors
 
 
 def free(full):
@@ -31,9 +30,19 @@ def allocate(full):
     full.untyped_storage().resize_(full.numel() * full.element_size())
 
 
+def refuse(cfg, o) -> str:
+    if cfg.accumulate > 1 or cfg.amp == "fp16":  # each backward reduce-scatters; a scaler would see a shard
+        return "my_fsdp.py runs without --set accumulate and without amp=fp16"
+    if cfg.param_dtype == "fp16" or cfg.reduce_dtype not in ("", "fp32"):  # fp16 needs a loss scaler
+        return ("my_fsdp.py gathers in fp32 or bf16 (--set param_dtype=bf16) and reduce-scatters in "
+                "the model's dtype; leave reduce_dtype unset")
+    return ""
+
+
 class MyFSDP(Strategy):
-    overlaps_backward = True  # gathers and reduce-scatters run inside forward and backward
-    mixed_precision = True  # the optional part: the lab lets --set param_dtype=bf16 through to gather
+    about = About(refuse=refuse,
+                  overlaps_backward=True,  # gathers and reduce-scatters run inside forward and backward
+                  mixed_precision=True)  # the optional part: the lab lets --set param_dtype=bf16 through to gather
 
     def gather_dtype(self, full):
         """The dtype the shards travel in: bf16 with --set param_dtype=bf16, else the layer's own."""
@@ -69,8 +78,6 @@ class MyFSDP(Strategy):
         # The optimizer steps the shards only: 1/n of its state on each rank. Built as torch's
         # ZeroRedundancyOptimizer builds its own: the loop's class and param group, the shards as params.
         self.shard_optimizer = type(optimizer)([{**optimizer.param_groups[0], "params": self.shards}])
-        if getattr(self, "restored", None):  # a checkpoint's momentum, of this rank's shards
-            self.shard_optimizer.load_state_dict(self.restored["shard_optimizer"])
         return model
 
     def gather(self, index):
@@ -124,33 +131,11 @@ class MyFSDP(Strategy):
         super().update(self.shard_optimizer, scaler)
 
     # -- given: what the check and the lab need beyond a step -----------------------------
-    @classmethod
-    def check(cls, cfg):
-        if cfg.accumulate > 1 or cfg.amp == "fp16":  # each backward reduce-scatters; a scaler would see a shard
-            raise ConfigError("my_fsdp.py runs without --set accumulate and without amp=fp16")
-        if cfg.param_dtype == "fp16" or cfg.reduce_dtype not in ("", "fp32"):  # fp16 needs a loss scaler
-            raise ConfigError("my_fsdp.py gathers in fp32 or bf16 (--set param_dtype=bf16) and reduce-scatters in "
-                              "the model's dtype; leave reduce_dtype unset")
-
-    def full_parameters(self, model):
-        """Every layer's whole parameters by name (copies): what the check compares with DDP.
-        A collective: every rank calls it."""
-        names = {id(p): name for name, p in model.named_parameters()}
-        whole = {}
-        for index, params in enumerate(self.params):
-            self.gather(index)
-            whole.update({names[id(p)]: p.detach().clone() for p in params})
-            free(self.full[index])
-        return whole
-
-    def full_state(self, model, optimizer):
-        """For checkpoint.pt: the model whole; the momentum is each rank's shard's (state_dict)."""
-        return {**model.state_dict(), **self.full_parameters(model)}, optimizer.state_dict()
-
     @contextlib.contextmanager
-    def evaluating(self, model):
-        """Validation: every layer whole once (ranks may run different numbers of batches, so a
-        forward must need no collective), the hooks idle, all freed after."""
+    def whole_model(self, model):
+        """The model whole, for validation, checkpoint.pt and the check's comparison with DDP: every
+        layer gathered once (ranks may run different numbers of batches, so a forward must need no
+        collective), the hooks idle, all freed after. A collective: every rank calls it."""
         for index in range(len(self.layers)):
             self.gather(index)
         self.gather = self.after_forward = lambda *args: None  # the hooks idle (they look these up)
@@ -168,5 +153,5 @@ class MyFSDP(Strategy):
     def state_dict(self):
         return {"shard_optimizer": self.shard_optimizer.state_dict()}
 
-    def load_state_dict(self, state):  # a resumed run restores before prepare builds the shards
-        self.restored = state
+    def load_state_dict(self, state):  # a checkpoint's momentum, of this rank's shards
+        self.shard_optimizer.load_state_dict(state["shard_optimizer"])

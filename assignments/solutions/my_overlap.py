@@ -3,12 +3,13 @@ import functools
 
 import torch.distributed as dist
 
-from labkit.strategies.base import Option, Strategy, flatten, unflatten_into
+from labkit.strategies.base import About, Option, Strategy, flatten, unflatten_into
 from labkit.strategies.buckets import make_buckets
 
 
 class MyOverlap(Strategy):
-    options = (Option("bucket_mb", 25.0, "bucket size in MB"),)
+    about = About(options=(Option("bucket_mb", 25.0, "bucket size in MB"),),
+                  overlaps_backward=True)  # all-reduces launched from autograd hooks, inside backward
 
     def prepare(self, model, optimizer):
         self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)  # as in exercise 2

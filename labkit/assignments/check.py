@@ -199,13 +199,13 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         job = dict(strategy=spec, model=model, steps=steps, options=options, timeout_s=timeout_s, seed=seed,
                    lr=0.1, out=str(out), checker_pid=os.getpid())
         (out / "job.json").write_text(json.dumps(job))
-        from labkit.jobs.launcher import Launch, start
+        from labkit.jobs.command import Command, start
 
         # One node, every store and socket on loopback; each rank forked from the forkserver after
         # one import of torch, and dying with its torchrun (as labkit's runs).
-        handle = start(Launch("labkit.assignments.check_worker", [str(out / "job.json")], nproc=world, run_dir=out,
-                              run_id="labkit-check", monitor_interval_s=0.1, env={"OMP_NUM_THREADS": "1"},
-                              cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None))
+        handle = start(Command("labkit.assignments.check_worker", [str(out / "job.json")], nproc=world, run_dir=out,
+                               run_id="labkit-check", monitor_interval_s=0.1, env={"OMP_NUM_THREADS": "1"},
+                               cwd=Path(spec.rsplit(":", 1)[0]).parent if ":" in spec else None))
         try:
             stalled = watch(handle, out, world, timeout_s)
         finally:
@@ -504,9 +504,9 @@ def describe_start(diverged, started) -> str:
     return (f"rank{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))} did not start from rank 0's "
             f"state: after prepare, rank {diverged[0]}'s parameters differ from rank 0's by up to "
             f"{worst['max_diff']:.3g} (layer {worst['layer']}). The check seeds every rank differently, so a method "
-            f"that relies on every rank drawing the same random numbers fails here. The contract broadcasts rank 0's "
-            f"parameters and buffers before prepare (Strategy.broadcast_initial_state) unless the class sets "
-            f"broadcasts_in_prepare = True: remove that line, or make prepare broadcast them itself")
+            f"that relies on every rank drawing the same random numbers fails here. The loop gives every rank rank 0's "
+            f"parameters and buffers before prepare (start_from_rank0): does your prepare draw new ones (re-initialize "
+            f"a layer) on each rank? Build from the model it is given")
 
 
 def describe_mismatch(worst, rank, rows, world, method=None) -> str:

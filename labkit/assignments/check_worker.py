@@ -5,12 +5,12 @@ The idea: every rank builds a small float64 model twice, from a seed of its own 
 r draws other random numbers than rank 0, as nothing in a real job promises otherwise).
 One copy is wrapped in PyTorch's DDP (on a process group of its own, so a student's
 stray collective cannot pair with DDP's), whose constructor broadcasts rank 0's state;
-the other goes to the student's strategy, whose contract broadcasts it before prepare.
+the other goes to the student's strategy, after rank 0's state is broadcast (as the loop does) before prepare.
 After prepare this rank checks it holds rank 0's parameters (a method that relies on
 equal seeds fails here, and is told so).
 Both see the same per-rank batch every step; after each step this rank compares the
-two copies parameter by parameter (a sharded method's gathered whole by its own
-`full_parameters`), and on step 1 also with each rank's own, unreduced, gradient. Everything it learns goes, line by line, into
+two copies parameter by parameter (a sharded method's gathered whole inside its own
+`whole_model`), and on step 1 also with each rank's own, unreduced, gradient. Everything it learns goes, line by line, into
 check-RANK.jsonl, flushed at once: the checker reads it even after a deadlock.
 
 A deadlock is the checker's to detect (no line from any rank for a while): it then
@@ -19,6 +19,7 @@ stack-RANK.txt. If the checker itself is gone, a thread watching its pid ends th
 rank, and a last-resort faulthandler timer does so even if that thread cannot run.
 """
 
+import contextlib
 import copy
 import faulthandler
 import json
@@ -36,6 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from labkit.config import RunConfig
+from labkit.strategies.base import start_from_rank0
 from labkit.training.comm_record import CommRecord, step_counts
 
 # Small BatchNorm-free MLPs: layer widths. The check's own "mlp" has 517 parameters (6 tensors), which
@@ -67,11 +69,10 @@ def load_class(spec: str):
 
 
 def parameters(model, strategy=None):
-    """By name. A method that keeps only shards in the model (exercise 7) gives its whole
-    parameters through its own `full_parameters(model)` (a collective: every rank calls it)."""
-    if hasattr(strategy, "full_parameters"):
-        return strategy.full_parameters(model)
-    return dict(getattr(model, "module", model).named_parameters())
+    """By name, copies, taken inside the method's `whole_model`: a method that keeps only shards in
+    the model (exercise 7) gathers them there (a collective: every rank calls it)."""
+    with strategy.whole_model(model) if strategy is not None else contextlib.nullcontext(model) as whole:
+        return {name: p.detach().clone() for name, p in getattr(whole, "module", whole).named_parameters()}
 
 
 def held_bytes(model) -> int:
@@ -200,7 +201,7 @@ def main(job_path):
     where = "loading your file"
     try:
         cls = load_class(job["strategy"])
-        declared = {o.name for o in cls.options}  # pass only the options the class declares
+        declared = {o.name for o in cls.about.options}  # pass only the options the class declares
         options = {k: v for k, v in job["options"].items() if k in declared}
         cfg = RunConfig(strategy=job["strategy"], profile="cpu", nproc=world, options=options, dtype="float64")
         strategy = cls(cfg, rank, world)
@@ -209,17 +210,17 @@ def main(job_path):
             names=[n for n, _ in mine.named_parameters()], buckets=len(make_buckets(mine.parameters(), bucket_mb)))
         my_optimizer = torch.optim.SGD(mine.parameters(), lr=job["lr"], momentum=0.9)
         where = "prepare"
-        with CommRecord() as setup:  # what prepare sent (rank 0's state to every rank): not a step
+        with CommRecord() as setup:  # rank 0's state to every rank, and what prepare sent: not a step
+            start_from_rank0(mine, world)  # as the lab's loop does before prepare
             mine = strategy.prepare(mine, my_optimizer)
         running = [None]  # which part of the step runs now, for the layer watcher
         forward = watch_layers(mine, running)
         record_point_to_point(say)  # after the initial broadcast and DDP's setup: the strategy's own messages
         say(event="start_state", **compare(parameters(ddp), parameters(mine, strategy), initial, 0),
             setup=step_counts(setup.ops))
-        shard = strategy.data_shard()
-        if shard != (rank, world):
-            raise ValueError(f"data_shard() returned {shard}; the check needs every rank to train "
-                             f"on its own shard, (rank, world) = {(rank, world)}")
+        servers = cls.about.of(cfg).servers
+        if servers:
+            raise ValueError(f"About(servers={servers}): the check needs every rank to train on its own shard")
         for step in range(1, job["steps"] + 1):
             x, y = batch(job["seed"], step, rank, widths)
             where = f"step {step}, the reference DDP step"

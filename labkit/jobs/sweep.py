@@ -67,7 +67,7 @@ def sweep(strategies: list[str] | str, repeats: int = 1, profile: str = "auto", 
         config = {**(overrides or {}), **own}
         if seed_per_round:  # round k trains from seed k − 1: repeats then spread as training itself does
             config["seed"] = round_ - 1
-        if "nproc" in load_strategy(strategy).defaults:  # the method fixes its ranks (one process)
+        if "nproc" in load_strategy(strategy).about.defaults:  # the method fixes its ranks (one process)
             config.pop("nproc", None)
         if nproc:
             config["nproc"] = nproc

@@ -70,7 +70,7 @@ def make_call(op: str, numel: int, rank: int, n: int, device):
 
 OPS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter", "send_recv")
 BLOCKS = 3
-# the kinds a method declares: Wire.local(nbytes, fresh=..., alone=...)
+# the kinds a method declares in About.passes: fresh or in_place, _alone or not
 LOCAL_PASSES = ("in_place", "fresh", "in_place_alone", "fresh_alone")
 
 

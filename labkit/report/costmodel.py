@@ -22,7 +22,7 @@ neighbour exchanges (a send and a receive made together: one message). The last 
 (Thakur, Rabenseifner & Gropp, "Optimization of Collective Communication Operations in
 MPICH", 2005: a per-byte cost of local work): the method's own passes over its buffers
 (copy in, ÷n, chunk additions, copy out), which it counts in `local_ops` ({"in_place" or
-"fresh": [passes, bytes]}, `Wire.local`). γ is not one number on a CPU: per byte, a pass
+"fresh": [passes, bytes]}, as its About.passes declares). γ is not one number on a CPU: per byte, a pass
 costs several times more once its buffer leaves the caches, and ~4× more again when it
 writes a fresh buffer over glibc's 32 MB (the OS zeroes each new page: 3.2 GB/s at 16 MB,
 0.6–0.75 GB/s from 32 MB on, all ranks at once; docs/BENCHMARKS.md). So γ(S) is the
@@ -45,7 +45,7 @@ from .selection import method
 FIT_OPS = ("all_reduce", "reduce_scatter", "all_gather", "send_recv", "broadcast", "reduce")
 TOLERANCE = 0.25  # predicted within ±25 % of measured: the stated tolerance (docs/BENCHMARKS.md)
 LOCAL = "local_passes"  # the fits' entry for γ: {kind: {"size_bytes": [...], "gamma_s_per_byte": [...]}}
-# A method the model is known to miss says why in its own file (Strategy.cost_model_note),
+# A method the model is known to miss says why in its own file (About.cost_model_note),
 # and the worker copies that into result.json: docs/BENCHMARKS.md, "Predicted vs measured".
 
 

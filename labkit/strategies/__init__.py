@@ -39,9 +39,9 @@ REGISTRY = {
     "fsdp": "fsdp:FullyShardedDP",
 }
 
-# The methods of one plain process (no torchrun: `needs_process_group = False` in their file), known
+# The methods of one plain process (no torchrun: `About(plain_process=True)` in their file), known
 # here without importing them: a run of any other method starts its torchrun while its config is
-# checked (labkit.jobs.launch.prestart). tests/test_strategies_registry.py holds the two in step.
+# checked (labkit.jobs.job.prestart). tests/test_strategies_registry.py holds the two in step.
 PLAIN_PROCESS = {"single"}
 
 
@@ -53,7 +53,7 @@ def load_strategy(spec: str):
             raise ConfigError(f"unknown strategy '{spec}'; choose one of {', '.join(REGISTRY)}, "
                               f"or give a file: --strategy path/to/file.py:ClassName")
         module, name = REGISTRY[spec].split(":")
-        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        return checked(getattr(importlib.import_module(f"{__name__}.{module}"), name))
     file, name = spec.rsplit(":", 1)
     path = Path(file).expanduser().resolve()
     if not path.is_file():
@@ -81,6 +81,19 @@ def load_strategy(spec: str):
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise ConfigError(f"{path}: {name} is not a Strategy subclass; write `class {name}(Strategy):` "
                           f"(from labkit.strategies.base import Strategy)")
+    return checked(cls)
+
+
+def checked(cls):
+    """`cls`, unless it says what it is outside its declaration: a class attribute named like a
+    field of About (`options = (...)`, `label`, ...) would be read by nothing."""
+    from .base import About, Strategy
+
+    for klass in cls.__mro__[:cls.__mro__.index(Strategy)]:
+        stray = sorted(set(vars(klass)) & set(About.__dataclass_fields__))
+        if stray:
+            raise ConfigError(f"{klass.__name__} sets {', '.join(stray)} on the class; a method says what it is in "
+                              f"one declaration: about = About({stray[0]}=...) (labkit/strategies/base.py)")
     return cls
 
 
@@ -116,7 +129,7 @@ def describe(spec: str) -> list[str]:
     cls = load_strategy(spec)
     doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
     lines = [f"{spec}: {doc[0] if doc else cls.__name__}"]
-    for option in cls.options:
+    for option in cls.about.options:
         choices = f" ({' / '.join(map(str, option.choices))})" if option.choices else ""
         lines.append(f"    --set {option.name}={option.default}{choices}  {option.help}")
     return lines

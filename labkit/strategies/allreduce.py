@@ -15,12 +15,14 @@ larger collectives) and `ddp` / `overlap` (communication hidden behind backward)
 
 import torch.distributed as dist
 
-from .base import Strategy, grads_of, nbytes
+from .base import About, Strategy, grads_of, nbytes
 
 
 class AllReduce(Strategy):
+    # its own passes (the cost model's γ term): the ÷n of each gradient, in place
+    about = About(passes=lambda params, rank, world, o: {"in_place": [len(params), sum(map(nbytes, params))]})
+
     def sync_gradients(self, model):
         for grad in grads_of(model):
             dist.all_reduce(grad, op=dist.ReduceOp.SUM)
             grad /= self.world
-            self.wire.local(nbytes(grad))  # the ÷n, in place: the cost model's γ term

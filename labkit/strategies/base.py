@@ -1,64 +1,51 @@
 """The strategy contract: how one gradient-synchronization method plugs into the loop.
 
-A `Strategy` has three parts, each its own section below:
+A method is a `Strategy` subclass in one file: what it DOES (its hooks, below) and one
+declaration of what it IS (`about = About(...)`, read before any process starts, so a
+student's file outside the package works as ours do). Fifteen public names in all:
 
-1. What the method DOES. Every step, after `loss.backward()`, the loop calls
+    cfg, rank, world      this run's config, this rank, how many ranks
+    options               this run's values of the method's options: self.options.bucket_mb
+    about                 the declaration (class level): About below
+    prepare               once, before training: wrap the model or build buffers
+    sync_gradients        after backward: communication before the update
+    update                the optimizer step
+    sync_parameters       after the update: communication after it (parameter servers)
+    no_sync               around all but the last micro-batch (accumulate=K)
+    after_step            after the timed step: bookkeeping, and figures for the step record
+    whole_model           around validation and a checkpoint: the model whole
+    state_dict / load_state_dict   what a checkpoint keeps of this rank's method
+    held_tensors          tensors it keeps outside the model, for the memory count
 
-       strategy.sync_gradients(model)      # communication before the update
-       strategy.update(optimizer, scaler)  # the optimizer step (the default: every rank)
-       strategy.sync_parameters(model)     # communication after the update (parameter servers)
+Every step, after `loss.backward()`, the loop (labkit/training/step.py) calls
 
-   and times each call, so a method never times or prints anything itself. Around
-   them: `prepare` (once, before training), `data_shard` (which data this rank reads),
-   `after_step` (bookkeeping outside the timed window), `step_record` (figures of its own
-   for this step's record, e.g. ssp's staleness), `state_dict` for checkpoints,
-   `held_tensors` for the memory count (tensors the method keeps outside the model and
-   the loop's optimizer: a shard, its gradient, its own optimizer's state).
-   A method that shards the model itself (fsdp) also says how to see it whole:
-   `full_state` (the model's and optimizer's full tensors for checkpoint.pt) and
-   `evaluating` (around validation: a forward that needs no other rank). Every rank calls both.
-   With `--set accumulate=K` a step runs forward/backward on K micro-batches, the first
-   K−1 inside `with strategy.no_sync(model):`: their backward must only add into .grad.
-   A method that communicates in sync_gradients needs nothing (the default); one that
-   communicates inside backward (hooks) holds that back there, as DDP's `no_sync()` does.
+    strategy.sync_gradients(model)
+    strategy.update(optimizer, scaler)
+    strategy.sync_parameters(model)
 
-   Every method starts from rank 0's state: before any `prepare` runs (a subclass's
-   own included), the contract broadcasts rank 0's parameters and buffers to every
-   rank, as DDP's constructor does (`broadcast_initial_state`; a subclass may not
-   override it). So no method relies on every rank drawing the same random numbers.
+and times each call, so a method never times or prints anything itself.
 
-2. How it is COUNTED: not by the method. The loop records every torch.distributed call
-   torch runs during a step (labkit/training/comm_record.py: the method's own, DDP's and
-   FSDP's inside backward, a comm hook's on the backend's threads, subgroups and
-   point-to-point included) and turns each into the bytes the backend's algorithm sends, in
-   one place. A method file holds no counting line.
-   Only its own passes over its buffers (copy in, ÷n, copy out: the cost model's γ term,
-   no wire) are said on `self.wire.local(...)`.
-
-3. How it DESCRIBES itself, at class level, read before any process starts (so a
-   student's file outside the package works the same way as ours):
-
-       options      the settings it takes: Option(name, default, help, choices);
-                    a running method reads them as self.options.NAME, a
-                    classmethod as cls.options_of(cfg).NAME
-       defaults     config values it prefers (e.g. `single` runs one process)
-       check(cfg)   refuse a combination it cannot do: raise ConfigError("one line")
-       data_ranks   how many ranks compute gradients
-       label(cfg)   its name in comparisons (options that change the wire included)
-       sync_period(cfg)      steps between synchronizations (1; local SGD: H), for the figures
-       needs_process_group   False: one plain process, no torchrun
-       broadcasts_in_prepare True: prepare itself makes every rank start from rank 0's
-                             state (DDP's constructor), so the contract's broadcast is skipped
-       overlaps_backward     True if it communicates inside backward (what timing can see)
-       cost_model_note       a short phrase: what the alpha-beta cost model leaves out
+What the loop does around a method, so the method need not:
+- Every rank starts from rank 0's parameters and buffers: the loop broadcasts them before
+  `prepare` (`start_from_rank0`, as DDP's constructor does), so no method relies on every
+  rank drawing the same random numbers.
+- A checkpoint's model is restored before `prepare` (what the method builds starts from it);
+  the loop optimizer's state after it, then `load_state_dict` with this rank's own, so the
+  method acts on what it built.
+- What a method sends is counted by the loop, not by the method: every torch.distributed call
+  of a step (the method's own, DDP's and FSDP's inside backward, a comm hook's) is turned into
+  the bytes the backend's algorithm sends, in one place (labkit/training/comm_record.py).
+- Which data a rank reads follows from `about.servers`: a dedicated server reads none.
+- checkpoint.pt holds the model whole: the loop saves it inside `whole_model` (and gathers a
+  DTensor shard, as FSDP2 keeps them: labkit/training/checkpoint.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -97,96 +84,66 @@ class Option:
         return value
 
 
-class Wire:
-    """The method's own passes over its buffers in one step (no wire: copy in, ÷n, additions,
-    copy out), the γ term of the cost model. What it SENDS is not said here: the loop counts
-    every torch.distributed call itself (labkit/training/comm_record.py). The loop calls
-    `reset()` before the step and records `as_dict()` after it."""
+@dataclass(frozen=True)
+class About:
+    """What a method says about itself, for the CLI, the loop and the report. A field given as a
+    function is called with (cfg, options): the run's config and its option values, e.g.
+    `label=lambda cfg, o: f"localsgd H={o.sync_every}"`. `About.of(cfg)` gives them as values."""
 
-    def __init__(self, world: int = 1):
-        self.world = world
-        self.reset()
+    options: tuple[Option, ...] = ()  # its settings, `--set NAME=VALUE`
+    label: str | Callable = ""  # its name in comparisons ("" = the strategy's name); add options that change the wire
+    refuse: Callable | None = None  # (cfg, o) → "" or the one line why it cannot run this config
+    defaults: dict = field(default_factory=dict)  # config values it prefers, unless the user sets them
+    plain_process: bool = False  # True: one process, no torchrun, no process group (single)
+    servers: int | Callable = 0  # ranks 0..servers−1 compute no gradients (a dedicated parameter server)
+    sync_every: int | Callable = 1  # steps from one synchronization to the next (local SGD: H)
+    overlaps_backward: bool = False  # it communicates inside backward (hooks): no blocking sync time of its own
+    mixed_precision: bool = False  # it takes --set param_dtype / reduce_dtype (gathers in a lower precision)
+    # Its own passes over its buffers in a step, no wire (copy in, ÷n, additions, copy out): the cost
+    # model's γ term. (params, rank, world, o) → {"fresh"/"in_place" [+ "_alone"]: [passes, bytes]}:
+    # fresh = each pass writes a newly allocated buffer (torch.cat, x / n), else memory it holds (copy_,
+    # +=); _alone = only this rank works while the others wait (a server). None: it makes none of its own.
+    passes: Callable | None = None
+    cost_model_note: str = ""  # a short phrase: what the α–β cost model's bare collectives leave out
 
-    def reset(self):
-        self.local_ops = {}  # {"in_place" or "fresh", "_alone" after it: [passes, bytes]}
+    def option_values(self, given: dict) -> dict:
+        """Every option, from `given` where set, else its default (a one-line ConfigError for a name
+        it does not have)."""
+        by_name = {o.name: o for o in self.options}
+        unknown = set(given) - set(by_name)
+        if unknown:
+            known = ", ".join(sorted(by_name)) or "none"
+            raise ConfigError(f"unknown option(s) {sorted(unknown)} for this strategy; its options: {known}")
+        return {name: o.parse(given[name]) if name in given else o.default for name, o in by_name.items()}
 
-    def local(self, nbytes, passes=1, fresh=False, alone=False):
-        """`passes` passes of the method's own over `nbytes` bytes in all (the larger side of a
-        cast), nothing on the wire. fresh: each writes a newly allocated buffer (torch.cat, x / n,
-        pad, .to); else memory the method already holds (copy_, +=, /=). On a CPU the two differ:
-        the OS zeroes a large fresh buffer's pages on first touch (measure/collectives.py).
-        alone: only this rank works while the others wait (a server), so it has the cores and
-        the memory bandwidth to itself; else every rank makes the same pass at once."""
-        kind = ("fresh" if fresh else "in_place") + ("_alone" if alone else "")
-        passes_so_far, size = self.local_ops.get(kind, (0, 0))
-        self.local_ops[kind] = [passes_so_far + passes, size + int(nbytes)]
-
-    def as_dict(self) -> dict:
-        return {"local_ops": {kind: list(v) for kind, v in self.local_ops.items()}}
-
-
-def starts_from_rank0(prepare):
-    """`prepare`, run after the contract's broadcast of rank 0's state (once per method,
-    also when a subclass's prepare calls super().prepare)."""
-    @functools.wraps(prepare)  # inspect.getsource still shows the method's own prepare
-    def prepare_from_rank0(self, model, optimizer):
-        if not getattr(self, "_started_from_rank0", False):
-            self._started_from_rank0 = True
-            self.broadcast_initial_state(model)
-        return prepare(self, model, optimizer)
-    return prepare_from_rank0
+    def of(self, cfg) -> SimpleNamespace:
+        """This declaration for one run: every field a value, `options` the option values (.NAME)."""
+        o = SimpleNamespace(**self.option_values(cfg.options))
+        value = lambda f: f(cfg, o) if callable(f) else f  # noqa: E731
+        return SimpleNamespace(options=o, label=value(self.label) or cfg.strategy_name,
+                               refusal=value(self.refuse) or "", defaults=self.defaults,
+                               plain_process=self.plain_process, servers=value(self.servers),
+                               sync_every=value(self.sync_every), overlaps_backward=self.overlaps_backward,
+                               mixed_precision=self.mixed_precision, cost_model_note=self.cost_model_note)
 
 
 class Strategy:
     """A method that does nothing on the wire: the plain training loop. Subclasses
     override the part they change; a docstring at the top of their file says the idea."""
 
-    # == 1. what the method does =====================================================
+    about = About()
+
     def __init__(self, cfg, rank: int = 0, world: int = 1):
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.options = type(self).options_of(cfg)  # this run's values: self.options.bucket_mb
-        self.wire = Wire(world)  # 2. its own passes over its buffers (γ); what it sends, the loop counts
+        self.options = SimpleNamespace(**self.about.option_values(cfg.options))  # self.options.bucket_mb
 
-    def __init_subclass__(cls, **kwargs):
-        # Whatever a subclass's prepare does, rank 0's state reaches every rank first.
-        super().__init_subclass__(**kwargs)
-        if "broadcast_initial_state" in vars(cls):
-            raise TypeError(f"{cls.__name__} overrides Strategy.broadcast_initial_state: every method starts "
-                            f"from rank 0's state (the contract broadcasts it before prepare); do your own "
-                            f"setup in prepare instead")
-        if "prepare" in vars(cls):
-            cls.prepare = starts_from_rank0(vars(cls)["prepare"])
-
-    def broadcast_initial_state(self, model):
-        """Rank 0's parameters and buffers to every rank, one broadcast per dtype (DDP's
-        constructor does the same): every rank starts from the same model, whatever its seed."""
-        if self.world == 1 or not is_distributed() or self.broadcasts_in_prepare:
-            return
-        tensors = [*model.parameters(), *model.buffers()]
-        with torch.no_grad():
-            for dtype in dict.fromkeys(t.dtype for t in tensors):  # in first-seen order: every rank alike
-                group = [t for t in tensors if t.dtype == dtype]
-                flat = flatten(group)
-                dist.broadcast(flat, src=0)
-                unflatten_into(flat, group)
-
-    @starts_from_rank0
     def prepare(self, model, optimizer):
-        """Once, before training: wrap the model or build buffers; returns the model to train.
-        (Rank 0's state has been broadcast when it runs: see broadcast_initial_state.)"""
+        """Once, before training, after every rank got rank 0's state: wrap the model or build
+        buffers; returns the model to train."""
         return model
-
-    def data_shard(self):
-        """(shard index, shard count) of the data this rank trains on; None = no data."""
-        return self.rank, self.world
 
     def sync_gradients(self, model):
         """After backward: make every rank's gradients the average over the global batch."""
-
-    def no_sync(self, model):
-        """Around forward + backward of every micro-batch but the last (accumulate=K): a
-        context in which backward only accumulates gradients. Nothing to hold back here."""
-        return contextlib.nullcontext()
 
     def update(self, optimizer, scaler=None):
         """The optimizer step (with the fp16 loss scaler when there is one)."""
@@ -199,20 +156,36 @@ class Strategy:
     def sync_parameters(self, model):
         """After the update: make every rank's parameters the same (parameter servers)."""
 
-    def after_step(self, model):
-        """Bookkeeping after the timed part of the step (e.g. reading a library's counters)."""
+    def no_sync(self, model):
+        """Around forward + backward of every micro-batch but the last (accumulate=K): a context
+        in which backward only adds into .grad. A method that communicates in sync_gradients
+        has nothing to hold back; one that communicates inside backward must write its own (as
+        DDP's `no_sync()`), or each micro-batch would reduce."""
+        if self.about.overlaps_backward:
+            raise ConfigError(f"accumulate={self.cfg.accumulate}: {type(self).__name__} communicates inside backward "
+                              f"and has no no_sync(model) to hold that back on all but the last micro-batch; write "
+                              f"one, or use accumulate=1")
+        return contextlib.nullcontext()
 
-    def step_record(self) -> dict:
-        """Figures of this method's own for this rank's step record (plain JSON types), merged
-        into it after the step, e.g. {"staleness": [0, 1, 0]}; result.json keeps rank 0's."""
+    def after_step(self, model) -> dict:
+        """After the timed part of the step: bookkeeping, and figures of its own for this rank's step
+        record (plain JSON types), e.g. {"staleness": [0, 1, 0]}; result.json keeps rank 0's."""
         return {}
 
+    def whole_model(self, model):
+        """Around validation and a checkpoint's save, on every rank: a context giving the model
+        whole, as one plain process would hold it. The ranks' val shards may hold different numbers
+        of batches, so its forward must need no collective (a sharded method gathers its
+        parameters once, here)."""
+        return contextlib.nullcontext(model)
+
     def state_dict(self) -> dict:
-        """State this method owns that a checkpoint must keep (per rank)."""
+        """State this rank's method owns that a checkpoint must keep (plain types, CPU tensors)."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """On a resume, after prepare (which built from the checkpoint's model), with the loop's
+        optimizer restored: take back this rank's own state."""
 
     def held_tensors(self) -> dict:
         """Tensors this method keeps itself, for the memory count (training/memory.py):
@@ -222,79 +195,25 @@ class Strategy:
         state is optimizer_state_tensors(it)), or a rank's memory reads less than it holds."""
         return {}
 
-    def full_state(self, model, optimizer) -> tuple[dict, dict]:
-        """(model state, optimizer state) as one plain process holds them, for rank 0 to
-        write into checkpoint.pt. Every rank calls it: a sharded method gathers here."""
-        return model.state_dict(), optimizer.state_dict()
 
-    def evaluating(self, model):
-        """Around validation, on every rank: a context giving the model to evaluate. The
-        ranks' val shards may hold different numbers of batches, so a forward must need no
-        collective (a sharded method gathers its parameters once, here)."""
-        return contextlib.nullcontext(model)
+def start_from_rank0(model, world: int) -> None:
+    """Rank 0's parameters and buffers to every rank, one broadcast per dtype (DDP's constructor
+    does the same): every method starts from the same model, whatever each rank's seed drew.
+    The loop calls it before `prepare`."""
+    if world == 1 or not is_distributed():
+        return
+    tensors = [*model.parameters(), *model.buffers()]
+    with torch.no_grad():
+        for dtype in dict.fromkeys(t.dtype for t in tensors):  # in first-seen order: every rank alike
+            group = [t for t in tensors if t.dtype == dtype]
+            flat = flatten(group)
+            dist.broadcast(flat, src=0)
+            unflatten_into(flat, group)
 
-    # == 3. how the method describes itself (class level) ============================
-    options: tuple[Option, ...] = ()  # on the class its Options; on a running method their values
-    defaults: dict = {}  # config values this method prefers, unless the user sets them
-    needs_process_group = True  # False: one plain process, no torchrun
-    broadcasts_in_prepare = False  # True: prepare itself starts every rank from rank 0's state (DDP)
-    # True: its communication runs inside backward (hooks), so the loop's blocking sync time
-    # does not hold it, and no bandwidth can be computed from that time
-    overlaps_backward = False
-    # True: takes --set param_dtype / reduce_dtype (gathers, computes or reduces in a lower
-    # precision than the fp32 weights it keeps); else those must stay fp32 (profiles refuses)
-    mixed_precision = False
-    cost_model_note = ""  # a short phrase: what the cost model's bare collectives leave out
 
-    @classmethod
-    def check(cls, cfg) -> None:
-        """Refuse a configuration this method cannot run (raise ConfigError, one line)."""
-
-    @classmethod
-    def refuses_sync_bn(cls, cfg) -> str:
-        """Why `sync_bn=true` cannot run with this method ("" when it can). SyncBatchNorm
-        makes a collective in every BatchNorm's forward and backward, so it needs every rank
-        running the same model's forward in the same step, synchronizing every step."""
-        if not cls.needs_process_group:
-            return "it runs one process, with no other rank to normalize with"
-        if cls.data_ranks(cfg) < cfg.nproc:
-            return "its server ranks run no forward, so the workers' BatchNorm collectives would wait for them forever"
-        if cls.sync_period(cfg) > 1:
-            return (f"its ranks train apart for {cls.sync_period(cfg)} steps between synchronizations, and "
-                    f"SyncBatchNorm would make them communicate in every BatchNorm of every step")
-        return ""
-
-    @classmethod
-    def sync_period(cls, cfg) -> int:
-        """Steps from one synchronization to the next (local SGD: H). The summary takes its
-        figures over whole periods (timing.per_period), so the dear step is not outvoted."""
-        return 1
-
-    @classmethod
-    def data_ranks(cls, cfg) -> int:
-        """How many ranks compute gradients (a dedicated parameter server computes none)."""
-        return cfg.nproc
-
-    @classmethod
-    def label(cls, cfg) -> str:
-        """The method's name in comparisons. Override to add options that change the wire."""
-        return cfg.strategy_name
-
-    @classmethod
-    def options_of(cls, cfg) -> SimpleNamespace:
-        """The values of this method's options in `cfg`, read as `.NAME` (defaults filled in).
-        A running method has them as `self.options`; a classmethod reads `cls.options_of(cfg)`."""
-        return SimpleNamespace(**cls.option_values(cfg.options))
-
-    @classmethod
-    def option_values(cls, given: dict) -> dict:
-        """Every option of this method, from `given` where set, else its default."""
-        by_name = {o.name: o for o in cls.options}
-        unknown = set(given) - set(by_name)
-        if unknown:
-            known = ", ".join(sorted(by_name)) or "none"
-            raise ConfigError(f"unknown option(s) {sorted(unknown)} for this strategy; its options: {known}")
-        return {name: o.parse(given[name]) if name in given else o.default for name, o in by_name.items()}
+def data_shard(rank: int, world: int, servers: int):
+    """(shard index, shard count) of the data this rank trains on; None for a server rank."""
+    return None if rank < servers else (rank - servers, world - servers)
 
 
 def nbytes(tensor: torch.Tensor) -> int:

@@ -12,15 +12,23 @@ fp16 / bf16 halves the bytes on the wire at some precision cost. Compare with
 
 import torch.distributed as dist
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import About, Strategy, flatten, nbytes, unflatten_into
 from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
+def own_passes(params, rank, world, o) -> dict:
+    """Its own passes in a step (the cost model's γ term), for each bucket: flatten's copy in, the
+    ÷n and the cast to the wire's dtype (each a fresh buffer), and the copy out (in place)."""
+    buckets, size = len(make_buckets(params, o.bucket_mb)), sum(map(nbytes, params))
+    fresh = 2 if o.compress == "none" else 3
+    return {"fresh": [fresh * buckets, fresh * size], "in_place": [buckets, size]}
+
+
 class Bucketed(Strategy):
-    options = BUCKET_OPTIONS
-    label = classmethod(compressed_label)
-    # what the model still leaves out once γ counts its passes (docs/BENCHMARKS.md)
-    cost_model_note = "its all-reduces in a step, between passes of ranks that share cores, run slower than back to back"
+    about = About(options=BUCKET_OPTIONS, label=compressed_label, passes=own_passes,
+                  # what the model still leaves out once γ counts its passes (docs/BENCHMARKS.md)
+                  cost_model_note="its all-reduces in a step, between passes of ranks that share cores, "
+                                  "run slower than back to back")
 
     def prepare(self, model, optimizer):
         self.buckets = make_buckets(model.parameters(), self.options.bucket_mb)
@@ -29,10 +37,6 @@ class Bucketed(Strategy):
     def sync_gradients(self, model):
         for bucket in self.buckets:
             grads = [p.grad for p in bucket]
-            flat = flatten(grads)
-            sent = to_wire(flat, self.world, self.options.compress, self.wire)
+            sent = to_wire(flatten(grads), self.world, self.options.compress)
             dist.all_reduce(sent, op=dist.ReduceOp.SUM)
             unflatten_into(sent, grads)  # copy_ casts back to the gradients' dtype
-            # its own passes (the γ term): flatten's copy in (fresh), the copy out (in place)
-            self.wire.local(nbytes(flat), fresh=True)
-            self.wire.local(nbytes(flat))

@@ -30,23 +30,17 @@ def make_buckets(params, bucket_mb: float) -> list[list[torch.nn.Parameter]]:
     return buckets
 
 
-def compressed_label(cls, cfg) -> str:
+def compressed_label(cfg, o) -> str:
     """'bucketed' and 'bucketed fp16' are different methods in a comparison."""
-    compress = cls.options_of(cfg).compress
-    return cfg.strategy_name + ("" if compress == "none" else f" {compress}")
+    return cfg.strategy_name + ("" if o.compress == "none" else f" {o.compress}")
 
 
-def to_wire(flat: torch.Tensor, world: int, compress: str, passes_counter=None) -> torch.Tensor:
+def to_wire(flat: torch.Tensor, world: int, compress: str) -> torch.Tensor:
     """Divide by the world size *before* summing: the sum of n fp16 gradients can
     overflow (fp16 tops out at 65504) where the sum of n averages-to-be cannot.
     (DDP's fp16 hook casts first and then divides, still before the all-reduce sums.)
     fp16 keeps 10 bits of mantissa but a narrow range; bf16 keeps float32's range
-    with only 7 bits of mantissa: coarser, but it never overflows where float32 does not.
-    `passes_counter` (a method's self.wire): where to count these passes (each writes a fresh
-    buffer: the cost model's γ term)."""
+    with only 7 bits of mantissa: coarser, but it never overflows where float32 does not."""
     dtype = WIRE_DTYPES[compress]
-    if passes_counter is not None:  # ÷n, and the cast: each a pass over the float32 buffer
-        passes = 1 if dtype is None else 2
-        passes_counter.local(passes * flat.numel() * flat.element_size(), passes=passes, fresh=True)
     flat = flat / world
     return flat if dtype is None else flat.to(dtype)

@@ -8,7 +8,7 @@ are already averaged, so `sync_gradients` has nothing left to do.
 
 In step 1 DDP does not yet know the order in which gradients arrive: it reduces them
 in one bucket when backward ends, then rebuilds its buckets in arrival order (the
-all-reduce count per step goes from 1 to several; `after_step` reads it from DDP).
+all-reduce count per step goes from 1 to several, as the loop counts).
 
 Gradient accumulation (`--set accumulate=K`): DDP's own `no_sync()` around the first
 K−1 micro-batches (forward included: DDP decides in forward whether backward reduces),
@@ -23,7 +23,7 @@ same idea written by hand.
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
-from .base import Option, Strategy
+from .base import About, Option, Strategy
 
 COMPRESSION_HOOKS = {"fp16": default_hooks.fp16_compress_hook, "bf16": default_hooks.bf16_compress_hook}
 DDP_OPTIONS = (
@@ -34,15 +34,11 @@ DDP_OPTIONS = (
 
 
 class TorchDDP(Strategy):
-    overlaps_backward = True  # all-reduces launched from autograd hooks
-    broadcasts_in_prepare = True  # DDP's constructor broadcasts rank 0's parameters and buffers itself
-    options = DDP_OPTIONS + (Option("ddp_hook", "none", "compress buckets on the wire with a DDP comm hook",
-                                    choices=("none", "fp16", "bf16")),)
-
-    @classmethod
-    def label(cls, cfg):
-        hook = cls.options_of(cfg).ddp_hook
-        return cfg.strategy_name + ("" if hook == "none" else f" {hook}-hook")
+    about = About(
+        options=DDP_OPTIONS + (Option("ddp_hook", "none", "compress buckets on the wire with a DDP comm hook",
+                                      choices=("none", "fp16", "bf16")),),
+        label=lambda cfg, o: cfg.strategy_name + ("" if o.ddp_hook == "none" else f" {o.ddp_hook}-hook"),
+        overlaps_backward=True)  # all-reduces launched from autograd hooks
 
     def prepare(self, model, optimizer):
         device = next(model.parameters()).device

@@ -29,37 +29,28 @@ fault tolerance and streaming (a fragment of the model at a time): pytorch/torch
 import torch
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
+from .base import About, Option, Strategy, flatten, optimizer_state_tensors
+from .localsgd import SYNC_EVERY, average_buffers, load_local_state, local_state, on_cpu, period_refusal
 
-from .base import Option, Strategy, flatten, optimizer_state_tensors
-from .localsgd import SYNC_EVERY, average_buffers, check_period, local_state, on_cpu, resume_local_state
+
+def refuse(cfg, o) -> str:
+    if o.outer_lr <= 0 or not 0 <= o.outer_momentum < 1 or o.inner_lr <= 0:
+        return (f"diloco needs outer_lr > 0, 0 <= outer_momentum < 1 and inner_lr > 0 "
+                f"(got {o.outer_lr}, {o.outer_momentum}, {o.inner_lr})")
+    return period_refusal(o.sync_every)
 
 
 class DiLoCo(Strategy):
-    options = (SYNC_EVERY,
-               Option("inner", "sgd", "inner optimizer: the run's own (--set optimizer=), or AdamW at inner_lr "
-                      "as in the paper", ("sgd", "adamw")),
-               Option("inner_lr", 1e-3, "AdamW's learning rate (inner=adamw; scaled by the run's warm-up)"),
-               Option("outer_lr", 0.7, "outer SGD's learning rate on the averaged pseudo-gradient"),
-               Option("outer_momentum", 0.9, "outer SGD's Nesterov momentum (0: plain SGD)"))
-    cost_model_note = "it communicates on one step in H: a median over single steps counts the silent ones"
-
-    @classmethod
-    def check(cls, cfg):
-        o = cls.options_of(cfg)
-        check_period(o.sync_every)
-        if o.outer_lr <= 0 or not 0 <= o.outer_momentum < 1 or o.inner_lr <= 0:
-            raise ConfigError(f"diloco needs outer_lr > 0, 0 <= outer_momentum < 1 and inner_lr > 0 "
-                              f"(got {o.outer_lr}, {o.outer_momentum}, {o.inner_lr})")
-
-    @classmethod
-    def label(cls, cfg):
-        o = cls.options_of(cfg)
-        return f"{cfg.strategy_name} H={o.sync_every}" + (" adamw" if o.inner == "adamw" else "")
-
-    @classmethod
-    def sync_period(cls, cfg):
-        return cls.options_of(cfg).sync_every
+    about = About(
+        options=(SYNC_EVERY,
+                 Option("inner", "sgd", "inner optimizer: the run's own (--set optimizer=), or AdamW at inner_lr "
+                        "as in the paper", ("sgd", "adamw")),
+                 Option("inner_lr", 1e-3, "AdamW's learning rate (inner=adamw; scaled by the run's warm-up)"),
+                 Option("outer_lr", 0.7, "outer SGD's learning rate on the averaged pseudo-gradient"),
+                 Option("outer_momentum", 0.9, "outer SGD's Nesterov momentum (0: plain SGD)")),
+        label=lambda cfg, o: f"{cfg.strategy_name} H={o.sync_every}" + (" adamw" if o.inner == "adamw" else ""),
+        sync_every=lambda cfg, o: o.sync_every, refuse=refuse,
+        cost_model_note="it communicates on one step in H: a median over single steps counts the silent ones")
 
     def prepare(self, model, optimizer):
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -76,12 +67,8 @@ class DiLoCo(Strategy):
                 self.outer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.model, self.optimizer = model, self.inner  # what local_state saves: this rank's own
         self.schedule = optimizer  # the run's optimizer carries the lr schedule (warm-up)
-        self.steps = resume_local_state(self, model, self.inner)
+        self.steps = 0
         self.synced = flatten(self.params).detach().clone()  # the parameters at the last sync
-        resumed = getattr(self, "resumed", None)
-        if resumed:  # between syncs this rank's model is not the synced one: both come back
-            self.synced = resumed["synced"].to(self.synced)
-            self.outer.load_state_dict(resumed["outer"])
         return model
 
     def update(self, optimizer, scaler=None):
@@ -116,5 +103,7 @@ class DiLoCo(Strategy):
     def state_dict(self):
         return {**local_state(self), **on_cpu({"synced": self.synced, "outer": self.outer.state_dict()})}
 
-    def load_state_dict(self, state):
-        self.resumed = state  # applied in prepare, after the contract's broadcast of rank 0's model
+    def load_state_dict(self, state):  # between syncs this rank's model is not the synced one: both come back
+        self.steps = load_local_state(self, state)
+        self.synced = state["synced"].to(self.synced)
+        self.outer.load_state_dict(state["outer"])

@@ -27,41 +27,37 @@ with are rounded to bf16's 8 bits of mantissa (docs/EXPERIMENT_GUIDE.md gives th
 import contextlib
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
-from labkit.errors import ConfigError
-
-from .base import Option, Strategy
+from .base import About, Option, Strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def refuse(cfg, o) -> str:
+    # Each rank's GradScaler would see only its shard's gradients (as in ps_sharded).
+    if cfg.amp == "fp16":
+        return ("fsdp does not support amp=fp16 (each rank's loss scaler sees only its shard "
+                "of the gradients, so ranks could skip different steps); use --set amp=bf16")
+    # fp16 has 5 exponent bits: gradients below 6e-5 lose precision and below 6e-8 become 0, so
+    # fp16 training needs a loss scaler that every rank agrees on (torch's ShardedGradScaler),
+    # which the lab's loop does not run. bf16 has fp32's exponent range and needs none.
+    if "fp16" in (cfg.param_dtype, cfg.reduce_dtype):
+        return ("fsdp does not support param_dtype/reduce_dtype=fp16 (without a loss scaler agreed by "
+                "every rank, small fp16 gradients underflow to zero); use --set param_dtype=bf16")
+    return ""
+
+
 class FullyShardedDP(Strategy):
-    overlaps_backward = True  # FSDP2's collectives run in forward and backward hooks
-    mixed_precision = True  # takes --set param_dtype / reduce_dtype (FSDP2's MixedPrecisionPolicy)
-    cost_model_note = "the all-gathers inside forward and backward, and the copies in and out of them"
-    options = (Option("reshard_after_forward", True, "free each unit's gathered parameters after forward "
-                      "(all-gathered again in backward: less memory, more bytes)"),)
-
-    @classmethod
-    def check(cls, cfg):
-        # Each rank's GradScaler would see only its shard's gradients (as in ps_sharded).
-        if cfg.amp == "fp16":
-            raise ConfigError("fsdp does not support amp=fp16 (each rank's loss scaler sees only its shard "
-                              "of the gradients, so ranks could skip different steps); use --set amp=bf16")
-        # fp16 has 5 exponent bits: gradients below 6e-5 lose precision and below 6e-8 become 0, so
-        # fp16 training needs a loss scaler that every rank agrees on (torch's ShardedGradScaler),
-        # which the lab's loop does not run. bf16 has fp32's exponent range and needs none.
-        if "fp16" in (cfg.param_dtype, cfg.reduce_dtype):
-            raise ConfigError("fsdp does not support param_dtype/reduce_dtype=fp16 (without a loss scaler agreed by "
-                              "every rank, small fp16 gradients underflow to zero); use --set param_dtype=bf16")
-
-    @classmethod
-    def label(cls, cfg):
-        return cfg.strategy_name + ("" if cls.options_of(cfg).reshard_after_forward else " no-reshard")
+    about = About(
+        options=(Option("reshard_after_forward", True, "free each unit's gathered parameters after forward "
+                        "(all-gathered again in backward: less memory, more bytes)"),),
+        label=lambda cfg, o: cfg.strategy_name + ("" if o.reshard_after_forward else " no-reshard"),
+        refuse=refuse,
+        overlaps_backward=True,  # FSDP2's collectives run in forward and backward hooks
+        mixed_precision=True,  # takes --set param_dtype / reduce_dtype (FSDP2's MixedPrecisionPolicy)
+        cost_model_note="the all-gathers inside forward and backward, and the copies in and out of them")
 
     def prepare(self, model, optimizer):
         device = next(model.parameters()).device
@@ -92,18 +88,10 @@ class FullyShardedDP(Strategy):
 
     def repoint(self, optimizer, old, new):
         """The loop's optimizer, whichever it is (SGD, AdamW), was built over the full parameters:
-        point it at the DTensor shards, so its state is made per shard (1/n of it on each rank).
-        State it already holds (a resumed checkpoint's momentum or moments) is cut the same way."""
+        point it at the DTensor shards, so its state is made per shard (1/n of it on each rank)."""
         name_of = {id(p): name for name, p in old.items()}
         for group in optimizer.param_groups:
             group["params"] = [new[name_of[id(p)]] for p in group["params"]]
-        for name, param in old.items():
-            if param in optimizer.state:
-                shard = new[name]
-                optimizer.state[shard] = {
-                    k: distribute_tensor(v.to(shard.device), shard.device_mesh, shard.placements, src_data_rank=None)
-                    if torch.is_tensor(v) and v.shape == shard.shape else v
-                    for k, v in optimizer.state.pop(param).items()}
 
     @contextlib.contextmanager
     def no_sync(self, model):
@@ -115,17 +103,8 @@ class FullyShardedDP(Strategy):
         finally:
             model.set_requires_gradient_sync(True)
 
-    def full_state(self, model, optimizer):
-        """Full tensors for checkpoint.pt, gathered collectively on every rank."""
-        model_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        optimizer_state = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: copy
-        optimizer_state["state"] = {index: {k: v.full_tensor().cpu() if isinstance(v, DTensor) else v
-                                            for k, v in values.items()}
-                                    for index, values in optimizer_state["state"].items()}
-        return model_state, optimizer_state
-
     @contextlib.contextmanager
-    def evaluating(self, model):
+    def whole_model(self, model):
         """Validation shards may hold different numbers of batches, and a sharded forward
         all-gathers: gather every unit once, here, so no forward needs the other ranks."""
         for unit in (*self.units, self.root):

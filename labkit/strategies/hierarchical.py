@@ -29,21 +29,16 @@ import os
 
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
-
-from .base import Option, Strategy, flatten, grads_of, unflatten_into
+from .base import About, Option, Strategy, flatten, grads_of, unflatten_into
 
 
 class Hierarchical(Strategy):
-    options = (Option("group_size", 0, "ranks per node (0: torchrun's LOCAL_WORLD_SIZE)"),)
-    cost_model_note = ("its collectives run on groups of group_size and of nodes ranks; the benchmark fits "
-                       "ops over every rank; its own copies (flatten, ÷n, unflatten)")
-
-    @classmethod
-    def check(cls, cfg):
-        size = cls.options_of(cfg).group_size
-        if size < 0 or (size and cfg.nproc % size):
-            raise ConfigError(f"group_size={size} must divide the {cfg.nproc} ranks (0: one group per node)")
+    about = About(
+        options=(Option("group_size", 0, "ranks per node (0: torchrun's LOCAL_WORLD_SIZE)"),),
+        refuse=lambda cfg, o: (f"group_size={o.group_size} must divide the {cfg.nproc} ranks (0: one group per node)"
+                               if o.group_size < 0 or (o.group_size and cfg.nproc % o.group_size) else ""),
+        cost_model_note="its collectives run on groups of group_size and of nodes ranks; the benchmark fits "
+                        "ops over every rank; its own copies (flatten, ÷n, unflatten)")
 
     def prepare(self, model, optimizer):
         self.size = self.options.group_size or int(os.environ.get("LOCAL_WORLD_SIZE", self.world))

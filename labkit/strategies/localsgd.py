@@ -31,28 +31,19 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
 
-from labkit.errors import ConfigError
-
-from .base import Option, Strategy, flatten, unflatten_into
+from .base import About, Option, Strategy, flatten, unflatten_into
 
 SYNC_EVERY = Option("sync_every", 5, "H: steps between synchronizations (1: every step, as DDP)")
 
 
+def period_refusal(every) -> str:
+    return f"sync_every={every}: H must be at least 1 (steps between synchronizations)" if every < 1 else ""
+
+
 class LocalSGD(Strategy):
-    options = (SYNC_EVERY,)
-    cost_model_note = "it communicates on one step in H: a median over single steps counts the silent ones"
-
-    @classmethod
-    def check(cls, cfg):
-        check_period(cls.options_of(cfg).sync_every)
-
-    @classmethod
-    def label(cls, cfg):
-        return f"{cfg.strategy_name} H={cls.options_of(cfg).sync_every}"
-
-    @classmethod
-    def sync_period(cls, cfg):
-        return cls.options_of(cfg).sync_every
+    about = About(options=(SYNC_EVERY,), label=lambda cfg, o: f"{cfg.strategy_name} H={o.sync_every}",
+                  sync_every=lambda cfg, o: o.sync_every, refuse=lambda cfg, o: period_refusal(o.sync_every),
+                  cost_model_note="it communicates on one step in H: a median over single steps counts the silent ones")
 
     def prepare(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
@@ -63,7 +54,6 @@ class LocalSGD(Strategy):
         with warnings.catch_warnings():  # H = 1 warns "use DDP instead": here it proves they agree
             warnings.filterwarnings("ignore", message="When period is 1")
             self.averager = PeriodicModelAverager(period=every, warmup_steps=every - 1)
-        self.averager.step = resume_local_state(self, model, optimizer)
         return model
 
     @property
@@ -80,12 +70,7 @@ class LocalSGD(Strategy):
         return local_state(self)
 
     def load_state_dict(self, state):
-        self.resumed = state  # applied in prepare, after the contract's broadcast of rank 0's model
-
-
-def check_period(every):
-    if every < 1:
-        raise ConfigError(f"sync_every={every}: H must be at least 1 (steps between synchronizations)")
+        self.averager.step = load_local_state(self, state)
 
 
 def average_buffers(model, world):
@@ -121,12 +106,10 @@ def on_cpu(state):
     return state
 
 
-def resume_local_state(strategy, model, optimizer) -> int:
-    """On a resume: this rank's own model and optimizer back; the steps done so far (0 if new)."""
-    state = getattr(strategy, "resumed", None)
-    if not state:
-        return 0
+def load_local_state(strategy, state) -> int:
+    """On a resume, after the loop loaded rank 0's model and optimizer: this rank's own back (its
+    model only if saved between syncs); the steps done so far."""
     if state["model"] is not None:
-        model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+        strategy.model.load_state_dict(state["model"])
+    strategy.optimizer.load_state_dict(state["optimizer"])
     return state["steps"]

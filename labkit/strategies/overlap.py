@@ -23,14 +23,13 @@ import functools
 
 import torch.distributed as dist
 
-from .base import Strategy, flatten, unflatten_into
+from .base import About, Strategy, flatten, unflatten_into
 from .buckets import BUCKET_OPTIONS, compressed_label, make_buckets, to_wire
 
 
 class Overlap(Strategy):
-    overlaps_backward = True  # all-reduces launched from autograd hooks
-    options = BUCKET_OPTIONS
-    label = classmethod(compressed_label)
+    about = About(options=BUCKET_OPTIONS, label=compressed_label,
+                  overlaps_backward=True)  # all-reduces launched from autograd hooks
     accumulating = False  # True inside no_sync: a micro-batch before the last
 
     def prepare(self, model, optimizer):

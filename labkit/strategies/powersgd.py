@@ -19,38 +19,34 @@ matrix, every step), and on gloo this lab finishes one bucket before starting th
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 
-from labkit.errors import ConfigError
-
-from .base import Option
+from .base import About, Option
 from .ddp import DDP_OPTIONS, TorchDDP
 
 
+def refuse(cfg, o) -> str:
+    if o.powersgd_start_iter < 2 or o.powersgd_rank < 1:
+        return (f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) "
+                f"and powersgd_rank at least 1 (got {o.powersgd_start_iter}, {o.powersgd_rank})")
+    # An overflowing fp16 step leaves NaN in the hook's error-feedback and warm-start
+    # memories; every later step then overflows and the scaler skips them all, for good.
+    if cfg.amp == "fp16":
+        return ("powersgd does not support amp=fp16 (one overflowing step poisons its error-feedback "
+                "memory for good); use --set amp=bf16")
+    # The hook .view()s DDP's bucket views, which keep channels_last strides.
+    if cfg.channels_last:
+        return ("powersgd does not support channels_last (PowerSGD's hook reshapes gradient "
+                "buckets with .view); use --set channels_last=false")
+    return ""
+
+
 class PowerSGD(TorchDDP):
-    options = DDP_OPTIONS + (
-        Option("powersgd_rank", 1, "rank r of the approximation P·Qᵀ"),
-        Option("powersgd_start_iter", 10, "plain all-reduce before this step (at least 2)"),
-    )
-
-    @classmethod
-    def check(cls, cfg):
-        o = cls.options_of(cfg)
-        if o.powersgd_start_iter < 2 or o.powersgd_rank < 1:
-            raise ConfigError(f"powersgd_start_iter must be at least 2 (DDP's first two steps run uncompressed) "
-                                  f"and powersgd_rank at least 1 (got {o.powersgd_start_iter}, {o.powersgd_rank})")
-        # An overflowing fp16 step leaves NaN in the hook's error-feedback and warm-start
-        # memories; every later step then overflows and the scaler skips them all, for good.
-        if cfg.amp == "fp16":
-            raise ConfigError("powersgd does not support amp=fp16 (one overflowing step poisons its error-feedback "
-                                  "memory for good); use --set amp=bf16")
-        # The hook .view()s DDP's bucket views, which keep channels_last strides.
-        if cfg.channels_last:
-            raise ConfigError("powersgd does not support channels_last (PowerSGD's hook reshapes gradient "
-                                  "buckets with .view); use --set channels_last=false")
-
-    @classmethod
-    def label(cls, cfg):
-        rank = cls.options_of(cfg).powersgd_rank
-        return cfg.strategy_name + ("" if rank == 1 else f" r{rank}")
+    about = About(
+        options=DDP_OPTIONS + (
+            Option("powersgd_rank", 1, "rank r of the approximation P·Qᵀ"),
+            Option("powersgd_start_iter", 10, "plain all-reduce before this step (at least 2)"),
+        ),
+        label=lambda cfg, o: cfg.strategy_name + ("" if o.powersgd_rank == 1 else f" r{o.powersgd_rank}"),
+        refuse=refuse, overlaps_backward=True)
 
     def register_hook(self, ddp):  # instead of DDP's: PowerSGD's hook, and no ddp_hook option
         self.state = powersgd.PowerSGDState(process_group=None, matrix_approximation_rank=self.options.powersgd_rank,

@@ -16,44 +16,44 @@ makes it a dedicated server with n−1 workers.
 import torch
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
-
-from .base import Option, Strategy, flatten, nbytes, unflatten_into
+from .base import About, Option, Strategy, flatten, nbytes, unflatten_into
 
 SERVER = 0
 
 
+def refuse(cfg, o) -> str:
+    if cfg.nproc < 2:
+        return "strategy 'ps' needs a server and a worker: use --nproc 2 or more"
+    if cfg.amp == "fp16":
+        return "ps does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16"
+    return ""
+
+
+def own_passes(params, rank, world, o) -> dict:
+    """Its own passes in a step (the cost model's γ term), S = the flat model. The server, alone while
+    the workers wait: zeros, ÷n, its own gradient flattened and the pull's flatten write fresh buffers;
+    the additions and the copy out are in place. A worker: the push's and the pull's flatten (fresh),
+    the copy out (in place)."""
+    size, own = sum(map(nbytes, params)), int(o.ps_server_trains)
+    if rank == SERVER:
+        return {"fresh_alone": [3 + own, (3 + own) * size], "in_place_alone": [own + world, (own + world) * size]}
+    return {"fresh": [2, 2 * size], "in_place": [1, size]}
+
+
 class ParameterServer(Strategy):
-    # what the model leaves out, measured in docs/BENCHMARKS.md (the γ term counts its passes)
-    cost_model_note = "the server's sends to (and receives from) its workers run at once; the model adds them up"
-    options = (Option("ps_server_trains", True, "rank 0 also computes its share of the batch (false: a dedicated server)"),)
-
-    @classmethod
-    def check(cls, cfg):
-        if cfg.nproc < 2:
-            raise ConfigError("strategy 'ps' needs a server and a worker: use --nproc 2 or more")
-        if cfg.amp == "fp16":
-            raise ConfigError("ps does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16")
-
-    @classmethod
-    def data_ranks(cls, cfg):
-        return cfg.nproc if cls.options_of(cfg).ps_server_trains else cfg.nproc - 1
-
-    @classmethod
-    def label(cls, cfg):
-        return "ps" if cls.options_of(cfg).ps_server_trains else "ps (dedicated server)"
-
-    def data_shard(self):
-        if self.options.ps_server_trains:
-            return self.rank, self.world
-        return None if self.rank == SERVER else (self.rank - 1, self.world - 1)
+    about = About(
+        options=(Option("ps_server_trains", True, "rank 0 also computes its share of the batch (false: a dedicated server)"),),
+        label=lambda cfg, o: "ps" if o.ps_server_trains else "ps (dedicated server)",
+        servers=lambda cfg, o: 0 if o.ps_server_trains else 1,
+        refuse=refuse, passes=own_passes,
+        # what the model leaves out, measured in docs/BENCHMARKS.md (the γ term counts its passes)
+        cost_model_note="the server's sends to (and receives from) its workers run at once; the model adds them up")
 
     def sync_gradients(self, model):  # push: workers → server
         params = [p for p in model.parameters() if p.requires_grad]
         if self.rank != SERVER:
             flat = flatten([p.grad for p in params])
             dist.send(flat, dst=SERVER)
-            self.wire.local(nbytes(flat), fresh=True)  # the γ term: flatten's copy in
             return
         total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         if self.options.ps_server_trains:
@@ -63,16 +63,11 @@ class ParameterServer(Strategy):
         for request, buf in zip(requests, inbox):
             request.wait()
             total += buf
-        data_ranks = self.world if self.options.ps_server_trains else self.world - 1  # as data_shard
+        data_ranks = self.world if self.options.ps_server_trains else self.world - 1  # all but a dedicated server
         for p in params:  # the dedicated server has no grads of its own yet
             if p.grad is None:
                 p.grad = torch.empty_like(p)
         unflatten_into(total / data_ranks, [p.grad for p in params])
-        # the server's own passes (the γ term), made alone while the workers wait: zeros, ÷n
-        # and its own gradient flattened write fresh buffers; the additions and copy out in place
-        own = int(self.options.ps_server_trains)
-        self.wire.local((2 + own) * nbytes(total), passes=2 + own, fresh=True, alone=True)
-        self.wire.local((own + self.world) * nbytes(total), passes=own + self.world, alone=True)
 
     def update(self, optimizer, scaler=None):
         if self.rank == SERVER:  # only the server steps; workers hold no optimizer state
@@ -83,8 +78,6 @@ class ParameterServer(Strategy):
         # flatten/unflatten_into, not parameters_to_vector: those .view() each parameter,
         # which fails on channels_last weights, and the copy back would drop the layout
         flat = flatten([p.detach() for p in params])
-        # the γ term: flatten's copy in (the server's alone, while the workers wait to receive)
-        self.wire.local(nbytes(flat), fresh=True, alone=self.rank == SERVER)
         if self.rank == SERVER:
             requests = [dist.isend(flat, dst=dst) for dst in range(1, self.world)]
             for request in requests:
@@ -93,4 +86,3 @@ class ParameterServer(Strategy):
             dist.recv(flat, src=SERVER)
             with torch.no_grad():
                 unflatten_into(flat, params)
-            self.wire.local(nbytes(flat))  # and the worker's copy out

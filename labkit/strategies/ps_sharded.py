@@ -5,8 +5,10 @@ of the flat parameter vector and the optimizer state for it. A step is:
 reduce-scatter the gradients (each owner receives the sum for its slice), every
 owner steps its slice, all-gather the parameters so every rank has the whole model.
 
-Communication: reduce-scatter + all-gather = exactly the two halves of a ring
-all-reduce, 2(n−1)/n·S per rank — while `ps` moves (n−1)·S through rank 0 alone.
+Communication: reduce-scatter + all-gather, on NCCL the two halves of its ring all-reduce,
+2(n−1)/n·S per rank — while `ps` moves (n−1)·S through rank 0 alone. gloo runs its
+reduce-scatter as a whole all-reduce and keeps a slice, so there the pair carries 1.5× a
+ring all-reduce's bytes (the loop counts what the backend runs: docs/EXPERIMENT_GUIDE.md).
 The optimizer state (SGD's momentum, AdamW's two moments) is split n ways too: that is
 ZeRO stage 1's memory saving.
 """
@@ -16,22 +18,30 @@ import math
 import torch
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
+from .base import About, Strategy, flatten, optimizer_state_tensors, unflatten_into
 
-from .base import Strategy, flatten, nbytes, optimizer_state_tensors, unflatten_into
+
+def refuse(cfg, o) -> str:
+    # Each rank's GradScaler would see only its shard's gradients: ranks could skip
+    # different steps and their loss scales drift apart.
+    if cfg.amp == "fp16":
+        return ("ps_sharded does not support amp=fp16 (each rank's loss scaler sees only its "
+                "shard, so ranks could skip different steps); use --set amp=bf16")
+    return ""
+
+
+def own_passes(params, rank, world, o) -> dict:
+    """Its own passes in a step (the cost model's γ term) over the padded flat buffer: flatten, pad
+    and ÷n write fresh buffers; the copy out of the gathered parameters is in place."""
+    padded = math.ceil(sum(p.numel() for p in params) / world) * world * params[0].element_size()
+    return {"fresh": [3, 3 * padded], "in_place": [1, padded]}
 
 
 class ShardedServer(Strategy):
-    # its passes over the flat buffer are counted (γ); what is left (docs/BENCHMARKS.md):
-    cost_model_note = "the α–β line falls short of the benchmark's own 45 MB reduce-scatter and all-gather (bench ms)"
-
-    @classmethod
-    def check(cls, cfg):
-        # Each rank's GradScaler would see only its shard's gradients: ranks could skip
-        # different steps and their loss scales drift apart.
-        if cfg.amp == "fp16":
-            raise ConfigError("ps_sharded does not support amp=fp16 (each rank's loss scaler sees only its "
-                                  "shard, so ranks could skip different steps); use --set amp=bf16")
+    about = About(refuse=refuse, passes=own_passes,
+                  # what is left once γ counts its passes (docs/BENCHMARKS.md):
+                  cost_model_note="the α–β line falls short of the benchmark's own 45 MB reduce-scatter and "
+                                  "all-gather (bench ms)")
 
     def prepare(self, model, optimizer):
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -40,16 +50,13 @@ class ShardedServer(Strategy):
         self.padded = self.shard_len * self.world
         # flatten, not parameters_to_vector: that .view()s each parameter (fails on channels_last)
         flat = self.pad(flatten([p.detach() for p in self.params]))
-        mine = flat[self.rank * self.shard_len:(self.rank + 1) * self.shard_len]
-        self.shard = torch.nn.Parameter(mine.clone())
+        self.shard = torch.nn.Parameter(flat[self.rank * self.shard_len:(self.rank + 1) * self.shard_len].clone())
         # This rank's optimizer only ever sees its own slice, so it keeps 1/n of the state. Built
         # as ZeroRedundancyOptimizer builds its local one: the loop's optimizer class and its param
         # group's hyperparameters (SGD's momentum, AdamW's betas and weight decay), only the params
         # replaced. (`**optimizer.defaults` is not a constructor's keywords: AdamW refuses its own.)
         (group,) = optimizer.param_groups  # one group: the flat shard mixes every parameter
         self.shard_optimizer = type(optimizer)([{**group, "params": [self.shard]}])
-        if getattr(self, "_restored", None):  # a checkpoint was loaded before prepare
-            self.load_state_dict(self._restored)
         return model
 
     # Every rank steps its own shard: a checkpoint keeps each rank's optimizer state, not just rank 0's.
@@ -57,9 +64,6 @@ class ShardedServer(Strategy):
         return {"shard_optimizer": self.shard_optimizer.state_dict()}
 
     def load_state_dict(self, state):
-        if not hasattr(self, "shard_optimizer"):
-            self._restored = state  # prepare() has not built the shard yet
-            return
         self.shard_optimizer.load_state_dict(state["shard_optimizer"])
 
     # The memory count: besides the full model and its gradients, this rank keeps its shard,
@@ -75,7 +79,6 @@ class ShardedServer(Strategy):
         grads = self.pad(flatten([p.grad for p in self.params])) / self.world
         self.shard.grad = torch.empty_like(self.shard)
         dist.reduce_scatter_single(self.shard.grad, grads, op=dist.ReduceOp.SUM)
-        self.wire.local(3 * nbytes(grads), passes=3, fresh=True)  # the γ term: flatten, pad, ÷n
 
     def update(self, optimizer, scaler=None):
         for group in self.shard_optimizer.param_groups:  # follow the loop's lr schedule (warm-up)
@@ -87,4 +90,3 @@ class ShardedServer(Strategy):
         dist.all_gather_single(flat, self.shard.detach())
         with torch.no_grad():
             unflatten_into(flat, self.params)
-        self.wire.local(nbytes(flat))  # the copy out, in place

@@ -16,7 +16,7 @@ deadlock on NCCL or gloo). Chunks may differ in length: any buffer length works.
 import torch
 import torch.distributed as dist
 
-from .base import Strategy, flatten, nbytes, unflatten_into
+from .base import About, Strategy, flatten, nbytes, unflatten_into
 
 
 def ring_exchange(send: torch.Tensor, recv: torch.Tensor, rank: int, world: int) -> None:
@@ -43,16 +43,18 @@ def ring_all_reduce(flat: torch.Tensor, rank: int, world: int) -> None:
         ring_exchange(send, recv, rank, world)
 
 
+def own_passes(params, rank, world, o) -> dict:
+    """Its own passes in a step (the cost model's γ term): flatten and ÷n write fresh buffers; the
+    n−1 chunk additions (what this rank received in the reduce-scatter) and the copy out are in place."""
+    size = sum(map(nbytes, params))
+    return {"fresh": [2, 2 * size], "in_place": [world, (world - 1) * size // world + size]}
+
+
 class Ring(Strategy):
-    cost_model_note = "2(n−1) lock-step exchanges, each waiting for both neighbours"  # its passes: γ
+    about = About(passes=own_passes, cost_model_note="2(n−1) lock-step exchanges, each waiting for both neighbours")
 
     def sync_gradients(self, model):
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         flat = flatten(grads) / self.world
         ring_all_reduce(flat, self.rank, self.world)
         unflatten_into(flat, grads)
-        # its own passes (the γ term): flatten and ÷n write fresh buffers; the n−1 chunk
-        # additions (what this rank received in the reduce-scatter) and the copy out are in place
-        self.wire.local(2 * nbytes(flat), passes=2, fresh=True)
-        self.wire.local((self.world - 1) * nbytes(flat) // self.world, passes=self.world - 1)
-        self.wire.local(nbytes(flat))

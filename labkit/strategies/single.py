@@ -5,16 +5,9 @@ contract's defaults (no communication, `optimizer.step()`) are all it needs.
 Compare: its img/s against `ddp` on n devices gives the scaling efficiency.
 """
 
-from labkit.errors import ConfigError
-
-from .base import Strategy
+from .base import About, Strategy
 
 
 class Single(Strategy):
-    defaults = {"nproc": 1}
-    needs_process_group = False  # a plain process: no torchrun, no rendezvous
-
-    @classmethod
-    def check(cls, cfg):
-        if cfg.nproc != 1:
-            raise ConfigError("strategy 'single' runs one process: use --nproc 1")
+    about = About(defaults={"nproc": 1}, plain_process=True,  # a plain process: no torchrun, no rendezvous
+                  refuse=lambda cfg, o: "strategy 'single' runs one process: use --nproc 1" if cfg.nproc != 1 else "")

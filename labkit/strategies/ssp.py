@@ -35,39 +35,28 @@ import copy
 import torch
 import torch.distributed as dist
 
-from labkit.errors import ConfigError
-
-from .base import Option, Strategy, flatten, unflatten_into
+from .base import About, Option, Strategy, flatten, unflatten_into
 
 SERVER = 0
 
 
+def refuse(cfg, o) -> str:
+    if cfg.nproc < 2:
+        return "strategy 'ssp' needs a server and a worker: use --nproc 2 or more"
+    if o.staleness < 0:
+        return f"staleness={o.staleness}: a worker cannot be behind the slowest; use 0 (synchronous) or more"
+    if cfg.amp == "fp16":
+        return "ssp does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16"
+    if cfg.checkpoint_every and o.staleness > 0:  # mid-epoch the server holds gradients of unfinished steps
+        return "ssp with staleness > 0 checkpoints at epoch ends only; use checkpoint_every=0"
+    return ""
+
+
 class StaleSynchronousServer(Strategy):
-    options = (Option("staleness", 2, "steps a worker may run ahead of the slowest (0: synchronous, = ps)"),)
-    cost_model_note = "point-to-point through one server, and the waits for the staleness bound"
-
-    @classmethod
-    def check(cls, cfg):
-        s = cls.options_of(cfg).staleness
-        if cfg.nproc < 2:
-            raise ConfigError("strategy 'ssp' needs a server and a worker: use --nproc 2 or more")
-        if s < 0:
-            raise ConfigError(f"staleness={s}: a worker cannot be behind the slowest; use 0 (synchronous) or more")
-        if cfg.amp == "fp16":
-            raise ConfigError("ssp does not support amp=fp16 (the loss scale lives on the server); use --set amp=bf16")
-        if cfg.checkpoint_every and s > 0:  # mid-epoch the server holds gradients of unfinished steps
-            raise ConfigError("ssp with staleness > 0 checkpoints at epoch ends only; use checkpoint_every=0")
-
-    @classmethod
-    def data_ranks(cls, cfg):
-        return cfg.nproc - 1
-
-    @classmethod
-    def label(cls, cfg):
-        return f"ssp (s={cls.options_of(cfg).staleness})"
-
-    def data_shard(self):
-        return None if self.rank == SERVER else (self.rank - 1, self.world - 1)
+    about = About(options=(Option("staleness", 2, "steps a worker may run ahead of the slowest (0: synchronous, = ps)"),),
+                  label=lambda cfg, o: f"ssp (s={o.staleness})", refuse=refuse,
+                  servers=1,  # rank 0 serves, with no data of its own
+                  cost_model_note="point-to-point through one server, and the waits for the staleness bound")
 
     def prepare(self, model, optimizer):
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -151,7 +140,7 @@ class StaleSynchronousServer(Strategy):
             unflatten_into(flat, self.params)
 
     @contextlib.contextmanager
-    def evaluating(self, model):
+    def whole_model(self, model):
         """Validation scores the server's model on every rank (the one checkpoint.pt keeps): with
         s > 0 a worker's own copy may be up to s steps behind or provisional. Each worker gets its
         own back afterwards, so the bound and the staleness it records stay exact."""
@@ -166,5 +155,5 @@ class StaleSynchronousServer(Strategy):
             with torch.no_grad():
                 unflatten_into(own, self.params)
 
-    def step_record(self) -> dict:
+    def after_step(self, model) -> dict:  # for rank 0's step record: each gradient's staleness
         return {"staleness": list(self.staleness)} if self.rank == SERVER else {}

@@ -1,10 +1,10 @@
 """Each rank overwrites logs/heartbeat-RANK with the step it is working on: the
-launcher's watchdog reads the files' age (is anyone moving?) and content (who is stuck).
+Job's watchdog reads the files' age (is anyone moving?) and content (who is stuck).
 
 And from a thread of its own, each second, it touches logs/alive-RANK (which holds its pid):
 a rank waiting in a collective still does, one that is stopped (SIGSTOP) or wedged (a call
-that never lets go of the interpreter) does not — so the launcher names the rank that
-stopped, not the healthy one whose collective timed out waiting for it (labkit.jobs.launch)."""
+that never lets go of the interpreter) does not — so the Job names the rank that
+stopped, not the healthy one whose collective timed out waiting for it (labkit.jobs.job)."""
 
 import os
 import threading

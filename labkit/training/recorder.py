@@ -16,8 +16,8 @@ What a step sent is counted here, in one place, not by the method: from `before`
 a `CommRecord` (comm_record.py) sees every torch.distributed call the process groups issue —
 the method's own, DDP's and FSDP's inside backward, a comm hook's — and `step_counts` turns them into the bytes each
 puts on the wire by the algorithm the backend runs (bytes_sent, bytes_received, collectives,
-ops in the step record). Only the method's own passes over its buffers (the cost model's γ,
-`local_ops`) are still said by the method, on `strategy.wire`.
+ops in the step record). The method's own passes over its buffers (the cost model's γ,
+`local_ops`) are what its declaration says (`About.passes`), the same every step.
 """
 
 import json
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from labkit.strategies.base import Strategy
 from labkit.training import checkpoint
 from labkit.training.collective_log import CollectiveLog
 from labkit.training.comm_record import CommRecord, step_counts
@@ -48,7 +47,10 @@ class StepRecorder:
         self.cfg, self.rank, self.device, self.state = cfg, rank, device, state
         self.strategy, self.model, self.net, self.optimizer, self.scaler = strategy, model, net, optimizer, scaler
         self.total_steps, self.first_attempt = total_steps, first_attempt
-        self.has_data = strategy.data_shard() is not None  # a dedicated server's loss is no loss
+        self.has_data = rank >= cfg.nproc - cfg.data_ranks  # a dedicated server's loss is no loss
+        passes = strategy.about.passes  # the method's own passes over its buffers (γ), as it declares them
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        self.local_ops = passes(trainable, rank, strategy.world, strategy.options) if passes else {}
         out = self.out = Path(cfg.out_dir)
         self.heartbeat = Heartbeat(out / "logs" / f"heartbeat-{rank}")
         self.collectives = CollectiveLog(out / "logs" / f"collectives-{rank}.jsonl", rank)  # read on a hang
@@ -76,7 +78,6 @@ class StepRecorder:
         self.timer.record_intervals = cfg.warmup_steps < step <= cfg.warmup_steps + cfg.timeline_steps
         for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
             group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
-        self.strategy.wire.reset()
         if self.sync_bn:
             self.sync_bn.reset()
         self.links.before()
@@ -93,13 +94,14 @@ class StepRecorder:
         if self.first_attempt:
             check_fault_fired(self.cfg.fault, self.rank, step)
         self.links.after()
-        self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
+        figures = self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
         state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
         if self.has_data:
             state.loss_sum, state.seen = state.loss_sum + loss, state.seen + 1
         finite = math.isfinite(loss)
         state.steps.append(dict(step=step, epoch=self.epoch, loss=loss if finite else None,
-                                **counted, **self.strategy.wire.as_dict(), **times, **self.strategy.step_record()))
+                                **counted, local_ops={kind: list(v) for kind, v in self.local_ops.items()},
+                                **times, **figures))
         if self.sync_bn:  # SyncBatchNorm's own collectives, apart from the method's (models.py)
             state.steps[-1].update(self.sync_bn.record())
         if self.progress:  # json.dumps: a NaN loss must still make a line json.loads can read
@@ -133,12 +135,12 @@ class StepRecorder:
     def save_checkpoint(self):
         """checkpoint.pt (and the new lines of steps.jsonl): every rank hands over the state its
         method owns (e.g. its shard's momentum), rank 0 writes."""
-        owns_state = type(self.strategy).state_dict is not Strategy.state_dict
-        states = gather_to_rank0(self.strategy.state_dict()) if owns_state else None
-        full = self.strategy.full_state(self.net, self.optimizer)  # every rank: a sharded model gathers here
+        states = gather_to_rank0(self.strategy.state_dict())  # [{}, {}, ...] for a method that owns none
+        with self.strategy.whole_model(self.net) as whole:  # every rank: a sharded model gathers itself
+            model_state, optimizer_state = checkpoint.whole_state(whole, self.optimizer)
         if self.rank == 0:
-            checkpoint.save(self.out / "checkpoint.pt", self.net, self.optimizer, self.scaler, self.state,
-                            self.cfg.to_dict(), states, full_state=full)
+            checkpoint.save(self.out / "checkpoint.pt", model_state, optimizer_state, self.scaler, self.state,
+                            self.cfg.to_dict(), states if any(states) else None)
 
     def close(self):
         self.tracer.close()  # again: a run that failed before the result still writes its trace

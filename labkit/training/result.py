@@ -42,14 +42,12 @@ def sync_bn_figures(steps, warmup) -> dict | None:
             "bytes_sent_per_step": statistics.median(s["sync_bn_bytes_sent"] for s in measured)}
 
 
-def build_result(cfg, method, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
+def build_result(cfg, about, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
                  timeline) -> dict:
-    from labkit.strategies import load_strategy  # the method describes itself: overlap, cost-model notes
-
-    strategy = load_strategy(cfg.strategy)
-    overlaps = getattr(strategy, "overlaps_backward", None)
-    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s, overlaps_backward=overlaps,
-                        period=strategy.sync_period(cfg))  # local SGD: figures per period of H steps
+    """`about`: the method's declaration for this run (About.of(cfg)): its label, overlap, sync period."""
+    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s,
+                        overlaps_backward=about.overlaps_backward,
+                        period=about.sync_every)  # local SGD: figures per period of H steps
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
     val5 = [e["val_top5"] for e in epochs if "val_top5" in e]
     summary.update(total_time_s=total_time, final_train_loss=epochs[-1]["train_loss"] if epochs else None,
@@ -58,12 +56,12 @@ def build_result(cfg, method, world, device, steps, epochs, total_time, rank_med
     if cfg.sync_bn:
         summary["sync_bn"] = sync_bn_figures(steps, cfg.warmup_steps)
     # settings that change every method make another method in a comparison
-    method += (f" accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "") + \
+    method = about.label + (f" accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "") + \
         (f" straggler={cfg.straggler}" if cfg.straggler else "") + (" sync_bn" if cfg.sync_bn else "")
     return {
         "schema": 1, "name": cfg.name, "strategy": cfg.strategy_name, "method": method, "status": "ok",
         "config": cfg.to_dict(), "env": hardware.environment(), "world_size": world,
         "backend": cfg.backend if world > 1 else None, "device": str(device),
         "global_batch": cfg.global_batch, "summary": summary, "epochs": epochs, "steps": steps,
-        "timeline": timeline, "cost_model_note": getattr(strategy, "cost_model_note", "") or None,
+        "timeline": timeline, "cost_model_note": about.cost_model_note or None,
     }

@@ -256,7 +256,7 @@ def busbw_figures(sent: float, sync: float, overlaps_backward: bool | None) -> d
     if not sent:
         reason = "nothing sent"
     elif overlaps_backward is None:
-        reason = "the method does not say whether it communicates inside backward (Strategy.overlaps_backward)"
+        reason = "the method does not say whether it communicates inside backward (About.overlaps_backward)"
     elif overlaps_backward:
         reason = ("its communication runs inside backward (hooked into autograd), so no blocking sync time "
                   "holds it; see exposed_comm_s")

@@ -18,6 +18,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from labkit.config import RunConfig
 from labkit.files import write_json
 from labkit.strategies import load_strategy
+from labkit.strategies.base import data_shard, start_from_rank0
 from labkit.training import checkpoint
 from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
@@ -47,19 +48,23 @@ def main(config_path: str):
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     method = load_strategy(cfg.strategy)
     strategy = method(cfg, rank, world)
+    about = method.about.of(cfg)  # what the method says it is (strategies/base.py: About)
 
-    # Resume on --resume, or when torchrun restarted us after a failure — before the
-    # strategy wraps the model, so whatever it builds (DDP, shards) starts from it.
+    # Resume on --resume, or when torchrun restarted us after a failure: the model before prepare,
+    # so whatever the method builds (DDP, shards) starts from it; the optimizer and the method's
+    # own state after it, so its load_state_dict acts on what it built.
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-    state = TrainState()
-    if (cfg.resume or attempt > 0) and (out / "checkpoint.pt").exists():
-        state = checkpoint.restore(out / "checkpoint.pt", model, optimizer, scaler, strategy, rank)
-    shard = strategy.data_shard()  # None: this rank computes no gradients (a dedicated server)
+    saved = checkpoint.load(out / "checkpoint.pt") if (cfg.resume or attempt > 0) and (out / "checkpoint.pt").exists() else None
+    if saved:
+        checkpoint.restore_model(saved, model)
+    shard = data_shard(rank, world, about.servers)  # None: this rank computes no gradients (a dedicated server)
     compute_only_s = calibrate(model, cfg, device) if shard else None
     if cfg.sync_bn:  # after the compute-only calibration: its collectives are communication
         model = with_sync_batch_norm(model, device)  # BatchNorm over the global batch
+    start_from_rank0(model, world)  # every method starts from rank 0's weights, whatever its seed drew
     model = strategy.prepare(model, optimizer)
     net = getattr(model, "module", model)  # the bare model, for validation and checkpoints
+    state = checkpoint.restore(saved, out / "checkpoint.pt", optimizer, scaler, strategy, rank) if saved else TrainState()
 
     data_rank, data_ranks = shard or (0, cfg.data_ranks)
     train_loader, val_loader = build_loaders(cfg, data_rank, data_ranks, rank, world, device)
@@ -94,7 +99,7 @@ def main(config_path: str):
         stats = recorder.end_epoch()
         if val_loader is not None:
             sync_buffers(net, source=cfg.nproc - cfg.data_ranks)  # the first rank that trained
-            with strategy.evaluating(net) as evaluated:  # a sharded model gathers itself whole first
+            with strategy.whole_model(net) as evaluated:  # a sharded model gathers itself whole first
                 stats.update(validate(evaluated, val_loader, device, cfg, recorder.heartbeat))
         state.epochs.append(stats)
         state.epoch, state.step_in_epoch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
@@ -108,7 +113,7 @@ def main(config_path: str):
     memory = gather_memory(recorder.memory)  # every rank's bytes held and peak (memory.py)
     topology = recorder.links.topology(cfg.warmup_steps)  # several nodes: each node's link bytes
     if rank == 0:
-        result = build_result(cfg, method.label(cfg), world, device, state.steps, state.epochs, total_time,
+        result = build_result(cfg, about, world, device, state.steps, state.epochs, total_time,
                               rank_medians, compute_only_s, timeline)
         write_json(out / "result.json", {**result, "topology": topology, "memory": memory,
                                           "trace": recorder.tracer.entry(total_steps)})
