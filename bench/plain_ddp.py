@@ -2,15 +2,15 @@
 labkit. `labkit bench harness` runs it against labkit's DDP (same model, data, batch, steps)
 to check that labkit does not slow training down.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 4 bench/plain_ddp.py DATA_DIR STEPS WARMUP
-    python -m torch.distributed.run --standalone --nproc-per-node 4 bench/plain_ddp.py synthetic STEPS WARMUP [AMP [CHANNELS_LAST]]
+    python -m torch.distributed.run --standalone --nproc-per-node 4 bench/plain_ddp.py DATA_DIR STEPS TIMING_WARMUP
+    python -m torch.distributed.run --standalone --nproc-per-node 4 bench/plain_ddp.py synthetic STEPS TIMING_WARMUP [AMP [CHANNELS_LAST]]
 
 DATA_DIR: the cpu profile (ResNet-18 with a 32 px stem, the tiny set, batch 16 per rank, gloo).
 `synthetic`: the synthetic profile on GPUs (ResNet-50, a random 224 px batch of 64 drawn on the
 GPU each step, NCCL; AMP off / bf16 / fp16, CHANNELS_LAST true / false).
 
 Prints one line: `throughput_img_s <value>`, measured as labkit measures it: global batch
-× measured steps ÷ their time, the first WARMUP steps left out.
+× measured steps ÷ their time, the first TIMING_WARMUP steps left out.
 """
 
 import os
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import datasets, transforms
 
-data_dir, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data_dir, steps, timing_warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 amp, channels_last = (sys.argv[4:5] or ["off"])[0], (sys.argv[5:6] or ["false"])[0] == "true"
 gpu = data_dir == "synthetic"
 dist.init_process_group("nccl" if gpu else "gloo")
@@ -73,7 +73,7 @@ autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16"
     if amp != "off" else nullcontext
 
 for step, (images, labels) in enumerate(batches()):
-    if step == warmup:
+    if step == timing_warmup:
         start = time.perf_counter()
     with autocast():
         loss = F.cross_entropy(model(images), labels)
@@ -86,5 +86,5 @@ for step, (images, labels) in enumerate(batches()):
         break
 elapsed = time.perf_counter() - start
 if rank == 0:
-    print(f"throughput_img_s {batch_size * world * (steps - warmup) / elapsed:.3f}", flush=True)
+    print(f"throughput_img_s {batch_size * world * (steps - timing_warmup) / elapsed:.3f}", flush=True)
 dist.destroy_process_group()

@@ -268,7 +268,7 @@ def cmd_bench_collectives(args) -> int:
 def cmd_bench_harness(args) -> int:
     from labkit.measure.bench import harness
 
-    outcome = harness(args.nproc, args.steps, args.warmup, args.repeats)
+    outcome = harness(args.nproc, args.steps, args.timing_warmup, args.repeats)
     print(f"labkit ddp / plain DDP script throughput ({outcome['profile']} profile, {outcome['nproc']} ranks): "
           f"{outcome['ratio_of_medians']:.3f} "
           f"(per repeat {outcome['ratio_min']:.3f} … {outcome['ratio_max']:.3f}; target ≥ 0.97)")
@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     harn = bench.add_parser("harness", help="labkit's ddp against a plain DDP script, alternated")
     harn.add_argument("--nproc", type=int, help="ranks (default: one per GPU, else 4)")
     harn.add_argument("--steps", type=int, default=40)
-    harn.add_argument("--warmup", type=int, default=5)
+    harn.add_argument("--timing-warmup", dest="timing_warmup", type=int, default=5,
+                      help="steps left out of the timing at the start of each run")
     harn.add_argument("--repeats", type=int, default=3)
     harn.set_defaults(func=cmd_bench_harness)
 

@@ -90,7 +90,9 @@ class RunConfig:
     amp: str = "off"  # off / bf16 / fp16 autocast (fp16 adds a GradScaler)
     channels_last: bool = False
     # measurement
-    warmup_steps: int = 2  # left out of the summary figures
+    # the first N steps, while caches, the allocator and autotuning settle: left out of the summary
+    # figures, the timeline and the memory count (the learning rate's warm-up is lr_warmup_steps)
+    timing_warmup_steps: int = 2
     calibration_steps: int = 5  # compute-only steps before training, for exposed_comm_pct (0 = skip)
     timeline_steps: int = 4  # steps after warm-up whose phases every rank records for the timeline
     # the method's own options (declared in its file: labkit strategies), e.g. {"bucket_mb": 5.0}

@@ -154,7 +154,7 @@ def check_values(cfg: RunConfig, nproc_known: bool = True) -> None:
     require(cfg.nproc >= 1, f"nproc must be at least 1 (got {cfg.nproc})")
     for key in ("epochs", "batch_size", "image_size", "num_classes", "accumulate"):
         require(getattr(cfg, key) >= 1, f"{key} must be at least 1 (got {getattr(cfg, key)})")
-    for key in ("max_steps", "workers", "warmup_steps", "calibration_steps", "timeline_steps", "checkpoint_every",
+    for key in ("max_steps", "workers", "timing_warmup_steps", "calibration_steps", "timeline_steps", "checkpoint_every",
                 "max_restarts", "lr_warmup_steps", "global_batch_size", "synthetic_steps"):
         require(getattr(cfg, key) >= 0, f"{key}={getattr(cfg, key)} cannot be negative")
     require(cfg.fault == "" or re.fullmatch(r"\d+:\d+:(raise|exit|kill|hang|skip)", cfg.fault) is not None,

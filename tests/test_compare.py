@@ -87,7 +87,7 @@ def test_the_report_gives_the_steady_and_the_wall_figure_and_the_disturbed_steps
 
 def test_describe_says_how_many_steps_were_disturbed():
     r = result("p", "ps", 32, 184.0, disturbed=4)
-    r["summary"].update(measured_steps=30, disturbed_threshold_s=0.7, warmup_steps=2)
+    r["summary"].update(measured_steps=30, disturbed_threshold_s=0.7, timing_warmup_steps=2)
     text = sentences.describe(r)
     assert "184.0 img/s in steady state" in text and "165.6 img/s by the wall clock" in text
     assert "4 of 30 steps were disturbed" in text and "the machine was busy" in text
@@ -258,7 +258,7 @@ def test_a_run_slow_from_its_first_step_to_its_last_is_counted_disturbed_against
     """Issue 32: the 10×-slow `single` said 0 disturbed steps: each run was compared with its own median."""
     runs = []
     for k, step_s in enumerate((0.35, 3.6, 0.36)):
-        r = result(f"s{k}", "single", 8, 64 / step_s, world_size=1, warmup_steps=2)
+        r = result(f"s{k}", "single", 8, 64 / step_s, world_size=1, timing_warmup_steps=2)
         r["summary"].update(measured_steps=6, disturbed_steps=0)
         r["steps"] = [{**s, "step_s": step_s} for s in r["steps"]]
         runs.append(r)

@@ -22,13 +22,13 @@ from labkit.strategies import PLAIN_PROCESS, REGISTRY
 
 CANNOT_EMULATE = cluster.missing_capability()
 TOLERANCE = 0.15  # the link's headers: TCP/IP ~2 % on large messages, more on many small ones
-SETS = ("model=simple_cnn", "augment=false", "workers=0", "nodes=2", "warmup_steps=2")
+SETS = ("model=simple_cnn", "augment=false", "workers=0", "nodes=2", "timing_warmup_steps=2")
 ONE_STEP_PERIOD = {"localsgd": ("sync_every=1",), "diloco": ("sync_every=1",), "ssp": ("staleness=0",)}
 METHODS = [name for name in REGISTRY if name not in PLAIN_PROCESS]
 
 
 def counted_and_carried(result) -> tuple[float, float]:
-    measured = result["steps"][result["summary"]["warmup_steps"]:]
+    measured = result["steps"][result["summary"]["timing_warmup_steps"]:]
     counted = sorted(s["bytes_sent"] for s in measured)[len(measured) // 2]
     node0 = next(link for link in result["topology"]["link_bytes_per_step"] if link["node"] == 0)
     return counted, node0["tx_bytes"]

@@ -308,7 +308,7 @@ def test_gpu_check_skips_with_the_reason_and_tabulates(one_gpu, tmp_path, monkey
 
     monkeypatch.setattr(labkit.profiles, "bf16_native", lambda: True)
     assert {(n, s) for _, s, n, _ in gpu_check.plan(["ps", "ddp"], 4)} == {(1, "ps"), (1, "ddp"), (4, "ps"), (4, "ddp")}
-    base = dict(epochs=1, synthetic_steps=3, warmup_steps=1)
+    base = dict(epochs=1, synthetic_steps=3, timing_warmup_steps=1)
     lines = gpu_check.plan(["ps"], 1) + [("powersgd bf16+cl", "powersgd", 1, gpu_check.VARIANTS["bf16+cl"])]
     skipped = [gpu_check.run_line(check, s, n, o, base, tmp_path) for check, s, n, o in lines]
     assert [line.result for line in skipped] == ["skip", "skip", "skip"]  # no run started

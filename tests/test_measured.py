@@ -6,7 +6,7 @@ from labkit.notebook.measured import ratio_interval, step_interval
 
 
 def result(step_times, warmup=2):
-    return {"name": "r", "config": {"warmup_steps": warmup},
+    return {"name": "r", "config": {"timing_warmup_steps": warmup},
             "steps": [{"step": i + 1, "step_s": t} for i, t in enumerate(step_times)]}
 
 

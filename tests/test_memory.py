@@ -44,7 +44,7 @@ def memory_of(result):
     memory = result["memory"]
     assert [m["rank"] for m in memory] == list(range(N))
     for m in memory:
-        assert m["step"] == 3  # the first measured step (warmup_steps = 2), while gradients exist
+        assert m["step"] == 3  # the first measured step (timing_warmup_steps = 2), while gradients exist
         assert m["peak_bytes"] > m["params_bytes"] > 0 and m["peak_source"]
         # the peak is measured from the start of training; the step peak at the count, within it
         assert 0 < m["start_bytes"] <= m["step_peak_bytes"] <= m["peak_bytes"]

@@ -142,7 +142,7 @@ def test_at_a_slow_link_the_designs_decide_the_ranking(tmp_path):
     step = {}
     for strategy, options in (("ddp", {}), ("ps", {}), ("powersgd", {"powersgd_start_iter": 2})):
         result = labkit.run(profile="cpu", strategy=strategy, nproc=4, nodes=2, link="5mbit", model="simple_cnn",
-                            max_steps=4, warmup_steps=2, calibration_steps=0, workers=0, progress=False,
+                            max_steps=4, timing_warmup_steps=2, calibration_steps=0, workers=0, progress=False,
                             out_dir=str(tmp_path / strategy), **options)
         assert result["config"]["link"] == "5mbit"
         step[strategy] = result["summary"]["step_time_median_s"]

@@ -27,11 +27,11 @@ def test_alpha_beta_fit_recovers_a_known_line_and_predicts_from_the_ops():
     assert fits["all_reduce"]["beta_s_per_byte"] == pytest.approx(2e-9, rel=1e-3)
     # what the strategy counted per step: 2 all-reduces of 1e6 message bytes in all; warm-up step left out
     steps = [{"ops": {"all_reduce": [9, 9e9]}}] + [{"ops": {"all_reduce": [2, 1e6]}}] * 3
-    result = {"strategy": "bucketed", "world_size": 4, "summary": {"warmup_steps": 1}, "steps": steps}
+    result = {"strategy": "bucketed", "world_size": 4, "summary": {"timing_warmup_steps": 1}, "steps": steps}
     assert predict_sync_s(result, fits) == pytest.approx(2 * 1e-4 + 1e6 * 2e-9)
     # both directions of a parameter server add up: push (3 receives) and pull (3 sends) of S each
     fits["send_recv"] = {"alpha_s": 1e-3, "beta_s_per_byte": 1e-9}
-    ps = {"summary": {"warmup_steps": 0}, "steps": [{"ops": {"send_recv": [6, 6e6]}}]}
+    ps = {"summary": {"timing_warmup_steps": 0}, "steps": [{"ops": {"send_recv": [6, 6e6]}}]}
     assert predict_sync_s(ps, fits) == pytest.approx(6e-3 + 6e-3)
     assert predict_sync_s({"summary": {}, "steps": [{"ops": {"all_gather": [1, 1e6]}}]}, fits) is None  # no fit
 
@@ -55,7 +55,7 @@ def test_gamma_term_adds_the_methods_own_passes_at_the_nearest_measured_size():
     # one step of a bucketed-like method: 2 all-reduces of 44 MB in all; 2 fresh passes of 22 MB, 2 in place
     step = {"ops": {"all_reduce": [2, 44e6]}, "local_ops": {"fresh": [2, 44e6], "in_place": [2, 44e6]}}
     result = {"strategy": "bucketed", "world_size": 4, "steps": [step] * 3,
-              "summary": {"warmup_steps": 1, "sync_time_median_s": 0.2, "achieved_busbw_gb_s": 0.3}}
+              "summary": {"timing_warmup_steps": 1, "sync_time_median_s": 0.2, "achieved_busbw_gb_s": 0.3}}
     wire, local = 2 * 1e-4 + 44e6 * 2e-9, 44e6 * 3e-10 + 44e6 * 2e-10
     assert predict_sync_s(result, fits) == pytest.approx(wire + local)
     row = prediction_table([result], fits)[0]
@@ -234,7 +234,7 @@ def test_harness_benchmark_small(tmp_path, monkeypatch):
     from labkit.measure.bench import harness
 
     monkeypatch.setenv("LABKIT_RESULTS", str(tmp_path))
-    outcome = harness(nproc=2, steps=6, warmup=2, repeats=1)
+    outcome = harness(nproc=2, steps=6, timing_warmup=2, repeats=1)
     assert outcome["plain_img_s"][0] > 0 and outcome["labkit_img_s"][0] > 0
     assert outcome["ratio_of_medians"] == pytest.approx(outcome["labkit_img_s"][0] / outcome["plain_img_s"][0])
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_to
 from labkit.report import traces
 
-COMMON = ("model=simple_cnn", "workers=0", "warmup_steps=1", "timeline_steps=2")
+COMMON = ("model=simple_cnn", "workers=0", "timing_warmup_steps=1", "timeline_steps=2")
 
 
 def event(name, start, dur, tid=1, cat="cpu_op"):

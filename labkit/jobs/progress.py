@@ -120,8 +120,8 @@ class ProgressDisplay:
     """Job.wait's view of a run: update(progress) every half second, close() at the end."""
 
     def __init__(self, name: str, every_s: float = 5.0, mode: str | None = None,
-                 warmup_steps: int = RunConfig.warmup_steps):
-        self.name, self.every_s, self.warmup_steps = name, every_s, warmup_steps
+                 timing_warmup_steps: int = RunConfig.timing_warmup_steps):
+        self.name, self.every_s, self.timing_warmup_steps = name, every_s, timing_warmup_steps
         self.rates = {}  # step → img/s of the progress lines seen after warm-up
         self.mode = mode or current_mode()
         self.bar = None
@@ -148,7 +148,7 @@ class ProgressDisplay:
         return f", {slow} of {len(self.rates)} steps disturbed (machine busy)" if slow else ""
 
     def update(self, progress: dict) -> None:
-        if progress.get("step", 0) > self.warmup_steps and progress.get("img_s"):
+        if progress.get("step", 0) > self.timing_warmup_steps and progress.get("img_s"):
             self.rates[progress["step"]] = progress["img_s"]
         if progress and self.first_seen is None:
             self.first_seen = (time.time(), progress.get("step", 0))

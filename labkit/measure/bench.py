@@ -113,7 +113,7 @@ def collectives_table(bench: dict) -> str:
     return text
 
 
-def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None = None,
+def plain_ddp_throughput(nproc: int, steps: int, timing_warmup: int, gpu: dict | None = None,
                          out_dir: Path | None = None) -> float:
     """The plain script's img/s: the cpu profile's training, or with `gpu` ({"amp", "channels_last"})
     the synthetic profile's (ResNet-50, batch 64 per GPU, random batches drawn on the GPU, NCCL)."""
@@ -123,29 +123,29 @@ def plain_ddp_throughput(nproc: int, steps: int, warmup: int, gpu: dict | None =
     extra = [gpu["amp"], str(gpu["channels_last"]).lower()] if gpu else []
     out_dir = out_dir or results_root() / "bench" / "harness"
     # Started as labkit's runs are (a fair ratio), but a plain script: a fresh interpreter per rank.
-    tree = run(Command(str(LAB_ROOT / "bench" / "plain_ddp.py"), [data, str(steps), str(warmup), *extra],
+    tree = run(Command(str(LAB_ROOT / "bench" / "plain_ddp.py"), [data, str(steps), str(timing_warmup), *extra],
                        nproc=nproc, run_dir=out_dir, log_name="plain-ddp.log", run_id="plain-ddp", fork_ranks=False,
                        queue_lock=gpu_lock(), cwd=LAB_ROOT))
     return float(tree.output(10_000).split("throughput_img_s")[-1].split()[0])
 
 
-def labkit_ddp_throughput(nproc: int, steps: int, warmup: int, out: Path, gpu: dict | None = None) -> float:
+def labkit_ddp_throughput(nproc: int, steps: int, timing_warmup: int, out: Path, gpu: dict | None = None) -> float:
     from labkit import run
     from labkit.profiles import make_config
     from labkit.strategies import BASELINE
 
     if gpu:  # the synthetic profile: one epoch of `steps` batches, as the plain script
         cfg = make_config("synthetic", strategy=BASELINE, nproc=nproc, epochs=1, synthetic_steps=steps,
-                          max_steps=steps, warmup_steps=warmup, out_dir=str(out), **gpu)
+                          max_steps=steps, timing_warmup_steps=timing_warmup, out_dir=str(out), **gpu)
         return run(cfg, progress=False)["summary"]["throughput_wall_img_s"]  # wall-clock, as the plain script
     # epochs=steps: enough epochs that max_steps, not the dataset's size, ends the run, as in the plain script
     # batch_size=16 per rank, as the plain script (the profile's recipe would divide its global batch)
-    cfg = make_config("cpu", strategy=BASELINE, nproc=nproc, epochs=steps, max_steps=steps, warmup_steps=warmup,
+    cfg = make_config("cpu", strategy=BASELINE, nproc=nproc, epochs=steps, max_steps=steps, timing_warmup_steps=timing_warmup,
                       batch_size=16, out_dir=str(out))
     return run(cfg, progress=False)["summary"]["throughput_wall_img_s"]  # wall-clock, as the plain script
 
 
-def harness(nproc: int | None = None, steps: int = 40, warmup: int = 5, repeats: int = 3, out_dir: Path | None = None,
+def harness(nproc: int | None = None, steps: int = 40, timing_warmup: int = 5, repeats: int = 3, out_dir: Path | None = None,
             amp: str = "off", channels_last: bool = False) -> dict:
     """Alternate plain and labkit runs; the ratio of their medians, with each repeat's ratio.
     On a GPU machine both train the synthetic profile on the GPUs (amp, channels_last as
@@ -158,8 +158,8 @@ def harness(nproc: int | None = None, steps: int = 40, warmup: int = 5, repeats:
     out_dir = out_dir or results_root() / "bench" / "harness"
     plain, lab = [], []
     for i in range(repeats):
-        plain.append(plain_ddp_throughput(nproc, steps, warmup, gpu, out_dir))
-        lab.append(labkit_ddp_throughput(nproc, steps, warmup, out_dir / f"repeat-{i}-{int(__import__('time').time())}",
+        plain.append(plain_ddp_throughput(nproc, steps, timing_warmup, gpu, out_dir))
+        lab.append(labkit_ddp_throughput(nproc, steps, timing_warmup, out_dir / f"repeat-{i}-{int(__import__('time').time())}",
                                          gpu))
         print(f"repeat {i + 1}/{repeats}: plain {plain[-1]:.1f} img/s, labkit {lab[-1]:.1f} img/s", flush=True)
     ratios = [b / a for a, b in zip(plain, lab)]

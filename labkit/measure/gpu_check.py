@@ -106,7 +106,7 @@ def harness_line(ranks: int) -> Line:
 
     line = Line("harness: labkit ddp / plain DDP (bf16+cl)", ranks)
     try:
-        outcome = harness(ranks, steps=40, warmup=10, repeats=2, amp="bf16", channels_last=True)
+        outcome = harness(ranks, steps=40, timing_warmup=10, repeats=2, amp="bf16", channels_last=True)
     except ConfigError as error:  # e.g. no native bf16 on this GPU
         line.note = first_line(error)
         return line
@@ -162,7 +162,8 @@ def no_gpu_line() -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labkit check --gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="synthetic steps per run (default 30)")
-    parser.add_argument("--warmup", type=int, default=5, help="steps left out of the figures (default 5)")
+    parser.add_argument("--timing-warmup", dest="timing_warmup", type=int, default=5,
+                        help="steps left out of the figures at the start of each run (default 5)")
     parser.add_argument("--strategies", help="comma-separated methods (default: every one)")
     args = parser.parse_args(argv)
     missing = no_gpu_line()
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus, name = hardware.gpu_count(), hardware.gpu_names()[0]
     strategies = args.strategies.split(",") if args.strategies else list(REGISTRY)
     out = results_root() / "bench" / "gpu_check" / time.strftime("%Y%m%d-%H%M%S")
-    base = dict(epochs=1, synthetic_steps=args.steps, warmup_steps=args.warmup, calibration_steps=5)
+    base = dict(epochs=1, synthetic_steps=args.steps, timing_warmup_steps=args.timing_warmup, calibration_steps=5)
     header = (f"{gpus} × {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
               f"NCCL {hardware.nccl_version()}, synthetic profile (ResNet-50, batch 64 per GPU), {args.steps} steps")
     print(f"gpu-check: {header}; runs in {out}", flush=True)

@@ -23,7 +23,7 @@ from labkit.training.timing import median_interval, per_period
 def measured_steps(result: dict) -> list[dict]:
     """The run's steps after its warm-up (all of them when the run is shorter)."""
     steps = result.get("steps") or []
-    warmup = (result.get("config") or {}).get("warmup_steps") or 0
+    warmup = (result.get("config") or {}).get("timing_warmup_steps") or 0
     return steps[warmup:] if len(steps) > warmup else steps
 
 

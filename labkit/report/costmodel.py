@@ -105,7 +105,7 @@ def ops_per_step(result: dict, key: str = "ops") -> dict:
     """{op: (calls, message bytes)} per step: the median over the measured (post-warm-up)
     steps of what the loop counted (DDP rebuilds its buckets after step 1); with
     key="local_ops", {kind: (passes, bytes)} of its own passes over its buffers."""
-    warmup = (result.get("summary") or {}).get("warmup_steps", 0)
+    warmup = (result.get("summary") or {}).get("timing_warmup_steps", 0)
     steps = [s for s in result.get("steps", [])[warmup:] if s.get(key) is not None]
     names = sorted({op for s in steps for op in s[key]})
     return {op: (statistics.median(s[key].get(op, [0, 0])[0] for s in steps),

@@ -55,7 +55,7 @@ def disturbed_vs_others(results: list[dict]) -> list[int | None]:
             if not others or not s.get("measured_steps"):
                 continue
             threshold = DISTURBED_FACTOR * statistics.median(others)
-            warmup = cfg.get("warmup_steps") or 0
+            warmup = cfg.get("timing_warmup_steps") or 0
             measured = [step.get("step_s") for step in results[i].get("steps", [])[warmup:]]
             if len(measured) == s["measured_steps"] and all(t is not None for t in measured):
                 counts[i] = sum(t > threshold for t in measured)

@@ -185,7 +185,7 @@ def same_setup(result: dict, results: list[dict]) -> list[dict]:
 # work (model, data, numbers, batch, length) on the same kind of machine and links. A method's
 # figures are ranked, divided and given a verdict only against runs of the same setup.
 COMPARE_KEYS = ("profile", "model", "dataset", "image_size", "num_classes", "augment", "dtype", "amp",
-                "channels_last", "lr", "lr_warmup_steps", "seed", "workers", "warmup_steps", "nodes", "link")
+                "channels_last", "lr", "lr_warmup_steps", "seed", "workers", "timing_warmup_steps", "nodes", "link")
 
 
 def comparison_setup(result: dict, ignore: tuple = ()) -> tuple:

@@ -260,7 +260,7 @@ def describe(result: dict) -> str:
     steps = s.get("measured_steps", len(result.get("steps", [])))
     lines = [f"{method(result)} on {result.get('world_size')} rank(s): {s.get('throughput_img_s', 0):.1f} img/s "
              f"in steady state (global batch ÷ median step) over {steps} measured step(s) (after "
-             f"{s.get('warmup_steps', 0)} warm-up step(s))"
+             f"{s.get('timing_warmup_steps', 0)} warm-up step(s))"
              + (f"; {s['throughput_wall_img_s']:.1f} img/s by the wall clock." if s.get("throughput_wall_img_s")
                 else ".")]
     if s.get("disturbed_steps"):

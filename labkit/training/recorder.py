@@ -59,7 +59,7 @@ class StepRecorder:
         self.links = LinkMeter(cfg)  # several nodes: what crossed this node's link, per step
         # What this rank holds, counted in the first measured step (train_step calls it before
         # zero_grad, while gradients exist); its peak counts from here, the start of training.
-        self.memory = MemoryMeter(rank, device, count_at=min(cfg.warmup_steps + 1, total_steps))
+        self.memory = MemoryMeter(rank, device, count_at=min(cfg.timing_warmup_steps + 1, total_steps))
         self.tracer = Tracer(cfg, rank, strategy.world, device)  # --set trace=true: a profiler trace (trace.py)
         self.sync_bn = getattr(net, "sync_bn_count", None)  # --set sync_bn=true: its layers' collectives
         # every torch.distributed call of a step, counted here (none where there is no process group)
@@ -75,7 +75,7 @@ class StepRecorder:
         if self.first_attempt:  # a restarted run must get past the fault it was started to survive
             inject_fault(cfg.fault, self.rank, step)
         self.heartbeat.beat(step)
-        self.timer.record_intervals = cfg.warmup_steps < step <= cfg.warmup_steps + cfg.timeline_steps
+        self.timer.record_intervals = cfg.timing_warmup_steps < step <= cfg.timing_warmup_steps + cfg.timeline_steps
         for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
             group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
         if self.sync_bn:

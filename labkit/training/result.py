@@ -45,7 +45,7 @@ def sync_bn_figures(steps, warmup) -> dict | None:
 def build_result(cfg, about, world, device, steps, epochs, total_time, rank_medians, compute_only_s,
                  timeline) -> dict:
     """`about`: the method's declaration for this run (About.of(cfg)): its label, overlap, sync period."""
-    summary = summarize(steps, cfg.warmup_steps, cfg.global_batch, compute_only_s,
+    summary = summarize(steps, cfg.timing_warmup_steps, cfg.global_batch, compute_only_s,
                         overlaps_backward=about.overlaps_backward,
                         period=about.sync_every)  # local SGD: figures per period of H steps
     val = [e["val_top1"] for e in epochs if "val_top1" in e]
@@ -54,7 +54,7 @@ def build_result(cfg, about, world, device, steps, epochs, total_time, rank_medi
                    best_val_top1=max(val) if val else None, best_val_top5=max(val5) if val5 else None,
                    rank_step_time_median_s=rank_medians)
     if cfg.sync_bn:
-        summary["sync_bn"] = sync_bn_figures(steps, cfg.warmup_steps)
+        summary["sync_bn"] = sync_bn_figures(steps, cfg.timing_warmup_steps)
     # settings that change every method make another method in a comparison
     method = about.label + (f" accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "") + \
         (f" straggler={cfg.straggler}" if cfg.straggler else "") + (" sync_bn" if cfg.sync_bn else "")

@@ -188,7 +188,7 @@ def summarize(steps: list[dict], warmup: int, global_batch: int, calibration: di
     sent = statistics.median(s["bytes_sent"] for s in measured)
     summary = {
         "measured_steps": len(measured),
-        "warmup_steps": len(steps) - len(measured),
+        "timing_warmup_steps": len(steps) - len(measured),
         "throughput_img_s": global_batch / median_step,  # steady state: a busy moment does not move it
         "throughput_low_img_s": global_batch / high,  # the ~95 % interval of the median step, as img/s
         "throughput_high_img_s": global_batch / low,

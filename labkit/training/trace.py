@@ -42,8 +42,8 @@ class Tracer:
         if not cfg.trace:
             return
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        warmup = 1 if cfg.warmup_steps >= 1 else 0  # the profiler's own warm-up: its first step is slow
-        when = schedule(wait=max(cfg.warmup_steps - 1, 0), warmup=warmup, active=max(cfg.timeline_steps, 1), repeat=1)
+        warmup = 1 if cfg.timing_warmup_steps >= 1 else 0  # the profiler's own warm-up: its first step is slow
+        when = schedule(wait=max(cfg.timing_warmup_steps - 1, 0), warmup=warmup, active=max(cfg.timeline_steps, 1), repeat=1)
         self.profiler = profile(activities=activities, schedule=when, on_trace_ready=self._write)
         self.profiler.start()
 
@@ -71,10 +71,10 @@ class Tracer:
         Called on rank 0 after every rank closed its tracer (and met in a collective since)."""
         if not self.cfg.trace:
             return None
-        first = self.cfg.warmup_steps + 1
-        last = min(self.cfg.warmup_steps + max(self.cfg.timeline_steps, 1), total_steps)
+        first = self.cfg.timing_warmup_steps + 1
+        last = min(self.cfg.timing_warmup_steps + max(self.cfg.timeline_steps, 1), total_steps)
         if not self.written:
-            return {"files": [], "steps": None, "why": f"the run ended within its {self.cfg.warmup_steps} warm-up "
+            return {"files": [], "steps": None, "why": f"the run ended within its {self.cfg.timing_warmup_steps} warm-up "
                                                       f"steps, before the traced ones"}
         files = [str(trace_path("", rank)) for rank in range(self.world)]
         return {"files": files, "steps": [first, last], "open_with": "https://ui.perfetto.dev or chrome://tracing"}

@@ -108,10 +108,10 @@ def main(config_path: str):
     # -- result --------------------------------------------------------------------
     total_time = time.perf_counter() - started
     recorder.tracer.close()  # before the next collective: every rank's trace is written when rank 0 names them
-    rank_medians = gather_step_medians(state.steps, cfg.warmup_steps)
+    rank_medians = gather_step_medians(state.steps, cfg.timing_warmup_steps)
     timeline = gather_timeline(timer.intervals, rank)
     memory = gather_memory(recorder.memory)  # every rank's bytes held and peak (memory.py)
-    topology = recorder.links.topology(cfg.warmup_steps)  # several nodes: each node's link bytes
+    topology = recorder.links.topology(cfg.timing_warmup_steps)  # several nodes: each node's link bytes
     if rank == 0:
         result = build_result(cfg, about, world, device, state.steps, state.epochs, total_time,
                               rank_medians, compute_only_s, timeline)
