@@ -186,7 +186,8 @@ On 4? How many point-to-point exchanges (messages) per sync on 4 ranks?""",
 3. **pull** (`sync_parameters`): every worker ends up with the server's new parameters.
 
 The loop counts every message you send or receive (no counting line in your file): one per
-`dist.send`/`dist.isend`, one per receive.""",
+`dist.send`/`dist.isend`, one per receive. The refusal at the top of the file is given, as in the
+lab's `ps`: a server needs a worker, and amp=fp16's loss scale would live on the server alone.""",
         predict="""On 4 ranks (S = 4,136 bytes), how many bytes does the server send per step? A worker? How
 does the server's figure grow with n?""",
         prediction=("server_bytes_4_ranks", "worker_bytes_4_ranks"),
@@ -213,7 +214,11 @@ average of *its* slice of the gradients (`sync_gradients`), steps its own slice 
 and every rank gets every updated slice back into its model (`sync_parameters`).
 
 The collectives that do this need every slice to be the same length: the check's 517
-values do not divide by 2, 3 or 4, so the flat buffers are padded at the end to n·shard_len.""",
+values do not divide by 2, 3 or 4, so the flat buffers are padded at the end to n·shard_len.
+
+The end of the file is given, as in the lab's `ps_sharded`: what a checkpoint keeps of each rank's
+shard optimizer (a resumed run keeps its momentum), the tensors the lab's memory count sees, and
+the refusal of amp=fp16 (each rank's loss scaler would see only its own shard).""",
         predict="""How many bytes per rank per step on 4 ranks, against exercise 5's server? How many momentum
 values does each rank keep on 4 ranks, against the whole model's 517?""",
         prediction=("bytes_4_ranks", "momentum_values_per_rank"),

@@ -58,19 +58,48 @@ SHARDED = [("ps_sharded", "ps_sharded"), ("fsdp", "fsdp"),
            (f"{SOLUTIONS / 'my_sharded.py'}:MySharded", "MySharded"), (f"{SOLUTIONS / 'my_fsdp.py'}:MyFSDP", "MyFSDP")]
 
 
+@pytest.fixture(scope="module")
+def sharded_adamw(tmp_path_factory):
+    """sharded_adamw(spec, name) → (result, checkpoint) of that method's AdamW run, made once per
+    module: the comparison of exercise 7's solution with fsdp reads the same runs."""
+    runs = {}
+
+    def run(spec, name):
+        if name not in runs:
+            runs[name] = run_to(tmp_path_factory.mktemp(name) / name, spec, N, *F64, *ADAMW, max_steps=3,
+                                strategy_name=name)
+        return runs[name]
+
+    return run
+
+
 @pytest.mark.parametrize("spec,name", SHARDED, ids=[name for _, name in SHARDED])
-def test_a_sharded_method_with_adamw_equals_ddp_with_adamw(spec, name, ddp_adamw, tmp_path):
-    result, state = run_to(tmp_path / name, spec, N, *F64, *ADAMW, max_steps=3, strategy_name=name)
+def test_a_sharded_method_with_adamw_equals_ddp_with_adamw(spec, name, ddp_adamw, sharded_adamw):
+    result, state = sharded_adamw(spec, name)
     assert max_param_diff(ddp_adamw[1], state) < TIGHT
     _, numel, tensors = sizes()
     shard = -(-numel // N) * 8  # float64 values, padded to N equal shards
-    for m in result["memory"]:  # Adam's two moments split N ways (MySharded declares no held tensors)
-        if name == "ps_sharded":  # ZeRO-1: the full model + its shard; the moments of the shard only
+    for m in result["memory"]:  # Adam's two moments split N ways
+        if name in ("ps_sharded", "MySharded"):  # ZeRO-1: the full model + its shard; the moments of the shard only
             assert m["optimizer_state_bytes"] == 2 * shard + STEP_COUNT, m
         elif name in ("fsdp", "MyFSDP"):  # ZeRO-3: a step count per sharded tensor (fsdp) or layer (MyFSDP)
             steps = tensors if name == "fsdp" else tensors // 2
             assert m["optimizer_state_bytes"] == 2 * m["params_bytes"] + STEP_COUNT * steps, m
             assert m["params_bytes"] <= shard + 8 * 10  # ≈ 1/N (fsdp cuts each tensor's rows: ⌈rows/N⌉)
+
+
+def test_my_fsdp_runs_what_fsdp_runs(sharded_adamw):
+    """Exercise 7's solution and the lab's fsdp (torch's FSDP2) are two files; held to one method here:
+    step by step the same operations with the same message bytes (on 2 ranks no parameter of
+    simple_cnn pads, and both cut it into the same three units: its two convolutions and its linear
+    layer), the same bytes and collectives, and the same parameters at the end."""
+    (mine, my_state), (theirs, their_state) = (sharded_adamw(*SHARDED[i]) for i in (3, 1))
+    _, numel, _ = sizes()
+    whole = numel * 8  # float64, no padding on 2 ranks: 20,042 values, 160,336 B
+    for a, b in zip(mine["steps"], theirs["steps"], strict=True):
+        assert a["ops"] == b["ops"] == {"all_gather": [6, 2 * whole], "reduce_scatter": [3, whole]}, (a["ops"], b["ops"])
+        assert (a["bytes_sent"], a["collectives"]) == (b["bytes_sent"], b["collectives"]), (a, b)
+    assert max_param_diff(my_state, their_state) < TIGHT
 
 
 def slow(*values):

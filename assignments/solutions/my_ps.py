@@ -2,12 +2,22 @@
 import torch
 import torch.distributed as dist
 
-from labkit.strategies.base import Strategy, flatten, unflatten_into
+from labkit.strategies.base import About, Strategy, flatten, unflatten_into
 
 SERVER = 0
 
 
+def refuse(cfg, o) -> str:
+    if cfg.nproc < 2:
+        return "my_ps.py needs a server and a worker: use --nproc 2 or more"
+    if cfg.amp == "fp16":  # the workers' loss scalers would never follow the server's
+        return "my_ps.py runs without amp=fp16 (the loss scale lives on the server); use --set amp=bf16"
+    return ""
+
+
 class MyParameterServer(Strategy):
+    about = About(refuse=refuse)
+
     def sync_gradients(self, model):
         """Push: the server ends with the average of every rank's gradients in its .grad."""
         params = [p for p in model.parameters() if p.requires_grad]

@@ -4,10 +4,18 @@ import math
 import torch
 import torch.distributed as dist
 
-from labkit.strategies.base import Strategy, flatten, unflatten_into
+from labkit.strategies.base import About, Strategy, flatten, optimizer_state_tensors, unflatten_into
+
+
+def refuse(cfg, o) -> str:
+    if cfg.amp == "fp16":  # each rank's loss scaler would see only its shard: ranks could skip different steps
+        return "my_sharded.py runs without amp=fp16 (each rank's loss scaler sees only its shard); use --set amp=bf16"
+    return ""
 
 
 class MySharded(Strategy):
+    about = About(refuse=refuse)
+
     def prepare(self, model, optimizer):
         self.params = [p for p in model.parameters() if p.requires_grad]
         total = sum(p.numel() for p in self.params)
@@ -51,3 +59,14 @@ class MySharded(Strategy):
         with torch.no_grad():
             unflatten_into(flat, self.params)
         ### END SOLUTION
+
+    # -- given: what the lab needs beyond a step -----------------------------------------
+    def held_tensors(self):  # for the lab's memory count: this rank's shard, its gradient, its optimizer state
+        return {"params": [self.shard], "grads": [self.shard.grad],
+                "optimizer_state": optimizer_state_tensors(self.shard_optimizer)}
+
+    def state_dict(self):  # every rank steps its own shard: a checkpoint keeps each rank's optimizer state
+        return {"shard_optimizer": self.shard_optimizer.state_dict()}
+
+    def load_state_dict(self, state):  # a resumed run keeps its momentum
+        self.shard_optimizer.load_state_dict(state["shard_optimizer"])

@@ -44,6 +44,7 @@ class WorldOutcome:
     seconds: float
     counts: dict = field(default_factory=dict)  # rank → {bytes_sent, bytes_received, collectives} of the last step
     setup: dict = field(default_factory=dict)  # rank → what the initial broadcast of rank 0's state sent (not a step)
+    ops: dict = field(default_factory=dict)  # rank → each step's {operation: [calls, message bytes]}, as the loop counts
 
 
 @dataclass
@@ -215,7 +216,8 @@ def run_world(spec, world, method, model, steps, options, timeout_s, seed) -> Wo
         events = {rank: read_events(out / f"check-{rank}.jsonl") for rank in range(world)}
         outcome = judge(spec, world, method, events, out, stalled, timeout_s, returncode)
         setup = {rank: e["setup"] for rank, evs in events.items() for e in evs if e["event"] == "start_state"}
-    return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2], setup)
+        ops = {rank: [e["ops"] for e in evs if e["event"] == "step"] for rank, evs in events.items()}
+    return WorldOutcome(world, outcome[0], outcome[1], time.perf_counter() - started, outcome[2], setup, ops)
 
 
 # -- watching the ranks --------------------------------------------------------------
