@@ -33,6 +33,27 @@ import torch.distributed as dist
 from labkit.config import parse_straggler
 
 
+class Fault:
+    """The fault planted on this rank (`--set fault=RANK:STEP:KIND`), as the loop calls it: `strike`
+    as a step starts, `confirm` as it ends. Only on a run's first attempt: a resumed run, or the
+    attempt torchrun restarts after the fault, must get past the fault it was started to survive."""
+
+    def __init__(self, spec: str, rank: int, first_attempt: bool):
+        self.spec, self.rank = spec if first_attempt else "", rank
+
+    def strike(self, step: int) -> None:
+        """The loop calls it after the collective log has entered `step` and before the heartbeat
+        says `step`: a rank that hangs here is the one whose heartbeat is behind (the watchdog)."""
+        inject_fault(self.spec, self.rank, step)
+
+    def confirm(self, step: int) -> None:
+        """At the end of a skip's step, before the step is recorded: had the rank an all-reduce to skip?"""
+        if self.spec.endswith(":skip") and dist.all_reduce.__name__ == "skipped":
+            raise RuntimeError(f"fault='{self.spec}': rank {self.rank} made no dist.all_reduce call at step {step}, "
+                               f"so none was skipped (DDP's all-reduces run in C++); plant it in a method that "
+                               f"calls dist.all_reduce, e.g. --strategy allreduce")
+
+
 def inject_fault(fault: str, rank: int, step: int) -> None:
     if not fault:
         return
@@ -73,12 +94,6 @@ class _Done:  # what an async all-reduce that was never sent hands back
         return True
 
 
-def check_fault_fired(fault: str, rank: int, step: int) -> None:
-    """At the end of a skip's step: had the rank an all-reduce to skip?"""
-    if fault.endswith(":skip") and dist.all_reduce.__name__ == "skipped":
-        raise RuntimeError(f"fault='{fault}': rank {rank} made no dist.all_reduce call at step {step}, so none "
-                           f"was skipped (DDP's all-reduces run in C++); plant it in a method that calls "
-                           f"dist.all_reduce, e.g. --strategy allreduce")
 
 
 @functools.cache  # parsed once per run (make_config has already checked it)

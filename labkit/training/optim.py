@@ -25,3 +25,10 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer='{cfg.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[cfg.optimizer](params, cfg)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    """Every param group's learning rate: the loop sets it before each step (cfg.lr_at(step), a
+    function of the step number alone, so every rank agrees and a resumed run continues it)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,18 +1,22 @@
-"""Everything the loop does around a step that is not the lesson, in one place.
+"""What the loop writes down around a step, in one place: it records, and does nothing else
+(the loop sets the learning rate itself, and a planted fault is faults.py's `Fault`).
 
-The loop in worker.py reads like step.py because of this object:
+The loop in worker.py calls it on each side of the step:
 
-    for batch in batches:
-        recorder.before(step)        # fault injection, heartbeat, timeline, lr, starts counting
-        loss = train_step(...)       # the lesson: forward/backward, sync, update, sync
-        recorder.after(step, loss)   # timer, step record, progress line, checks, checkpoint
+    recorder.new_step(step)      # the collective log: what this rank issues from here is this step's
+    fault.strike(step)           # (--set fault: between the two, so a hung rank's heartbeat is behind)
+    recorder.start(step)         # heartbeat, timeline switch; the step's calls, bytes and memory from here
+    loss = train_step(...)       # the lesson: forward/backward, sync, update, sync
+    recorder.stop(step)          # the step's clock and counters stop; the collective log: step done
+    fault.confirm(step)          # (a planted skip with nothing to skip: before the step is written)
+    recorder.write(step, loss)   # step record, progress line, non-finite check, checkpoint
 
 A real job needs all of this bookkeeping (a watchdog, a resumable record, a live display),
 and none of it changes from one method to the next, so none of it belongs in the loop.
 It writes the per-step records (state.steps → steps.jsonl, result.json) and, on rank 0,
 progress.jsonl; start_epoch / end_epoch keep each epoch's clock and mean train loss.
 
-What a step sent is counted here, in one place, not by the method: from `before` to `after`
+What a step sent is counted here, in one place, not by the method: from `start` to `stop`
 a `CommRecord` (comm_record.py) sees every torch.distributed call the process groups issue —
 the method's own, DDP's and FSDP's inside backward, a comm hook's — and `step_counts` turns them into the bytes each
 puts on the wire by the algorithm the backend runs (bytes_sent, bytes_received, collectives,
@@ -30,7 +34,6 @@ import torch.distributed as dist
 from labkit.training import checkpoint
 from labkit.training.collective_log import CollectiveLog
 from labkit.training.comm_record import CommRecord, step_counts
-from labkit.training.faults import check_fault_fired, inject_fault
 from labkit.training.heartbeat import Heartbeat
 from labkit.training.links import LinkMeter
 from labkit.training.memory import MemoryMeter
@@ -40,13 +43,12 @@ from labkit.training.trace import Tracer
 
 
 class StepRecorder:
-    """The bookkeeping between two steps of one rank; `before` and `after` bracket train_step."""
+    """The bookkeeping between two steps of one rank; `start` and `stop` bracket train_step."""
 
-    def __init__(self, cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps,
-                 first_attempt: bool):
+    def __init__(self, cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps):
         self.cfg, self.rank, self.device, self.state = cfg, rank, device, state
         self.strategy, self.model, self.net, self.optimizer, self.scaler = strategy, model, net, optimizer, scaler
-        self.total_steps, self.first_attempt = total_steps, first_attempt
+        self.total_steps = total_steps
         self.has_data = rank >= cfg.nproc - cfg.data_ranks  # a dedicated server's loss is no loss
         passes = strategy.about.passes  # the method's own passes over its buffers (γ), as it declares them
         trainable = [p for p in net.parameters() if p.requires_grad]
@@ -69,15 +71,15 @@ class StepRecorder:
     def start_epoch(self, epoch: int):
         self.epoch, self.epoch_start, self.first_step = epoch, time.perf_counter(), self.state.global_step
 
-    def before(self, step: int):
-        cfg = self.cfg
+    def new_step(self, step: int):
+        """The collective log: what this rank issues from here on is `step`'s."""
         self.collectives.step_started(step)
-        if self.first_attempt:  # a restarted run must get past the fault it was started to survive
-            inject_fault(cfg.fault, self.rank, step)
+
+    def start(self, step: int):
+        """The heartbeat says `step`; its timeline, calls, bytes and memory are recorded from here."""
+        cfg = self.cfg
         self.heartbeat.beat(step)
         self.timer.record_intervals = cfg.timing_warmup_steps < step <= cfg.timing_warmup_steps + cfg.timeline_steps
-        for group in self.optimizer.param_groups:  # the lr schedule (warm-up): a function of the step
-            group["lr"] = cfg.lr_at(step)  # number alone, so every rank agrees and a resume continues it
         if self.sync_bn:
             self.sync_bn.reset()
         self.links.before()
@@ -86,13 +88,15 @@ class StepRecorder:
             self.comm.take()  # what ran between steps (validation, checkpoints) is no step's
             self.comm.__enter__()
 
-    def after(self, step: int, loss: float):
-        cfg, state = self.cfg, self.state
-        times = self.timer.stop()
-        counted = self.count_step()
+    def stop(self, step: int):
+        """The step's clock and counters stop; the collective log: `step` is done."""
+        self.times = self.timer.stop()
+        self.counted = self.count_step()
         self.collectives.step_ended(step)
-        if self.first_attempt:
-            check_fault_fired(self.cfg.fault, self.rank, step)
+
+    def write(self, step: int, loss: float):
+        """The step record, rank 0's progress line, the non-finite check, a checkpoint when due."""
+        cfg, state, times, counted = self.cfg, self.state, self.times, self.counted
         self.links.after()
         figures = self.strategy.after_step(self.model)  # the method's bookkeeping, outside the timed window
         state.global_step, state.step_in_epoch = step, state.step_in_epoch + 1
@@ -117,7 +121,7 @@ class StepRecorder:
         self.tracer.step()
 
     def count_step(self) -> dict:
-        """What this step sent: every torch.distributed call since `before`, in bytes."""
+        """What this step sent: every torch.distributed call since `start`, in bytes."""
         if not self.comm:
             return step_counts([])
         self.comm.__exit__(None, None, None)

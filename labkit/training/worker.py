@@ -3,8 +3,9 @@
 Read it top to bottom: setup (process group, model, optimizer, the method, data),
 then the epochs (train_step after train_step, validation, checkpoint), then the
 result. The synchronization method is the `strategy` object; this file is the same
-for every method, the step itself is in step.py, and what is written down around each
-step (records, progress, heartbeat, checkpoints) is the `recorder`'s (recorder.py).
+for every method, the step itself is in step.py, what is written down around each
+step (records, progress, heartbeat, checkpoints) is the `recorder`'s (recorder.py), and
+a fault planted on purpose (`--set fault=`) is the `fault`'s (faults.py).
 """
 
 import os
@@ -24,9 +25,10 @@ from labkit.training.calibration import calibrate
 from labkit.training.checkpoint import TrainState
 from labkit.training.data import build_loaders, epoch_steps, steps_per_epoch
 from labkit.training.evaluate import validate
+from labkit.training.faults import Fault
 from labkit.training.memory import gather_memory
 from labkit.training.models import build_model, with_sync_batch_norm
-from labkit.training.optim import build_optimizer
+from labkit.training.optim import build_optimizer, set_lr
 from labkit.training.process_group import finish, setup, sync_buffers
 from labkit.training.recorder import StepRecorder
 from labkit.training.result import build_result, gather_step_medians, gather_timeline
@@ -72,8 +74,9 @@ def main(config_path: str):
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    recorder = StepRecorder(cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps,
-                            first_attempt=not cfg.resume and attempt == 0)
+    recorder = StepRecorder(cfg, rank, device, state, strategy, model, net, optimizer, scaler, total_steps)
+    # a resumed run, and the attempt torchrun restarts after the fault, must get past the fault
+    fault = Fault(cfg.fault, rank, first_attempt=not cfg.resume and attempt == 0)
     timer = recorder.timer
     started = time.perf_counter()
 
@@ -89,9 +92,14 @@ def main(config_path: str):
         timer.start()  # the wait for the first batch is the first step's data time
         for micro_batches in batches:  # one optimizer step each
             step = state.global_step + 1
-            recorder.before(step)  # fault injection, heartbeat, lr schedule, wire counters reset
+            recorder.new_step(step)  # the collective log: what this rank issues from here is this step's
+            fault.strike(step)  # --set fault=RANK:STEP:KIND: fails here on purpose, before the heartbeat says `step`
+            recorder.start(step)  # heartbeat, timeline switch; the step's calls, bytes and memory counted from here
+            set_lr(optimizer, cfg.lr_at(step))  # the lr schedule (warm-up): a function of the step number alone
             loss = train_step(model, micro_batches, strategy, optimizer, scaler, timer, cfg, device, recorder.memory)
-            recorder.after(step, loss)  # step record, progress line, non-finite check, checkpoint
+            recorder.stop(step)  # the step's clock and counters stop; the collective log: this step is done
+            fault.confirm(step)  # a planted skip that found no dist.all_reduce to skip says so, before the record
+            recorder.write(step, loss)  # step record, progress line, non-finite check, checkpoint
             if step >= total_steps:
                 break
 
