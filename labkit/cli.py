@@ -1,4 +1,4 @@
-"""The `labkit` command: check, run, data, compare, lab.
+"""The `labkit` command: machine, run, data, compare, lab, check-strategy.
 
 Every subcommand is a thin shell over a function the notebooks call too. Bad input
 ends with one line `labkit: error: …` and exit code 2.
@@ -13,17 +13,17 @@ import sys
 from labkit.config import ConfigError, parse_overrides
 
 
-def cmd_check(args) -> int:
+def cmd_machine(args) -> int:
     if args.gpu:  # the GPU path's short NCCL checks (one line without a GPU)
         from labkit.measure.gpu_check import main as gpu_check
 
         return gpu_check(["--steps", str(args.steps)])
-    from labkit.hardware import check_lines
-    from labkit.jobs.cluster import check_line
+    from labkit.hardware import machine_lines
+    from labkit.jobs.cluster import mode_line
     from labkit.lockfile import summary
 
     # installed versions against requirements.lock; which way this machine emulates a cluster
-    lines = [*check_lines(), ("emulated cluster", check_line()), ("lock", summary())]
+    lines = [*machine_lines(), ("emulated cluster", mode_line()), ("lock", summary())]
     width = max(len(name) for name, _ in lines)
     for name, value in lines:
         print(f"{name:<{width}}  {value}")
@@ -364,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="Data-parallel training lab.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="what this machine has and which profile auto picks")
-    check.add_argument("--gpu", action="store_true", help="run the short NCCL checks of every method (make gpu-check)")
-    check.add_argument("--steps", type=int, default=30, help="with --gpu: synthetic steps per run")
-    check.set_defaults(func=cmd_check)
+    machine = sub.add_parser("machine", help="what this machine has and which profile auto picks")
+    machine.add_argument("--gpu", action="store_true", help="run the short NCCL checks of every method (make gpu-check)")
+    machine.add_argument("--steps", type=int, default=30, help="with --gpu: synthetic steps per run")
+    machine.set_defaults(func=cmd_machine)
 
     run = sub.add_parser("run", help="train with one synchronization method (a real torchrun job)")
     run.add_argument("--strategy", help=STRATEGY_HELP + f" ({', '.join(REGISTRY)})")
@@ -518,7 +518,7 @@ def run_command(args) -> int:
     from labkit.system import unsupported
 
     problem = unsupported() or torch_problem()  # Windows, or a torch too old: one line before anything fails
-    if problem and args.func is not cmd_check:  # check prints it among its rows
+    if problem and args.func is not cmd_machine:  # machine prints it among its rows
         print(f"labkit: error: {problem}", file=sys.stderr)
         return 2
     try:

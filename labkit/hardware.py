@@ -1,4 +1,4 @@
-"""What this machine has, and the choices that follow from it (`labkit check`).
+"""What this machine has, and the choices that follow from it (`labkit machine`).
 
 The `auto` profile is decided here: GPUs and ImageNet → imagenet; GPUs without
 ImageNet → synthetic; no GPU → cpu. Everything is read, nothing is assumed.
@@ -212,8 +212,8 @@ def environment() -> dict:
     }
 
 
-def check_lines() -> list[tuple[str, str]]:
-    """The rows `labkit check` prints."""
+def machine_lines() -> list[tuple[str, str]]:
+    """The rows `labkit machine` prints."""
     import torch
     import torch.distributed as dist
     import torchvision

@@ -1,5 +1,5 @@
 """requirements.lock: the exact versions every install of the lab uses, and how this environment
-compares with it (`labkit check`).
+compares with it (`labkit machine`).
 
 One lock for every supported platform (Linux x86_64 and aarch64, macOS arm64; Python 3.11 and
 later): a universal resolution (`uv pip compile --universal`, `make lock`) in which an entry that
@@ -83,7 +83,7 @@ def differences(path: Path = LOCK) -> list[str]:
 
 
 def summary(path: Path = LOCK) -> str:
-    """What `labkit check` prints on its 'lock' line."""
+    """What `labkit machine` prints on its 'lock' line."""
     if not Path(path).exists():  # labkit installed as a package, into an environment of its own
         return f"no {Path(path).name} beside labkit (installed as a package): this environment's own versions"
     found = differences(path)

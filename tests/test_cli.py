@@ -16,7 +16,7 @@ from labkit.cli import main
 
 
 def fake_gpus(monkeypatch, count: int) -> None:
-    """Make labkit's device query (labkit.hardware, which profiles and `labkit check` ask)
+    """Make labkit's device query (labkit.hardware, which profiles and `labkit machine` ask)
     see `count` usable GPUs, whatever this machine has."""
     monkeypatch.setattr(hardware, "gpu_count", lambda: count)
     monkeypatch.setattr(hardware, "gpu_names", lambda: ["Fake GPU"] * count)
@@ -93,9 +93,9 @@ def test_console_script_exit_code_for_bad_input():
 
 
 @pytest.mark.parametrize("gpus,profile", [(0, "cpu"), (2, "synthetic")])
-def test_check_reports_the_machine(gpus, profile, monkeypatch, capsys):
+def test_machine_reports_the_devices_and_the_auto_profile(gpus, profile, monkeypatch, capsys):
     fake_gpus(monkeypatch, gpus)
-    assert main(["check"]) == 0
+    assert main(["machine"]) == 0
     out = capsys.readouterr().out
     assert "gloo" in out and re.search(rf"^auto profile\s+{profile} — ", out, re.M), out
 

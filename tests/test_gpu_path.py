@@ -299,7 +299,7 @@ def test_gpu_check_without_a_gpu_says_so_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "labkit.measure.gpu_check"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().count("\n") == 0 and "GPU" in proc.stdout, proc
-    assert labkit_cli_in_process("check", "--gpu").stdout == proc.stdout
+    assert labkit_cli_in_process("machine", "--gpu").stdout == proc.stdout
 
 
 def test_gpu_check_skips_with_the_reason_and_tabulates(one_gpu, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""GPUs the system has but torch cannot use: `labkit check` names the driver, the CUDA version
+"""GPUs the system has but torch cannot use: `labkit machine` names the driver, the CUDA version
 the torch build needs and the build to install; `auto` stops instead of quietly running on
 the CPU. The system's side is a stand-in nvidia-smi (or /proc files) written by the test;
 the detection, the message, the refusal and the cpu profile are the real code."""
@@ -100,7 +100,7 @@ def test_nccl_line_reports_the_loaded_library():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch uses this machine's GPUs: nothing to refuse")
 def test_labkit_check_and_run_on_a_gpu_machine_torch_cannot_use(tmp_path):
     env = {"PATH": f"{fake_nvidia_smi(tmp_path / 'bin')}:/usr/bin:/bin"}
-    check = subprocess.run([sys.executable, "-m", "labkit.cli", "check"], cwd=REPO, env=env,
+    check = subprocess.run([sys.executable, "-m", "labkit.cli", "machine"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in check.stdout.splitlines())

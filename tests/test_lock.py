@@ -1,5 +1,5 @@
 """The environment is reproducible on every supported platform: one universal lock (markers
-per platform), used by every install, resolved here for each platform, checked by `labkit check`."""
+per platform), used by every install, resolved here for each platform, checked by `labkit machine`."""
 
 import os
 import platform
@@ -86,7 +86,7 @@ def test_the_lock_resolves_on_each_platform(uv, target, python, tmp_path):
 
 
 def test_check_compares_installed_versions_with_the_lock(tmp_path):
-    assert "every package matches requirements.lock" in labkit_cli("check").stdout  # CI installs from it
+    assert "every package matches requirements.lock" in labkit_cli("machine").stdout  # CI installs from it
     stale = tmp_path / "requirements.lock"
     stale.write_text("torch==1.0.0\nno-such-package-xyz==1.2\n")
     found = lockfile.differences(stale)
@@ -142,7 +142,7 @@ def test_an_unsupported_torch_gets_one_line_from_the_first_command(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith("labkit: error: torch 2.13.0 is older than labkit supports") and \
         proc.stderr.count("\n") == 1, proc.stderr
-    check = labkit_cli("check", env=env).stdout
+    check = labkit_cli("machine", env=env).stdout
     assert re.search(r"^torch\s+torch 2\.13\.0 is older than labkit supports", check, re.M), check
 
 

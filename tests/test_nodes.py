@@ -242,10 +242,10 @@ def test_a_job_holds_a_process_tree_or_an_emulated_cluster_with_the_same_face():
         assert not missing, f"{kind.__name__} lacks {missing}"
 
 
-def test_check_says_which_mode_this_machine_has():
+def test_labkit_machine_says_which_mode_this_machine_has():
     from conftest import labkit_cli
 
-    row = next(line for line in labkit_cli("check").stdout.splitlines() if line.startswith("emulated cluster"))
+    row = next(line for line in labkit_cli("machine").stdout.splitlines() if line.startswith("emulated cluster"))
     assert row.split(None, 2)[2].startswith(f"{cluster.mode()[0]} — ")
 
 

@@ -120,8 +120,8 @@ def test_linux_only_facts_are_not_asked_elsewhere(monkeypatch, tmp_path):
 
 
 def test_the_check_names_the_system(monkeypatch):
-    rows = dict(hardware.check_lines())
+    rows = dict(hardware.machine_lines())
     assert rows["system"].startswith(f"{system.name()} ")
     monkeypatch.setattr(sys, "platform", "win32")
-    rows = dict(hardware.check_lines())
+    rows = dict(hardware.machine_lines())
     assert "use WSL2" in rows["system"]

@@ -17,7 +17,7 @@ or from the machine's own interfaces, and no packet leaves the machine. The rend
 real nodes (torchrun's c10d) runs across the namespaces, so the emulation exercises the real
 multi-node path. gloo follows the shaping; NCCL's traffic may not (so emulation is gloo only).
 
-Two ways to make the namespaces, whichever this machine allows (`mode()`; `labkit check` says it):
+Two ways to make the namespaces, whichever this machine allows (`mode()`; `labkit machine` says it):
 - **root** (CAP_NET_ADMIN and CAP_SYS_ADMIN in effect): named namespaces (`ip netns add`), each
   node's agent started with `ip netns exec`. Names carry the launching process's pid; a start
   removes what a killed job left (`remove_stale`), and every end removes its own.
@@ -155,8 +155,8 @@ def missing_capability() -> str | None:
     return why if how == NONE else None
 
 
-def check_line() -> str:
-    """`labkit check`'s row: which way this machine makes an emulated cluster."""
+def mode_line() -> str:
+    """`labkit machine`'s row: which way this machine makes an emulated cluster."""
     how, why = mode()
     return f"{how} — {why}"
 

@@ -1,4 +1,4 @@
-"""`make gpu-check` (= `labkit check --gpu`): the GPU path's short checks, one table.
+"""`make gpu-check` (= `labkit machine --gpu`): the GPU path's short checks, one table.
 
 On a machine with GPUs it runs, on the synthetic profile (ResNet-50, random batches drawn
 on each GPU, NCCL):
@@ -160,7 +160,7 @@ def no_gpu_line() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="labkit check --gpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="labkit machine --gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="synthetic steps per run (default 30)")
     parser.add_argument("--timing-warmup", dest="timing_warmup", type=int, default=5,
                         help="steps left out of the figures at the start of each run (default 5)")
