@@ -72,6 +72,24 @@ def test_cancel_after_the_run_ended_keeps_its_result(tmp_path):
     assert job.status == "ok" and job.result()["status"] == "ok"
 
 
+def test_wait_shows_progress_past_the_runs_own_timing_warm_up(tmp_path, monkeypatch):
+    """The live display leaves out the run's own warm-up steps (not the default 2) when it
+    counts disturbed steps: Job.wait hands it the run's timing_warmup_steps."""
+    from labkit.jobs import progress
+
+    real, made = progress.ProgressDisplay, []
+
+    def recording(name, **kwargs):
+        made.append(kwargs)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(progress, "ProgressDisplay", recording)
+    job = labkit.launch(profile="cpu", strategy="single", max_steps=1, calibration_steps=0, workers=0,
+                        model="simple_cnn", timing_warmup_steps=0, out_dir=str(tmp_path / "run"))
+    job.wait()
+    assert made == [{"timing_warmup_steps": 0}] and job.status == "ok"
+
+
 def test_failing_rank_is_named_with_its_traceback(tmp_path):
     job = labkit.launch(profile="cpu", strategy="ddp", nproc=2, max_steps=6, fault="1:2:raise",
                         out_dir=str(tmp_path / "run"))

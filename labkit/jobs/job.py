@@ -252,7 +252,7 @@ class Job:
         TimeoutError after that many seconds, and the run goes on (cancel() is cancel's job)."""
         from .progress import ProgressDisplay
 
-        display = ProgressDisplay(self.cfg.name) if progress else None
+        display = ProgressDisplay(self.cfg.name, timing_warmup_steps=self.cfg.timing_warmup_steps) if progress else None
         deadline = None if timeout is None else time.time() + timeout
         try:
             while self.poll() in ("queued", "running"):
