@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from labkit.strategies.base import data_shard
 from labkit.training import checkpoint
 from labkit.training.collective_log import CollectiveLog
 from labkit.training.comm_record import CommRecord, step_counts
@@ -49,7 +50,8 @@ class StepRecorder:
         self.cfg, self.rank, self.device, self.state = cfg, rank, device, state
         self.strategy, self.model, self.net, self.optimizer, self.scaler = strategy, model, net, optimizer, scaler
         self.total_steps = total_steps
-        self.has_data = rank >= cfg.nproc - cfg.data_ranks  # a dedicated server's loss is no loss
+        servers = cfg.nproc - cfg.data_ranks  # the method's About.servers, as make_config set data_ranks
+        self.has_data = data_shard(rank, cfg.nproc, servers) is not None  # a dedicated server's loss is no loss
         passes = strategy.about.passes  # the method's own passes over its buffers (γ), as it declares them
         trainable = [p for p in net.parameters() if p.requires_grad]
         self.local_ops = passes(trainable, rank, strategy.world, strategy.options) if passes else {}
